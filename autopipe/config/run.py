@@ -1,0 +1,304 @@
+"""Run files: what to do.
+
+Units everywhere: lengths in Å, energies in eV, time in fs, temperature in K,
+pressure in bar, plane-wave cutoffs in Ry, k-point spacing in 1/Å, wall times in s.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from autopipe.config.base import StrictModel, load_model
+
+
+def _relative_to_file(v: Path | None, info: ValidationInfo) -> Path | None:
+    """Resolve a relative path against the directory of the file being loaded."""
+    base = (info.context or {}).get("base_dir")
+    if v is not None and base is not None and not v.is_absolute():
+        return (Path(base) / v).resolve()
+    return v
+
+# ----------------------------------------------------------------------------- system
+
+
+class FileStructure(StrictModel):
+    """Start from a structure file any ASE reader understands (extxyz, POSCAR, lammps-data, ...)."""
+
+    kind: Literal["file"]
+    path: Path = Field(description="Structure file; relative paths are relative to the run file.")
+    format: str | None = Field(default=None, description="ASE format name when the suffix is not enough.")
+
+    _resolve = field_validator("path")(classmethod(_relative_to_file))
+
+
+class BulkStructure(StrictModel):
+    """A crystal from ase.build.bulk, repeated and optionally rattled."""
+
+    kind: Literal["bulk"]
+    crystal: Literal["fcc", "bcc", "sc", "hcp", "diamond"] = Field(description="Lattice type.")
+    a: float = Field(gt=0, description="Lattice constant (Å).")
+    repeat: tuple[int, int, int] = Field(default=(1, 1, 1), description="Supercell repetitions.")
+    cubic: bool = Field(default=True, description="Use the conventional cubic cell.")
+    rattle: float = Field(default=0.0, ge=0, description="Gaussian displacement std (Å).")
+    seed: int = Field(default=0, description="Random seed for the rattle.")
+
+
+class Liquid2DStructure(StrictModel):
+    """Atoms in the z=0 plane at a given areal density, vacuum along z (non-periodic)."""
+
+    kind: Literal["liquid2d"]
+    n_atoms: int = Field(gt=0, description="Number of atoms.")
+    density: float = Field(gt=0, description="Areal number density (atoms/Å²).")
+    min_distance: float = Field(default=0.0, ge=0, description="Smallest pair distance when placing atoms (Å).")
+    vacuum: float = Field(default=20.0, gt=0, description="Cell height along z (Å).")
+    seed: int = Field(default=0, description="Random seed.")
+
+
+StructureSource = Annotated[Union[FileStructure, BulkStructure, Liquid2DStructure], Field(discriminator="kind")]
+
+
+class SystemConfig(StrictModel):
+    """The chemical system and the starting structure of every walker."""
+
+    elements: list[str] = Field(min_length=1, description="Chemical symbols the potential covers.")
+    structure: StructureSource = Field(description="Starting structure of the MD walkers.")
+
+    @field_validator("elements")
+    @classmethod
+    def _known_elements(cls, v: list[str]) -> list[str]:
+        from ase.data import atomic_numbers
+
+        bad = [e for e in v if e not in atomic_numbers]
+        if bad:
+            raise ValueError(f"unknown chemical symbol(s): {', '.join(bad)}")
+        if len(set(v)) != len(v):
+            raise ValueError("elements are repeated")
+        return v
+
+
+# ----------------------------------------------------------------------------- initial potential
+
+
+class InitialPotentialFile(StrictModel):
+    """Start from an existing pacemaker potential (B-basis .yaml; .asi computed if missing)."""
+
+    kind: Literal["file"]
+    path: Path = Field(description="Potential .yaml (B-basis) written by pacemaker.")
+    asi: Path | None = Field(default=None, description="Active set .asi; computed from the training data if absent.")
+    training_data: Path | None = Field(
+        default=None, description="pacemaker dataset (.pckl.gzip) the potential was trained on; needed for its .asi."
+    )
+
+    _resolve = field_validator("path", "asi", "training_data")(classmethod(_relative_to_file))
+
+
+class InitialPotentialGenerate(StrictModel):
+    """Generate a small dataset (module A), label it with the run's DFT code, train version 1."""
+
+    kind: Literal["generate"]
+    name: str = Field(default="initial", description="Name of version 1 (e.g. 'lj_defective').")
+    n_structures: int = Field(default=40, ge=2, description="Structures in the generated dataset.")
+    rattle: float = Field(default=0.1, ge=0, description="Gaussian displacement std of rattled copies (Å).")
+    strain: float = Field(default=0.03, ge=0, description="Largest isotropic/shear strain of strained copies.")
+    min_distance: float = Field(
+        default=0.0,
+        ge=0,
+        description="Reject generated structures with any pair closer than this (Å); >0 leaves short range untrained.",
+    )
+    seed: int = Field(default=1, description="Random seed.")
+
+
+InitialPotential = Annotated[Union[InitialPotentialFile, InitialPotentialGenerate], Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------------- MD / OTF / embedding
+
+
+class MDConfig(StrictModel):
+    """Molecular dynamics of each walker, run in segments."""
+
+    ensemble: Literal["nve", "nvt-langevin", "nvt-nose-hoover", "npt"] = Field(
+        default="nvt-langevin", description="Integrator and thermostat."
+    )
+    temperature: float = Field(default=300.0, ge=0, description="Thermostat target temperature (K).")
+    initial_temperature: float | None = Field(
+        default=None, ge=0, description="Temperature of the initial Maxwell-Boltzmann velocities (K); default: temperature."
+    )
+    pressure: float = Field(default=1.0, description="Barostat target pressure for npt (bar).")
+    timestep: float = Field(default=1.0, gt=0, description="Time step (fs).")
+    segment_steps: int = Field(default=500, ge=1, description="MD steps per segment (between hot-swap points).")
+    thermostat_damping: float = Field(default=100.0, gt=0, description="Thermostat relaxation time (fs).")
+    barostat_damping: float = Field(default=1000.0, gt=0, description="Barostat relaxation time (fs).")
+    dimension: Literal[2, 3] = Field(default=3, description="3 for bulk; 2 keeps atoms in the xy plane.")
+    dump_every: int = Field(default=50, ge=1, description="Steps between trajectory frames.")
+    thermo_every: int = Field(default=50, ge=1, description="Steps between thermodynamic records.")
+    seed: int = Field(default=12345, ge=1, description="Random seed of velocities and thermostat.")
+
+
+class OTFConfig(StrictModel):
+    """On-the-fly uncertainty monitoring."""
+
+    uncertainty_threshold: float = Field(default=5.0, gt=1.0, description="Max gamma that stops a segment.")
+    check_frequency: int = Field(default=10, ge=1, description="MD steps between gamma checks.")
+    max_extractions: int = Field(default=1, ge=1, description="Sub-cells carved per trigger frame.")
+
+
+class EmbeddingConfig(StrictModel):
+    """Periodic sub-cell carved around an uncertain atom: side 2*(cutoff+buffer)."""
+
+    cutoff: float = Field(gt=0, description="Radius of the trusted core (Å); forces beyond it are masked.")
+    buffer: float = Field(gt=0, description="Buffer thickness (Å); at least the potential cutoff for exact core forces.")
+    min_distance: float = Field(default=0.5, ge=0, description="Remove masked atoms closer than this across the new boundary (Å).")
+
+
+# ----------------------------------------------------------------------------- DFT
+
+
+class EspressoConfig(StrictModel):
+    """Quantum ESPRESSO pw.x."""
+
+    code: Literal["espresso"]
+    command: list[str] = Field(default_factory=lambda: ["pw.x"], description="pw.x argv (site's dft_launcher goes before it).")
+    pseudo_dir: Path = Field(default=Path("/usr/share/espresso/pseudo"), description="Directory of UPF files.")
+    pseudopotentials: dict[str, str] = Field(
+        default_factory=dict, description="Element -> UPF file name; missing elements are looked up in pseudo_dir."
+    )
+    ecutwfc: float = Field(default=30.0, gt=0, description="Wavefunction cutoff (Ry).")
+    ecutrho: float | None = Field(default=None, gt=0, description="Density cutoff (Ry); default 4*ecutwfc.")
+    kspacing: float = Field(default=0.25, gt=0, description="Largest k-point spacing (1/Å, 2π included).")
+    gamma_only_length: float = Field(
+        default=20.0, gt=0, description="Use the Gamma point alone when every periodic cell length exceeds this (Å)."
+    )
+    smearing: Literal["none", "gaussian", "mv", "mp", "fd"] = Field(default="mv", description="Occupation smearing.")
+    degauss: float = Field(default=0.02, gt=0, description="Smearing width (Ry).")
+    spin_polarized: bool = Field(default=False, description="Collinear spin (nspin=2).")
+    starting_magnetization: dict[str, float] = Field(default_factory=dict, description="Element -> initial moment.")
+    mixing_beta: float = Field(default=0.7, gt=0, le=1, description="Charge mixing factor.")
+    electron_maxstep: int = Field(default=100, ge=1, description="SCF iterations.")
+    conv_thr: float = Field(default=1e-8, gt=0, description="SCF convergence threshold (Ry).")
+    timeout: float = Field(default=3600.0, gt=0, description="Wall time of one pw.x attempt (s).")
+    max_attempts: int = Field(default=3, ge=1, description="Attempts per structure, including SCF-recovery retries.")
+    min_distance: float = Field(default=0.5, ge=0, description="Refuse structures with atoms closer than this (Å).")
+
+
+class LJOracleConfig(StrictModel):
+    """Analytic Lennard-Jones oracle (tests, demos)."""
+
+    code: Literal["lj"]
+    epsilon: float = Field(default=1.0, gt=0, description="Well depth (eV).")
+    sigma: float = Field(default=1.0, gt=0, description="Zero-crossing distance (Å).")
+    cutoff: float = Field(default=3.0, gt=0, description="Cutoff radius (Å); energy smoothly goes to zero there.")
+
+
+class EMTOracleConfig(StrictModel):
+    """ASE's effective-medium theory (Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O)."""
+
+    code: Literal["emt"]
+
+
+class ASECalculatorConfig(StrictModel):
+    """Any ASE calculator named by import path."""
+
+    code: Literal["ase"]
+    calculator: str = Field(pattern=r"^[\w.]+:\w+$", description="'module.path:ClassName'.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the calculator.")
+
+
+DFTConfig = Annotated[
+    Union[EspressoConfig, LJOracleConfig, EMTOracleConfig, ASECalculatorConfig], Field(discriminator="code")
+]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class TrainConfig(StrictModel):
+    """pacemaker fits and the retraining trigger."""
+
+    min_new_labels: int = Field(default=4, ge=1, description="New successful labels that start a retrain.")
+    cutoff: float = Field(default=5.0, gt=0, description="ACE radial cutoff (Å).")
+    number_of_functions_per_element: int = Field(default=40, ge=1, description="ACE basis size per element.")
+    ranks: list[int] = Field(default_factory=lambda: [6, 4, 3], description="Max n per body order (nradmax_by_orders).")
+    lmax: list[int] = Field(default_factory=lambda: [0, 3, 2], description="Max l per body order (lmax_by_orders).")
+    embedding: Literal["linear", "FinnisSinclair", "FinnisSinclairShiftedScaled"] = Field(
+        default="FinnisSinclairShiftedScaled", description="ACE embedding function."
+    )
+    kappa: float = Field(default=0.3, ge=0, le=1, description="Loss weight of forces (1-kappa for energies).")
+    max_iterations: int = Field(default=100, ge=1, description="Optimizer iterations of a fresh fit.")
+    retrain_iterations: int | None = Field(default=None, ge=1, description="Iterations when continuing (default: max_iterations).")
+    optimizer: Literal["BFGS", "L-BFGS-B"] = Field(default="BFGS", description="scipy optimizer.")
+    backend: Literal["tensorpot", "pyace"] = Field(default="tensorpot", description="pacemaker evaluator.")
+    batch_size: int = Field(default=100, ge=1, description="Structures per batch (tensorpot).")
+    test_size: float = Field(default=0.0, ge=0, lt=1, description="Fraction held out for test metrics.")
+    embedded_energy_weight: float = Field(
+        default=0.0, ge=0, description="Energy weight of carved sub-cells relative to ordinary structures."
+    )
+    continue_from_parent: bool = Field(default=True, description="Start a retrain from the previous potential (-p).")
+    timeout: float = Field(default=3600.0, gt=0, description="Wall time of one pacemaker run (s).")
+    seed: int = Field(default=42, description="Random seed of the fit.")
+
+
+# ----------------------------------------------------------------------------- steering
+
+
+class WalkersConfig(StrictModel):
+    count: int = Field(default=1, ge=1, description="Concurrent MD walkers.")
+
+
+class StopConfig(StrictModel):
+    """Stopping rules; the first that fires ends the run."""
+
+    max_md_steps: int = Field(default=10_000, ge=1, description="MD steps every walker must reach.")
+    converged_segments: int | None = Field(
+        default=None, ge=1, description="Stop after this many consecutive segments without a trigger (all walkers)."
+    )
+    max_dft_calls: int | None = Field(default=None, ge=1, description="Budget of DFT labels.")
+    max_trainings: int | None = Field(default=None, ge=1, description="Budget of retrains.")
+    max_walltime: float | None = Field(default=None, gt=0, description="Wall-time budget of this process (s).")
+
+
+class RunConfig(StrictModel):
+    """A whole active-learning run."""
+
+    name: str = Field(description="Run name.")
+    workdir: Path = Field(default=Path("autopipe-run"), description="Where the database, potentials and files go.")
+    database: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite:///<workdir>/autopipe.db.")
+    system: SystemConfig
+    initial_potential: InitialPotential
+    md: MDConfig = Field(default_factory=MDConfig)
+    otf: OTFConfig = Field(default_factory=OTFConfig)
+    embedding: EmbeddingConfig
+    dft: DFTConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    walkers: WalkersConfig = Field(default_factory=WalkersConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
+
+    @field_validator("workdir")
+    @classmethod
+    def _resolve_workdir(cls, v: Path, info: ValidationInfo) -> Path:
+        return _relative_to_file(v, info)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "RunConfig":
+        if self.md.dimension == 2 and isinstance(self.system.structure, BulkStructure):
+            raise ValueError("md.dimension is 2 but system.structure is a 3D bulk crystal")
+        if self.md.ensemble == "npt" and self.md.dimension == 2:
+            raise ValueError("npt is not supported for 2D systems")
+        return self
+
+    def database_url(self) -> str:
+        """The SQLAlchemy URL of this run's database."""
+        return self.database or f"sqlite:///{(self.workdir / 'autopipe.db').resolve()}"
+
+
+
+
+def load_run(path: Path | str, workdir: Path | None = None) -> RunConfig:
+    """Load and validate a run file; ``workdir`` overrides the file's work directory."""
+    cfg = load_model(RunConfig, Path(path))
+    if workdir is not None:
+        cfg.workdir = Path(workdir).resolve()
+    return cfg

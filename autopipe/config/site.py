@@ -1,0 +1,213 @@
+"""Site files: where work runs.
+
+A site names Parsl executors, each with the roles it serves (``md`` and ``train``
+usually on GPU nodes, ``dft`` on CPU nodes; one executor may serve several roles),
+and builds a real :class:`parsl.config.Config` from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, Union
+
+from pydantic import Field, model_validator
+
+from autopipe.config.base import StrictModel, load_model
+
+Role = Literal["md", "dft", "train"]
+ROLES: tuple[Role, ...] = ("md", "dft", "train")
+
+
+class _ExecutorBase(StrictModel):
+    label: str = Field(description="Unique executor name; Parsl routes apps by it.", pattern=r"^[A-Za-z0-9_\-]+$")
+    roles: list[Role] = Field(min_length=1, description="Work this executor takes: md, dft, train.")
+    dft_launcher: list[str] = Field(
+        default_factory=list,
+        description="argv prefix for pw.x on this executor, e.g. ['srun', '-n', '4'] or ['mpirun', '-np', '2'].",
+    )
+    capacity: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tasks the steering loop keeps in flight on this executor (default: its worker count).",
+    )
+
+
+class ThreadsExecutor(_ExecutorBase):
+    """Threads in the steering process: for tests and laptops."""
+
+    kind: Literal["threads"]
+    max_workers: int = Field(default=2, ge=1, description="Worker threads.")
+
+    def workers(self) -> int:
+        return self.max_workers
+
+    def build(self, run_dir: Path, **_: Any):
+        from parsl.executors.threads import ThreadPoolExecutor
+
+        return ThreadPoolExecutor(label=self.label, max_threads=self.max_workers)
+
+
+class HtexLocalExecutor(_ExecutorBase):
+    """A HighThroughputExecutor with workers on this machine (separate processes)."""
+
+    kind: Literal["htex-local"]
+    max_workers_per_node: int = Field(default=2, ge=1, description="Worker processes.")
+    cores_per_worker: float = Field(default=1.0, gt=0, description="CPU cores per worker.")
+
+    def workers(self) -> int:
+        return self.max_workers_per_node
+
+    def build(self, run_dir: Path, **_: Any):
+        from parsl.executors import HighThroughputExecutor
+        from parsl.providers import LocalProvider
+
+        return HighThroughputExecutor(
+            label=self.label,
+            max_workers_per_node=self.max_workers_per_node,
+            cores_per_worker=self.cores_per_worker,
+            address="127.0.0.1",
+            provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
+        )
+
+
+class SlurmExecutor(_ExecutorBase):
+    """A HighThroughputExecutor whose workers are Slurm jobs (e.g. NERSC Perlmutter)."""
+
+    kind: Literal["slurm"]
+    account: str = Field(description="Slurm account (-A) charged for the jobs.")
+    qos: str | None = Field(default=None, description="Slurm QOS, e.g. 'regular' or 'debug'.")
+    partition: str | None = Field(default=None, description="Slurm partition (-p).")
+    constraint: str | None = Field(default=None, description="Slurm constraint (-C), e.g. 'gpu' or 'cpu'.")
+    nodes_per_block: int = Field(default=1, ge=1, description="Nodes per Slurm job.")
+    min_blocks: int = Field(default=0, ge=0, description="Slurm jobs kept alive when idle.")
+    max_blocks: int = Field(default=1, ge=1, description="Most Slurm jobs at once.")
+    walltime: str = Field(default="01:00:00", pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$", description="HH:MM:SS per job.")
+    gpus_per_node: int = Field(default=0, ge=0, description="GPUs per node; one worker per GPU when > 0.")
+    workers_per_node: int | None = Field(default=None, ge=1, description="Workers per node (default: GPUs, else 1).")
+    cores_per_worker: float = Field(default=1.0, gt=0, description="CPU cores per worker.")
+    launcher: Literal["srun", "single", "simple"] = Field(default="srun", description="How workers start on nodes.")
+    worker_init: str = Field(default="", description="Shell lines run before workers start (modules, venv).")
+    scheduler_options: str = Field(default="", description="Extra '#SBATCH' lines.")
+
+    def workers(self) -> int:
+        per_node = self.workers_per_node or (self.gpus_per_node or 1)
+        return per_node * self.nodes_per_block * self.max_blocks
+
+    def build(self, run_dir: Path, **_: Any):
+        from parsl.executors import HighThroughputExecutor
+        from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
+        from parsl.providers import SlurmProvider
+
+        launcher = {"srun": SrunLauncher, "single": SingleNodeLauncher, "simple": SimpleLauncher}[self.launcher]()
+        per_node = self.workers_per_node or (self.gpus_per_node or 1)
+        extra: dict[str, Any] = {}
+        if self.gpus_per_node:
+            # One worker per GPU, each seeing only its own device.
+            extra["available_accelerators"] = self.gpus_per_node
+        options = self.scheduler_options
+        if self.gpus_per_node and "--gpus" not in options:
+            options = (options + f"\n#SBATCH --gpus-per-node={self.gpus_per_node}").strip()
+        if self.qos and "--qos" not in options:
+            options = (options + f"\n#SBATCH --qos={self.qos}").strip()
+        return HighThroughputExecutor(
+            label=self.label,
+            max_workers_per_node=per_node,
+            cores_per_worker=self.cores_per_worker,
+            provider=SlurmProvider(
+                account=self.account,
+                partition=self.partition,
+                constraint=self.constraint,
+                nodes_per_block=self.nodes_per_block,
+                init_blocks=self.min_blocks,
+                min_blocks=self.min_blocks,
+                max_blocks=self.max_blocks,
+                walltime=self.walltime,
+                scheduler_options=options,
+                worker_init=self.worker_init,
+                launcher=launcher,
+                exclusive=True,
+            ),
+            **extra,
+        )
+
+
+class GlobusComputeExecutorConfig(_ExecutorBase):
+    """Tasks go to a remote Globus Compute endpoint (needs the ``globus`` extra)."""
+
+    kind: Literal["globus-compute"]
+    endpoint_id: str = Field(
+        pattern=r"^[0-9a-fA-F-]{36}$", description="UUID of the Globus Compute endpoint (globus-compute-endpoint list)."
+    )
+    max_tasks: int = Field(default=4, ge=1, description="Tasks kept in flight on the endpoint.")
+
+    def workers(self) -> int:
+        return self.max_tasks
+
+    def build(self, run_dir: Path, *, globus_executor_factory: Callable[..., Any] | None = None, **_: Any):
+        from parsl.executors import GlobusComputeExecutor
+
+        if globus_executor_factory is None:
+            try:
+                from globus_compute_sdk import Executor as globus_executor_factory  # type: ignore[no-redef]
+            except ImportError as exc:  # pragma: no cover - depends on the extra
+                from autopipe.errors import ConfigError
+
+                raise ConfigError(
+                    f"executor {self.label!r} is kind globus-compute but globus-compute-sdk is not installed "
+                    "(pip install 'autopipe[globus]')"
+                ) from exc
+        return GlobusComputeExecutor(executor=globus_executor_factory(endpoint_id=self.endpoint_id), label=self.label)
+
+
+ExecutorConfig = Annotated[
+    Union[ThreadsExecutor, HtexLocalExecutor, SlurmExecutor, GlobusComputeExecutorConfig],
+    Field(discriminator="kind"),
+]
+
+
+class SiteConfig(StrictModel):
+    """Where work runs: executors and the roles they serve."""
+
+    name: str = Field(description="Site name, shown in plans and reports.")
+    executors: list[ExecutorConfig] = Field(min_length=1, description="Parsl executors of this site.")
+    run_dir: str | None = Field(default=None, description="Parsl's run directory (default: <workdir>/parsl).")
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> "SiteConfig":
+        labels = [e.label for e in self.executors]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"executor labels must be unique; repeated: {', '.join(dupes)}")
+        for role in ROLES:
+            serving = [e.label for e in self.executors if role in e.roles]
+            if not serving:
+                raise ValueError(f"no executor serves role {role!r}; every site needs md, dft and train")
+            if len(serving) > 1:
+                raise ValueError(f"role {role!r} is served by several executors ({', '.join(serving)}); give it to one")
+        return self
+
+    def executor_for(self, role: Role):
+        """The executor config serving ``role``."""
+        return next(e for e in self.executors if role in e.roles)
+
+    def to_parsl_config(self, run_dir: Path | str = "parsl-runinfo", **build_kwargs: Any):
+        """Build a :class:`parsl.config.Config` with one executor per entry.
+
+        ``build_kwargs`` reach each executor's ``build``; tests pass
+        ``globus_executor_factory`` to stand in for the Globus Compute SDK.
+        """
+        from parsl.config import Config
+
+        run_dir = Path(self.run_dir) if self.run_dir else Path(run_dir)
+        return Config(
+            executors=[e.build(run_dir, **build_kwargs) for e in self.executors],
+            run_dir=str(run_dir),
+            strategy="simple",
+            initialize_logging=True,
+            app_cache=False,
+        )
+
+
+def load_site(path: Path | str) -> SiteConfig:
+    """Load and validate a site file; raises :class:`autopipe.errors.ConfigError`."""
+    return load_model(SiteConfig, Path(path))

@@ -1,0 +1,84 @@
+"""Opening the run database and short transactions around it."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from autopipe.db.models import Base, Event
+from autopipe.errors import AutopipeError
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    # WAL lets the status command and worker threads read while the loop writes;
+    # busy_timeout waits for a lock instead of failing at once.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Database:
+    """One run's database: SQLite by default, any SQLAlchemy URL (PostgreSQL) by config.
+
+    Use :meth:`session` for a transaction: it commits on success and rolls back on error.
+    """
+
+    def __init__(self, url: str, *, create: bool = True):
+        self.url = url
+        kwargs: dict = {"future": True}
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        try:
+            self.engine: Engine = create_engine(url, **kwargs)
+        except Exception as exc:  # bad URL or missing driver
+            raise AutopipeError(f"cannot open database {url!r}: {exc}") from None
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        if create:
+            try:
+                Base.metadata.create_all(self.engine)
+            except Exception as exc:
+                raise AutopipeError(f"cannot open database {url!r}: {str(exc).splitlines()[0]}") from None
+
+    @classmethod
+    def for_workdir(cls, workdir: Path | str, url: str | None = None) -> "Database":
+        """The database of a work directory: ``url`` if given, else ``<workdir>/autopipe.db``."""
+        return cls(url or f"sqlite:///{(Path(workdir) / 'autopipe.db').resolve()}")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: commit on normal exit, roll back on an exception."""
+        s = self._factory()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def record_event(self, kind: str, message: str, **data) -> None:
+        """Append an :class:`Event` in its own transaction."""
+        with self.session() as s:
+            s.add(Event(kind=kind, message=message, data=data))
+
+    def last_event(self, kind: str) -> Event | None:
+        with self.session() as s:
+            return s.scalars(select(Event).where(Event.kind == kind).order_by(Event.id.desc()).limit(1)).first()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
