@@ -14,7 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from autopipe.config.base import StrictModel, load_model
 
 
-def _relative_to_file(v: Path | None, info: ValidationInfo) -> Path | None:
+def _relative_to_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
     """Resolve a relative path against the directory of the file being loaded."""
     base = (info.context or {}).get("base_dir")
     if v is not None and base is not None and not v.is_absolute():
@@ -276,10 +276,7 @@ class RunConfig(StrictModel):
     walkers: WalkersConfig = Field(default_factory=WalkersConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
 
-    @field_validator("workdir")
-    @classmethod
-    def _resolve_workdir(cls, v: Path, info: ValidationInfo) -> Path:
-        return _relative_to_file(v, info)
+    _resolve = field_validator("workdir")(classmethod(_relative_to_file))
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "RunConfig":

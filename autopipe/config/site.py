@@ -86,6 +86,7 @@ class SlurmExecutor(_ExecutorBase):
     workers_per_node: int | None = Field(default=None, ge=1, description="Workers per node (default: GPUs, else 1).")
     cores_per_worker: float = Field(default=1.0, gt=0, description="CPU cores per worker.")
     launcher: Literal["srun", "single", "simple"] = Field(default="srun", description="How workers start on nodes.")
+    launcher_overrides: str = Field(default="", description="Extra srun options for the worker launch (srun only).")
     worker_init: str = Field(default="", description="Shell lines run before workers start (modules, venv).")
     scheduler_options: str = Field(default="", description="Extra '#SBATCH' lines.")
 
@@ -98,7 +99,10 @@ class SlurmExecutor(_ExecutorBase):
         from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
         from parsl.providers import SlurmProvider
 
-        launcher = {"srun": SrunLauncher, "single": SingleNodeLauncher, "simple": SimpleLauncher}[self.launcher]()
+        if self.launcher == "srun":
+            launcher = SrunLauncher(overrides=self.launcher_overrides)
+        else:
+            launcher = {"single": SingleNodeLauncher, "simple": SimpleLauncher}[self.launcher]()
         per_node = self.workers_per_node or (self.gpus_per_node or 1)
         extra: dict[str, Any] = {}
         if self.gpus_per_node:
@@ -204,7 +208,6 @@ class SiteConfig(StrictModel):
             run_dir=str(run_dir),
             strategy="simple",
             initialize_logging=True,
-            app_cache=False,
         )
 
 

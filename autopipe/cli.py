@@ -1,0 +1,180 @@
+"""Command line: ``autopipe-steer`` runs the loop; ``autopipe`` inspects and reports.
+
+Heavy imports (Parsl, LAMMPS, pyace, TensorFlow) happen inside commands, never at
+import time, so ``--help`` and config checks answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from autopipe.errors import AutopipeError
+
+app = typer.Typer(
+    name="autopipe",
+    help="Inspect and report on autopipe active-learning runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+steer_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+RUN_MARKER = "autopipe-run.json"  # in the work directory: where the database is, which files started it
+
+
+def _fail(exc: BaseException, debug: bool) -> None:
+    if debug:
+        raise exc
+    msg = str(exc).strip() or type(exc).__name__
+    typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
+
+
+def _load(site: Path, run: Path, workdir: Optional[Path]):
+    from autopipe.config import load_run, load_site
+
+    return load_site(site), load_run(run, workdir=workdir)
+
+
+def plan_text(site_cfg, run_cfg) -> str:
+    """A short human-readable plan of what a run will do and where."""
+    lines = [
+        f"run {run_cfg.name!r} on site {site_cfg.name!r}",
+        f"  work directory : {run_cfg.workdir}",
+        f"  database       : {run_cfg.database_url()}",
+        f"  elements       : {', '.join(run_cfg.system.elements)} (structure: {run_cfg.system.structure.kind})",
+        f"  potential      : {run_cfg.initial_potential.kind}"
+        + (f" -> {run_cfg.initial_potential.name}" if run_cfg.initial_potential.kind == "generate" else ""),
+        f"  md             : {run_cfg.walkers.count} walker(s), {run_cfg.md.ensemble}, {run_cfg.md.temperature:g} K, "
+        f"dt {run_cfg.md.timestep:g} fs, {run_cfg.md.segment_steps} steps/segment, {run_cfg.md.dimension}D",
+        f"  otf            : gamma > {run_cfg.otf.uncertainty_threshold:g} checked every {run_cfg.otf.check_frequency} "
+        f"steps, up to {run_cfg.otf.max_extractions} sub-cell(s) per trigger",
+        f"  embedding      : cutoff {run_cfg.embedding.cutoff:g} Å + buffer {run_cfg.embedding.buffer:g} Å "
+        f"-> box {2 * (run_cfg.embedding.cutoff + run_cfg.embedding.buffer):g} Å",
+        f"  dft            : {run_cfg.dft.code}",
+        f"  training       : retrain after {run_cfg.train.min_new_labels} new labels, "
+        f"{run_cfg.train.max_iterations} iterations, backend {run_cfg.train.backend}",
+        f"  stop           : {run_cfg.stop.max_md_steps} MD steps per walker"
+        + (f", {run_cfg.stop.converged_segments} quiet segments" if run_cfg.stop.converged_segments else "")
+        + (f", {run_cfg.stop.max_dft_calls} DFT calls" if run_cfg.stop.max_dft_calls else "")
+        + (f", {run_cfg.stop.max_trainings} trainings" if run_cfg.stop.max_trainings else "")
+        + (f", {run_cfg.stop.max_walltime:g} s" if run_cfg.stop.max_walltime else ""),
+        "  executors      : "
+        + "; ".join(f"{e.label} ({e.kind}: {', '.join(e.roles)})" for e in site_cfg.executors),
+    ]
+    return "\n".join(lines)
+
+
+@steer_app.command()
+def steer(
+    site: Path = typer.Option(..., "--site", help="Site file: where work runs (executors and roles)."),
+    run: Path = typer.Option(..., "--run", help="Run file: system, potential, MD, OTF, DFT, training, stop rules."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Overrides the run file's work directory."),
+    check: bool = typer.Option(False, "--check", help="Validate both files, print the plan and exit."),
+    live: bool = typer.Option(True, "--live/--no-live", help="Rich live view while running."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Run the active-learning loop until a stopping rule fires. Run it again to resume."""
+    try:
+        site_cfg, run_cfg = _load(site, run, workdir)
+        typer.echo(plan_text(site_cfg, run_cfg))
+        if check:
+            typer.echo("configuration OK")
+            return
+        from autopipe.steer.loop import run_loop
+
+        outcome = run_loop(site_cfg, run_cfg, site_path=site, run_path=run, live=live)
+        typer.echo(f"stopped: {outcome.stopped_because}")
+    except AutopipeError as exc:
+        _fail(exc, debug)
+    except KeyboardInterrupt:
+        typer.secho("interrupted; run the same command again to resume", err=True)
+        raise typer.Exit(code=130)
+
+
+def _database_for(workdir: Path):
+    from autopipe.db import Database
+
+    marker = workdir / RUN_MARKER
+    if marker.is_file():
+        url = json.loads(marker.read_text())["database"]
+    elif (workdir / "autopipe.db").is_file():
+        url = None
+    else:
+        raise AutopipeError(f"{workdir}: no autopipe run here (no {RUN_MARKER} or autopipe.db)")
+    return Database.for_workdir(workdir, url)
+
+
+@app.command()
+def status(
+    workdir: Path = typer.Option(..., "--workdir", help="Work directory of the run."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Counts of structures, labels, potentials, segments and tasks from the database."""
+    try:
+        from autopipe.status import collect_status, render_status
+
+        st = collect_status(_database_for(workdir))
+        typer.echo(json.dumps(st, indent=None if as_json else 2, default=str) if as_json else render_status(st))
+    except AutopipeError as exc:
+        _fail(exc, debug)
+
+
+@app.command()
+def report(
+    workdir: Path = typer.Option(..., "--workdir", help="Work directory of the run."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """(Re)build the HTML report (plots and tables) of a run from its database."""
+    try:
+        from autopipe.report import build_report
+
+        path = build_report(_database_for(workdir), workdir)
+        typer.echo(f"report written to {path}")
+    except AutopipeError as exc:
+        _fail(exc, debug)
+
+
+@app.command()
+def check(
+    site: Optional[Path] = typer.Option(None, "--site", help="Site file to validate."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run file to validate."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Validate site and/or run files; with --site also build the Parsl config."""
+    try:
+        from autopipe.config import load_run, load_site
+
+        if site is None and run is None:
+            raise AutopipeError("give --site and/or --run")
+        if site is not None:
+            s = load_site(site)
+            from autopipe.config.offline import make_offline_globus_executor
+
+            s.to_parsl_config(globus_executor_factory=make_offline_globus_executor)
+            typer.echo(f"{site}: OK ({len(s.executors)} executor(s))")
+        if run is not None:
+            load_run(run)
+            typer.echo(f"{run}: OK")
+    except AutopipeError as exc:
+        _fail(exc, debug)
+
+
+def main() -> None:
+    """Entry point of ``autopipe``."""
+    app()
+
+
+def steer_main() -> None:
+    """Entry point of ``autopipe-steer``."""
+    steer_app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

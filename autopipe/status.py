@@ -1,0 +1,74 @@
+"""What a run has done so far, read from its database (``autopipe status``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from autopipe.db import Database, Event, Label, Potential, Segment, Structure, Task, Walker
+from autopipe.db.models import Origin
+
+
+def _counts(session, column) -> dict[str, int]:
+    rows = session.execute(select(column, func.count()).group_by(column)).all()
+    return {getattr(k, "value", str(k)): int(n) for k, n in rows}
+
+
+def collect_status(db: Database) -> dict[str, Any]:
+    """One JSON-able dict: structures, labels, potentials, segments, triggers, tasks, stop reason."""
+    with db.session() as s:
+        structures = _counts(s, Structure.origin)
+        labels = _counts(s, Label.status)
+        segments = _counts(s, Segment.status)
+        tasks = _counts(s, Task.state)
+        potentials = [
+            {
+                "version": p.version,
+                "name": p.name,
+                "parent_version": p.parent_version,
+                "n_train": p.n_train,
+                "metrics": p.metrics,
+                "created_at": p.created_at.isoformat(timespec="seconds"),
+            }
+            for p in s.scalars(select(Potential).order_by(Potential.version))
+        ]
+        walkers = [
+            {"index": w.index, "status": w.status.value, "step": w.step, "waiting_for_version": w.waiting_for_version}
+            for w in s.scalars(select(Walker).order_by(Walker.index))
+        ]
+        max_gamma = s.scalar(select(func.max(Segment.max_gamma)))
+        stop = s.scalars(select(Event).where(Event.kind == "stop").order_by(Event.id.desc()).limit(1)).first()
+    return {
+        "structures": {"total": sum(structures.values()), **structures},
+        "labels": labels,
+        "potentials": potentials,
+        "segments": segments,
+        "triggers": segments.get("triggered", 0),
+        "embedded": structures.get(Origin.embedded.value, 0),
+        "tasks": tasks,
+        "walkers": walkers,
+        "max_gamma": max_gamma,
+        "stopped_because": stop.message if stop else None,
+    }
+
+
+def render_status(st: dict[str, Any]) -> str:
+    """A few readable lines of :func:`collect_status`'s result."""
+
+    def fmt(d: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
+
+    lines = [
+        f"structures : {fmt(st['structures'])}",
+        f"labels     : {fmt(st['labels'])}",
+        f"segments   : {fmt(st['segments'])} (triggers {st['triggers']})",
+        f"tasks      : {fmt(st['tasks'])}",
+        "potentials : "
+        + (", ".join(f"v{p['version']} {p['name']} (parent {p['parent_version']}, {p['n_train']} structures)"
+                     for p in st["potentials"]) or "none"),
+    ]
+    for w in st["walkers"]:
+        lines.append(f"walker {w['index']}   : {w['status']} at step {w['step']}")
+    lines.append(f"stopped    : {st['stopped_because'] or 'not stopped (running, or killed)'}")
+    return "\n".join(lines)
