@@ -202,6 +202,7 @@ class SiteConfig(StrictModel):
         """
         from parsl.config import Config
 
+        _venv_bin_on_path()
         run_dir = Path(self.run_dir) if self.run_dir else Path(run_dir)
         return Config(
             executors=[e.build(run_dir, **build_kwargs) for e in self.executors],
@@ -209,6 +210,21 @@ class SiteConfig(StrictModel):
             strategy="simple",
             initialize_logging=True,
         )
+
+
+def _venv_bin_on_path() -> None:
+    """Put this interpreter's bin directory on PATH.
+
+    HTEX starts ``interchange.py`` and ``process_worker_pool.py`` by name; a user who runs
+    ``.venv/bin/autopipe-steer`` without activating the venv would otherwise get
+    'No such file or directory: interchange.py'.
+    """
+    import os
+    import sys
+
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
 def load_site(path: Path | str) -> SiteConfig:

@@ -1,0 +1,1 @@
+"""The steering loop: Parsl apps, per-executor priority queues, walkers, stopping rules."""
