@@ -156,6 +156,8 @@ class Walker(Base):
     checkpoint: Mapped[str | None] = mapped_column(Text)  # path of the last good checkpoint
     waiting_for_version: Mapped[int | None] = mapped_column(Integer)  # needs a potential newer than this
     segments_since_trigger: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive failed segments
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class Segment(Base):

@@ -1,0 +1,65 @@
+"""Progress while the loop runs: a Rich live table on a terminal, plain log lines elsewhere."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger("autopipe")
+
+
+class Progress:
+    """Shows walkers (step, max gamma, potential version, state), the DFT queue, trainings."""
+
+    def __init__(self, live: bool = True):
+        from rich.console import Console
+
+        self.console = Console(stderr=False)
+        self.live_enabled = live and self.console.is_terminal
+        self._live = None
+        self._last = 0.0
+
+    def _table(self, snap: dict[str, Any]):
+        from rich.table import Table
+
+        t = Table(title=f"autopipe  {snap['elapsed']:.0f} s  potential v{snap['version'] or '-'}", expand=False)
+        for col in ("walker", "state", "step", "last max γ", "waits for >"):
+            t.add_column(col)
+        for idx, state, step, gmax, wv in snap["walkers"]:
+            over = gmax is not None and gmax > snap["threshold"]
+            t.add_row(str(idx), state, f"{step}/{snap['max_md_steps']}",
+                      "-" if gmax is None else f"[{'red' if over else 'green'}]{gmax:.2f}[/]",
+                      f"v{wv}" if wv else "")
+        tasks = snap["tasks"]
+
+        def n(kind, state):
+            return tasks.get((kind, state), 0)
+
+        t.caption = (f"DFT: {n('dft', 'pending')} queued, {n('dft', 'running')} running, "
+                     f"labels {', '.join(f'{k} {v}' for k, v in sorted(snap['labels'].items())) or 'none'}  |  "
+                     f"training: {n('train', 'running') + n('train', 'pending')} active, {n('train', 'done')} done")
+        return t
+
+    def update(self, snap: dict[str, Any]) -> None:
+        if not self.live_enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.5:
+            return
+        self._last = now
+        if self._live is None:
+            from rich.live import Live
+
+            self._live = Live(self._table(snap), console=self.console, auto_refresh=False)
+            self._live.start()
+        self._live.update(self._table(snap), refresh=True)
+
+    def log(self, message: str) -> None:
+        log.info(message)
+        self.console.log(message, highlight=False)
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
