@@ -51,7 +51,8 @@ def plan_text(site_cfg, run_cfg) -> str:
         f"  potential      : {run_cfg.initial_potential.kind}"
         + (f" -> {run_cfg.initial_potential.name}" if run_cfg.initial_potential.kind == "generate" else ""),
         f"  md             : {run_cfg.walkers.count} walker(s), {run_cfg.md.ensemble}, {run_cfg.md.temperature:g} K, "
-        f"dt {run_cfg.md.timestep:g} fs, {run_cfg.md.segment_steps} steps/segment, {run_cfg.md.dimension}D",
+        + (f"start {run_cfg.md.initial_temperature:g} K, " if run_cfg.md.initial_temperature is not None else "")
+        + f"dt {run_cfg.md.timestep:g} fs, {run_cfg.md.segment_steps} steps/segment, {run_cfg.md.dimension}D",
         f"  otf            : gamma > {run_cfg.otf.uncertainty_threshold:g} checked every {run_cfg.otf.check_frequency} "
         f"steps, up to {run_cfg.otf.max_extractions} sub-cell(s) per trigger",
         f"  embedding      : cutoff {run_cfg.embedding.cutoff:g} Å + buffer {run_cfg.embedding.buffer:g} Å "

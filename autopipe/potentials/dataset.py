@@ -93,6 +93,7 @@ def build_dataset(
     from sqlalchemy import select
 
     from autopipe.db import Label, LabelStatus, Origin, Structure, atoms_from_structure
+    from autopipe.potentials.periodic import closed_for_ace
 
     rows: list[dict] = []
     with db.session() as s:
@@ -122,6 +123,9 @@ def build_dataset(
             e_ref = 0.0
             if reference_energies:
                 e_ref = float(sum(reference_energies[sym] for sym in atoms.get_chemical_symbols()))
+            # pyace/pacemaker accept only fully periodic or fully open cells (2D layers are closed
+            # with enough vacuum that nothing changes).
+            atoms = closed_for_ace(atoms, train_config.cutoff)
             # pacemaker only needs geometry; drop arrays/info that would bloat its pickles.
             atoms.info = {}
             for key in list(atoms.arrays):

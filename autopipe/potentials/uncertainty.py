@@ -75,8 +75,11 @@ def clear_cache() -> None:
 
 def evaluate(atoms: Atoms, potential: PotentialLike) -> dict[str, np.ndarray | float]:
     """Energy (eV), forces (eV/Å) and per-atom gamma of ``atoms`` (which is not modified)."""
+    from autopipe.potentials.periodic import closed_for_ace
+
     calc, lock = get_calculator(potential)
-    a = atoms.copy()
+    a = closed_for_ace(atoms, float(calc.cutoff))  # 2D layers: pyace needs a fully periodic cell
+    a = a.copy() if a is atoms else a
     a.calc = None
     with lock:
         calc.reset()  # the cached calculator may hold results of another structure

@@ -552,7 +552,10 @@ class Steering:
             return f"DFT budget of {st.max_dft_calls} calls used"
         if not walkers:
             if self.store.latest() is None and not self._work_pending() and self.dispatcher.idle():
-                return "no initial potential could be trained (see events)"
+                with self.db.session() as s:
+                    n_done = s.scalar(select(func.count()).select_from(Label).where(Label.status == LabelStatus.done))
+                if not n_done:
+                    return "no initial potential: none of the generated structures could be labelled"
             return None
         if all(w.status is WalkerStatus.finished for w in walkers):
             if any(w.step < st.max_md_steps for w in walkers):
