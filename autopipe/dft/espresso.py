@@ -259,6 +259,8 @@ def label_espresso(
         )
     kpts = geometry.kpoint_grid(atoms, config.kspacing, config.gamma_only_length)
     magnetization = starting_magnetization(symbols, config) if config.spin_polarized else None
+    # Recorded with every label: two labels are comparable only if they used the same files.
+    checksums = {s: pseudo.sha256(Path(config.pseudo_dir) / f) for s, f in pseudopotentials.items()}
     argv = build_command(config, launcher)
     env = _environment()
 
@@ -277,7 +279,7 @@ def label_espresso(
                     "input_data": data,
                     "kpts": list(kpts) if kpts is not None else "gamma",
                     "pseudopotentials": pseudopotentials,
-                    "pseudo_sha256": {s: pseudo.sha256(Path(config.pseudo_dir) / f) for s, f in pseudopotentials.items()},
+                    "pseudo_sha256": checksums,
                     "starting_magnetization": magnetization,
                     "command": argv,
                     "timeout": config.timeout,
