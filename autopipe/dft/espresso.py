@@ -289,7 +289,13 @@ def label_espresso(
             if directory.exists():  # left over from an interrupted run of the same label
                 shutil.rmtree(directory)
             directory.mkdir(parents=True)
-            render(atoms, directory / INPUT, data, pseudopotentials, kpts, magnetization)
+            try:
+                render(atoms, directory / INPUT, data, pseudopotentials, kpts, magnetization)
+            except Exception as exc:  # ASE's writer on a structure it cannot express: no retry helps
+                return LabelResult(
+                    status="failed", code=CODE, walltime=walltime, parameters=parameters, attempts=attempts,
+                    error=f"cannot write pw.x input: {type(exc).__name__}: {exc}",
+                )
             outcome = process.run(
                 argv, directory, timeout=config.timeout, stdout=directory / OUTPUT, stderr=directory / ERRORS, env=env
             )
