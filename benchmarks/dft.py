@@ -95,6 +95,9 @@ def main() -> int:
     p, c = fit_exponent(sizes, times)
     p_iter, _ = fit_exponent(sizes, per_iter)
     print(f"fit t = {c:.3g} s * N^p:  p = {p:.2f}   (per SCF iteration: p = {p_iter:.2f})")
+    local = [math.log(times[i + 1] / times[i]) / math.log(sizes[i + 1] / sizes[i]) for i in range(len(sizes) - 1)]
+    # One p hides curvature: start-up dominates small cells, N³ terms the large ones.
+    print("local slopes: " + ", ".join(f"{a}->{b}: {q:.2f}" for a, b, q in zip(sizes, sizes[1:], local)))
     print(f"64/8 wall-time ratio: {times[-1] / times[0]:.1f}   load average after: {os.getloadavg()[0]:.2f}")
     return 0
 
