@@ -1,0 +1,30 @@
+"""MD walkers in LAMMPS with in-run uncertainty monitoring (module E of the spec).
+
+* :class:`MDState`, :func:`save_state`, :func:`load_state`, :func:`initial_state`: a walker's
+  state between segments and its checkpoint files (:mod:`autopipe.md.state`).
+* :func:`run_segment` -> :class:`SegmentResult`: one segment with gamma checks that stops
+  inside LAMMPS when the extrapolation grade crosses the threshold (:mod:`autopipe.md.segment`).
+
+Importing this package is light: LAMMPS and pyace are imported inside the functions that
+run a segment.
+"""
+
+from __future__ import annotations
+
+from autopipe.md.external import BlowUpLimits
+from autopipe.md.segment import PotentialLike, SegmentResult, checkpoint_path, lammps_has_ml_pace, run_segment
+from autopipe.md.state import MDState, initial_state, kinetic_temperature, load_state, save_state
+
+__all__ = [
+    "MDState",
+    "save_state",
+    "load_state",
+    "initial_state",
+    "kinetic_temperature",
+    "run_segment",
+    "SegmentResult",
+    "PotentialLike",
+    "BlowUpLimits",
+    "checkpoint_path",
+    "lammps_has_ml_pace",
+]

