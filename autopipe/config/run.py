@@ -164,7 +164,9 @@ class EspressoConfig(StrictModel):
     command: list[str] = Field(default_factory=lambda: ["pw.x"], description="pw.x argv (site's dft_launcher goes before it).")
     pseudo_dir: Path = Field(default=Path("/usr/share/espresso/pseudo"), description="Directory of UPF files.")
     pseudopotentials: dict[str, str] = Field(
-        default_factory=dict, description="Element -> UPF file name; missing elements are looked up in pseudo_dir."
+        default_factory=dict,
+        description="Element -> UPF file name. Missing elements are looked up in pseudo_dir (first match by name), "
+        "which can mix functionals: name them explicitly for production runs.",
     )
     ecutwfc: float = Field(default=30.0, gt=0, description="Wavefunction cutoff (Ry).")
     ecutrho: float | None = Field(default=None, gt=0, description="Density cutoff (Ry); default 4*ecutwfc.")
@@ -175,7 +177,10 @@ class EspressoConfig(StrictModel):
     smearing: Literal["none", "gaussian", "mv", "mp", "fd"] = Field(default="mv", description="Occupation smearing.")
     degauss: float = Field(default=0.02, gt=0, description="Smearing width (Ry).")
     spin_polarized: bool = Field(default=False, description="Collinear spin (nspin=2).")
-    starting_magnetization: dict[str, float] = Field(default_factory=dict, description="Element -> initial moment.")
+    starting_magnetization: dict[str, float] = Field(
+        default_factory=dict,
+        description="Element -> pw.x starting_magnetization (fraction of valence charge, -1..1); default 0.5 for all.",
+    )
     mixing_beta: float = Field(default=0.7, gt=0, le=1, description="Charge mixing factor.")
     electron_maxstep: int = Field(default=100, ge=1, description="SCF iterations.")
     conv_thr: float = Field(default=1e-8, gt=0, description="SCF convergence threshold (Ry).")

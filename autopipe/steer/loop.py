@@ -117,10 +117,15 @@ class Steering:
             self.db.record_event("publish", f"imported {pot.name} as v{pot.version}", version=pot.version)
 
     # ------------------------------------------------------------------ tasks
+    def _task_row(self, kind: TaskKind, **fields) -> Task:
+        """A pending task row; add it in the same transaction as the rows it refers to, so a
+        process killed in between never leaves work that nothing will pick up."""
+        return Task(kind=kind, executor=self.apps.executors[kind.value], priority=PRIORITY[kind.value],
+                    state=TaskState.pending, **fields)
+
     def _new_task(self, kind: TaskKind, **fields) -> int:
         with self.db.session() as s:
-            t = Task(kind=kind, executor=self.apps.executors[kind.value], priority=PRIORITY[kind.value],
-                     state=TaskState.pending, **fields)
+            t = self._task_row(kind, **fields)
             s.add(t)
             s.flush()
             return t.id
@@ -250,9 +255,12 @@ class Steering:
                                              info={"generator": a.info.get("generator")}) for a in structures]
                 s.add_all(rows)
                 s.flush()
-                ids = [r.id for r in rows]
-            for sid in ids:
-                self._push(self._new_task(TaskKind.dft, structure_id=sid))
+                tasks = [self._task_row(TaskKind.dft, structure_id=r.id) for r in rows]
+                s.add_all(tasks)
+                s.flush()
+                ids = [t.id for t in tasks]
+            for tid in ids:
+                self._push(tid)
             self.progress.log(f"bootstrap: {len(ids)} generated structures sent to {self.run_cfg.dft.code}")
 
     # ------------------------------------------------------------------ walkers
@@ -283,9 +291,12 @@ class Steering:
                               status=SegmentStatus.pending, start_step=w.step, start_checkpoint=w.checkpoint)
                 s.add(seg)
                 s.flush()
-                new_segments.append((seg.id, n_steps))
-        for seg_id, n in new_segments:
-            self._push(self._new_task(TaskKind.md, segment_id=seg_id, payload={"n_steps": n}))
+                task = self._task_row(TaskKind.md, segment_id=seg.id, payload={"n_steps": n_steps})
+                s.add(task)
+                s.flush()
+                new_segments.append(task.id)
+        for tid in new_segments:
+            self._push(tid)
 
     def _ensure_walkers(self) -> None:
         with self.db.session() as s:
@@ -427,7 +438,7 @@ class Steering:
                 seg.trajectory = str(result.trajectory) if result.trajectory else None
                 seg.walltime, seg.error = result.walltime, result.error
             seg.status = status
-            frame_id = None
+            frame_id = embed_task = None
             if status is SegmentStatus.completed:
                 ck = Path(w.checkpoint).parent / f"checkpoint-{result.end_step:08d}.npz"
                 from autopipe.md import save_state
@@ -444,6 +455,11 @@ class Steering:
                 s.add(row)
                 s.flush()
                 frame_id = row.id
+                embed_task = self._task_row(TaskKind.embed, structure_id=frame_id, payload={
+                    "centers": self._centers(result), "version": seg.potential_version})
+                s.add(embed_task)
+                s.flush()
+                embed_task = embed_task.id
                 # Rewind: the walker keeps its last good checkpoint (this segment's start) and
                 # waits for a potential newer than the one that triggered.
                 w.status, w.waiting_for_version = WalkerStatus.waiting, seg.potential_version
@@ -463,11 +479,12 @@ class Steering:
                               f"{self.run_cfg.otf.uncertainty_threshold:g} at step {result.end_step} (v{version})")
             self.db.record_event("trigger", f"walker {idx} step {result.end_step}", walker=idx, step=result.end_step,
                                  max_gamma=gmax, version=version, structure_id=frame_id)
-            self._push_embed(frame_id, result, version)
+            self._push(embed_task)
         elif status is SegmentStatus.failed:
             self.progress.log(f"walker {idx} segment {number} failed: {err}")
 
-    def _push_embed(self, frame_id: int, result, version: int) -> None:
+    def _centers(self, result) -> list[int]:
+        """Most uncertain atom first, then others above the threshold at least one box apart."""
         from autopipe.embedding import select_centers
 
         e = self.run_cfg.embedding
@@ -475,9 +492,7 @@ class Steering:
         gamma = result.trigger_frame.arrays["gamma"]
         centers = select_centers(result.trigger_frame, gamma, self.run_cfg.otf.uncertainty_threshold,
                                  self.run_cfg.otf.max_extractions, box)
-        centers = [int(c) for c in centers] or [int(result.trigger_atom)]
-        self._push(self._new_task(TaskKind.embed, structure_id=frame_id,
-                                  payload={"centers": centers, "version": version}))
+        return [int(c) for c in centers] or [int(result.trigger_atom)]
 
     def _embed_done(self, task_id: int, candidates) -> None:
         from autopipe.steer.selection import select_candidates
@@ -494,7 +509,7 @@ class Steering:
             [c.atoms for c in candidates], [c.gamma for c in candidates], threshold=thr, existing=existing,
             regamma=(lambda a: core_now[id(a)]) if any(c.core_gamma_now is not None for c in candidates) else None,
         )
-        new_ids = []
+        new_tasks = []
         with self.db.session() as s:
             for c, d in zip(candidates, decisions):
                 row = structure_from_atoms(
@@ -505,14 +520,17 @@ class Steering:
                 s.add(row)
                 s.flush()
                 if d.keep:
-                    new_ids.append(row.id)
+                    task = self._task_row(TaskKind.dft, structure_id=row.id)
+                    s.add(task)
+                    s.flush()
+                    new_tasks.append(task.id)
             s.get(Task, task_id).state = TaskState.done
             s.get(Task, task_id).finished_at = utcnow()
-        for sid in new_ids:
-            self._push(self._new_task(TaskKind.dft, structure_id=sid))
+        for tid in new_tasks:
+            self._push(tid)
         dropped = [d.reason for d in decisions if not d.keep]
         self.progress.log(f"embedded {len(candidates)} sub-cell(s) of {len(candidates[0].atoms) if candidates else 0}"
-                          f" atoms: {len(new_ids)} to DFT" + (f", dropped: {'; '.join(dropped)}" if dropped else ""))
+                          f" atoms: {len(new_tasks)} to DFT" + (f", dropped: {'; '.join(dropped)}" if dropped else ""))
 
     def _train_done(self, task_id: int, out) -> None:
         with self.db.session() as s:
