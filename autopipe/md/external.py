@@ -40,12 +40,13 @@ __all__ = ["ExternalForces", "BlowUpLimits", "TriggerRecord"]
 class BlowUpLimits:
     """Bounds beyond which a run counts as blown up (status "failed").
 
-    ``max_force``: largest force on any atom (eV/Å). ``max_energy_per_atom``: largest
-    |potential energy| per atom (eV).
+    ``max_force``: largest force on any atom (eV/Å). ``max_energy_change``: largest change of
+    the potential energy per atom since the segment's first step (eV/atom). A change, not an
+    absolute bound: potentials trained on DFT total energies sit at thousands of eV per atom.
     """
 
     max_force: float = 1.0e3
-    max_energy_per_atom: float = 1.0e3
+    max_energy_change: float = 10.0
 
 
 @dataclass
@@ -86,6 +87,7 @@ class ExternalForces:
     error: str | None = None
     n_calls: int = 0
     last_energy: float = float("nan")
+    first_energy: float | None = None
 
     def __post_init__(self) -> None:
         n = len(self.numbers)
@@ -139,10 +141,12 @@ class ExternalForces:
         if fmax > self.limits.max_force:
             self._fail(f"step {step}: force {fmax:.3g} eV/Å exceeds {self.limits.max_force:g} eV/Å (blown up)", f)
             return
-        if n and abs(res.energy) / n > self.limits.max_energy_per_atom:
+        if self.first_energy is None:
+            self.first_energy = res.energy
+        if n and abs(res.energy - self.first_energy) / n > self.limits.max_energy_change:
             self._fail(
-                f"step {step}: |energy| {abs(res.energy) / n:.3g} eV/atom exceeds "
-                f"{self.limits.max_energy_per_atom:g} eV/atom (blown up)",
+                f"step {step}: the energy changed by {(res.energy - self.first_energy) / n:.3g} eV/atom, "
+                f"more than {self.limits.max_energy_change:g} eV/atom (blown up)",
                 f,
             )
             return
