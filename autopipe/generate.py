@@ -5,7 +5,8 @@ dimensionality):
 
 * rattled copies: Gaussian displacements of the template positions;
 * strained copies: a random isotropic + shear strain of the cell, then a rattle;
-* randomly packed cells: the template's cell filled with random positions.
+* randomly packed cells: the template's cell filled with random positions (or, when
+  the cell is too dense for random packing, strongly disordered template positions).
 
 Every structure honours ``min_distance`` (Å): a candidate with any pair closer than
 that is rejected and redrawn. That is how a deliberately defective potential is made
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 
 #: Attempts at drawing one structure before giving up on ``min_distance``.
 MAX_ATTEMPTS = 200
+#: Random-packing attempts before a dense cell falls back to strong disorder.
+PACKING_ATTEMPTS = 3
 
 
 def is_2d(atoms: Atoms) -> bool:
@@ -80,7 +83,7 @@ def template_atoms(system: SystemConfig) -> Atoms:
 
 
 def _random_positions(
-    rng: np.random.Generator, cell: np.ndarray, n: int, min_distance: float, *, planar: bool
+    rng: np.random.Generator, cell: np.ndarray, n: int, min_distance: float, *, planar: bool, tries: int = 2000
 ) -> np.ndarray | None:
     """Sequential random placement with a minimum-image distance check; None if it jams."""
     cell = np.asarray(cell, dtype=float)
@@ -88,7 +91,7 @@ def _random_positions(
     periodic = np.array([True, True, not planar])
     out: list[np.ndarray] = []
     for _ in range(n):
-        for _attempt in range(2000):
+        for _attempt in range(tries):
             frac = rng.random(3)
             if planar:
                 frac[2] = 0.0
@@ -115,6 +118,51 @@ def _strain_matrix(rng: np.random.Generator, strain: float, planar: bool) -> np.
         eps[2, :] = 0.0
         eps[:, 2] = 0.0
     return np.eye(3) + eps
+
+
+def close_atoms(atoms: Atoms, min_distance: float) -> np.ndarray:
+    """Indices of atoms that have a neighbour closer than ``min_distance`` (Å)."""
+    if min_distance <= 0 or len(atoms) < 2:
+        return np.zeros(0, dtype=int)
+    from ase.neighborlist import neighbor_list
+
+    i = neighbor_list("i", atoms, float(min_distance))
+    return np.unique(i)
+
+
+def _rattle(rng: np.random.Generator, atoms: Atoms, std: float, min_distance: float, planar: bool) -> None:
+    """Gaussian displacements (std in Å) that leave no pair closer than ``min_distance``.
+
+    Atoms with a too-close neighbour get their displacement redrawn with a shrinking
+    amplitude; whatever is still too close after that goes back to its template site.
+    Redrawing only the offending atoms keeps large rattles possible in large cells,
+    where some close pair is almost certain; the fallback to the template sites ends the
+    loop whenever the template itself honours ``min_distance``.
+    """
+    base = atoms.positions.copy()
+    n_rounds = 20
+
+    def draw(n: int, scale: float) -> np.ndarray:
+        d = rng.normal(0.0, scale, size=(n, 3))
+        if planar:
+            d[:, 2] = 0.0
+        return d
+
+    atoms.positions = base + draw(len(atoms), std)
+    for k in range(n_rounds):
+        bad = close_atoms(atoms, min_distance)
+        if bad.size == 0:
+            return
+        pos = atoms.positions
+        pos[bad] = base[bad] + draw(bad.size, std * (1.0 - k / n_rounds))
+        atoms.positions = pos
+    for _ in range(len(atoms)):
+        bad = close_atoms(atoms, min_distance)
+        if bad.size == 0:
+            return
+        pos = atoms.positions
+        pos[bad] = base[bad]
+        atoms.positions = pos
 
 
 def _assign_species(rng: np.random.Generator, atoms: Atoms, elements: Sequence[str]) -> None:
@@ -167,6 +215,7 @@ def generate_structures(
         )
     if packing_min_distance is None:
         packing_min_distance = max(dmin, 0.75 * d_template if np.isfinite(d_template) else dmin)
+    d_ref = d_template if np.isfinite(d_template) else max(packing_min_distance, 1.0)
 
     rng = np.random.default_rng(config.seed)
     n = config.n_structures
@@ -186,15 +235,20 @@ def generate_structures(
                 F = _strain_matrix(rng, config.strain, planar)
                 atoms.set_cell(atoms.cell[:] @ F, scale_atoms=True)
             if kind == "packed":
-                pos = _random_positions(rng, atoms.cell[:], len(atoms), packing_min_distance, planar=planar)
-                if pos is None:
-                    continue
-                atoms.positions = pos
+                pos = None
+                if _attempt < PACKING_ATTEMPTS:
+                    pos = _random_positions(rng, atoms.cell[:], len(atoms), packing_min_distance, planar=planar,
+                                            tries=300)
+                if pos is not None:
+                    atoms.positions = pos
+                else:
+                    # Random sequential packing jams above ~38 % volume fraction (3D); a dense
+                    # cell then gets a strong disorder instead: the template with displacements
+                    # of 40 % of its nearest-neighbour distance, close pairs redrawn.
+                    atoms.info["packing"] = "disordered"
+                    _rattle(rng, atoms, 0.4 * d_ref, max(dmin, packing_min_distance), planar)
             elif config.rattle > 0:
-                disp = rng.normal(0.0, config.rattle, size=(len(atoms), 3))
-                if planar:
-                    disp[:, 2] = 0.0
-                atoms.positions = atoms.positions + disp
+                _rattle(rng, atoms, config.rattle, dmin, planar)
             if min_pair_distance(atoms) < dmin:
                 continue  # resample: this structure would teach the short range
             atoms.wrap()

@@ -25,35 +25,60 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: ``label_fn(atoms) -> (status, energy eV, forces eV/Å (n, 3), stress eV/Å³ Voigt or None, extra)``.
-#: ``extra`` may hold ``code``, ``walltime`` (s), ``error``, ``attempts``; other keys go to ``Label.parameters``.
-LabelFn = Callable[["Atoms"], "tuple[Any, float | None, Any, Any, dict[str, Any]]"]
+#: ``label_fn(atoms)`` returns either a tuple ``(status, energy eV, forces eV/Å (n, 3),
+#: stress eV/Å³ Voigt or None, extra)`` — ``extra`` may hold ``code``, ``walltime`` (s),
+#: ``error``, ``attempts``, ``parameters``; other plain keys go to ``Label.parameters`` —
+#: or an object with those attributes, such as :class:`autopipe.dft.LabelResult`.
+LabelFn = Callable[["Atoms"], Any]
 
 
-def store_label(db: Database, structure_id: int, result: tuple) -> int:
+def _normalise(result: Any) -> dict[str, Any]:
+    """The Label fields of one ``label_fn`` result (tuple or LabelResult-like object)."""
+    if isinstance(result, tuple):
+        status, energy, forces, stress, extra = result
+        extra = dict(extra or {})
+        params = dict(extra.pop("parameters", {}) or {})
+        fields = {
+            "code": str(extra.pop("code", "unknown")),
+            "walltime": float(extra.pop("walltime", 0.0) or 0.0),
+            "error": extra.pop("error", None),
+            "attempts": extra.pop("attempts", None),
+        }
+        params.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool, type(None)))})
+    else:
+        status, energy, forces, stress = result.status, result.energy, result.forces, result.stress
+        params = dict(getattr(result, "parameters", {}) or {})
+        fields = {
+            "code": str(getattr(result, "code", "unknown")),
+            "walltime": float(getattr(result, "walltime", 0.0) or 0.0),
+            "error": getattr(result, "error", None),
+            "attempts": list(getattr(result, "attempts", None) or []) or None,
+        }
+    fields.update(status=str(getattr(status, "value", status)), energy=energy, forces=forces, stress=stress,
+                  parameters=params)
+    return fields
+
+
+def store_label(db: Database, structure_id: int, result: Any) -> int:
     """Insert the :class:`Label` of one ``label_fn`` result; returns its id."""
+    import json
+
     from autopipe.db import Label, LabelStatus
 
-    status, energy, forces, stress, extra = result
-    extra = dict(extra or {})
-    params = dict(extra.pop("parameters", {}) or {})
-    code = str(extra.pop("code", "unknown"))
-    walltime = float(extra.pop("walltime", 0.0) or 0.0)
-    error = extra.pop("error", None)
-    attempts = extra.pop("attempts", None)
-    params.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool, type(None)))})
+    f = _normalise(result)
     with db.session() as s:
         label = Label(
             structure_id=structure_id,
-            status=LabelStatus(getattr(status, "value", status)),
-            code=code,
-            energy=None if energy is None else float(energy),
-            forces=None if forces is None else np.asarray(forces, dtype=float),
-            stress=None if stress is None else np.asarray(stress, dtype=float),
-            parameters=params,
-            walltime=walltime,
-            attempts=attempts,
-            error=error,
+            status=LabelStatus(f["status"]),
+            code=f["code"],
+            energy=None if f["energy"] is None else float(f["energy"]),
+            forces=None if f["forces"] is None else np.asarray(f["forces"], dtype=float),
+            stress=None if f["stress"] is None else np.asarray(f["stress"], dtype=float),
+            # default=str: a Path or numpy scalar in the parameters must not break the JSON column.
+            parameters=json.loads(json.dumps(f["parameters"], default=str)),
+            walltime=f["walltime"],
+            attempts=json.loads(json.dumps(f["attempts"], default=str)) if f["attempts"] else None,
+            error=f["error"],
         )
         s.add(label)
         s.flush()
@@ -101,7 +126,7 @@ def build_initial_potential(
     if init.kind == "file":
         return _import_file(store, init)
     if label_fn is None:
-        raise AutopipeError("generating the initial potential needs a labelling function (the run's DFT code)")
+        label_fn = _run_dft_label_fn(run_config)
 
     from autopipe.db import LabelStatus, structure_from_atoms
     from autopipe.generate import generate_structures, template_atoms
@@ -123,7 +148,7 @@ def build_initial_potential(
             result = label_fn(atoms)
         except Exception as exc:  # one bad structure must not sink the initial dataset
             result = (LabelStatus.failed, None, None, None, {"error": f"{type(exc).__name__}: {exc}"})
-        if LabelStatus(getattr(result[0], "value", result[0])) != LabelStatus.done:
+        if _normalise(result)["status"] != LabelStatus.done.value:
             n_failed += 1
         store_label(db, sid, result)
     if n_failed:
@@ -139,6 +164,15 @@ def build_initial_potential(
         )
     assert outcome.potential is not None
     return outcome.potential
+
+
+def _run_dft_label_fn(run_config: RunConfig) -> LabelFn:
+    """The run's own DFT code (``autopipe.dft.label``) as a label function."""
+    try:
+        from autopipe.dft import label
+    except ImportError as exc:  # pragma: no cover - the dft package ships with autopipe
+        raise AutopipeError(f"no labelling function given and autopipe.dft is unavailable: {exc}") from None
+    return lambda atoms: label(atoms, run_config.dft)
 
 
 def _import_file(store: PotentialStore, init: InitialPotentialFile) -> PotentialFiles:
