@@ -66,6 +66,7 @@ def test_impossible_min_distance_raises_clearly(monkeypatch):
 
     # Every strain compresses by 10 %: 2.40 Å neighbours become 2.16 Å < 2.3 Å, whatever the rattle.
     monkeypatch.setattr(gen, "_strain_matrix", lambda rng, strain, planar: np.eye(3) * 0.9)
+    monkeypatch.setattr(gen, "MAX_ATTEMPTS", 5)
     with pytest.raises(RuntimeError, match="could not draw a strained"):
         generate_structures(["Ar"], lj3d_template(repeat=1), _cfg(n_structures=4, strain=0.1, min_distance=2.3))
 
