@@ -14,8 +14,9 @@ this module keeps a Verlet list with a skin:
 * pyace's C++ ``ACECalculator`` evaluates on that environment; neighbours beyond the cutoff
   contribute nothing, so the skin does not change any result.
 
-Two pyace evaluators share the environment: a plain one for forces, and one with the
-active set loaded for the steps that also need per-atom gamma (``compute_projections``).
+Two pyace evaluators share the environment: the recursive Ctilde evaluator for forces
+alone, and the B-basis evaluator with the active set loaded for the steps that also need
+per-atom gamma (``compute_projections``).
 
 Works in any orthogonal frame (the caller passes LAMMPS's box and coordinates). Units:
 Å, eV, eV/Å. Not thread-safe: one evaluator per MD segment.
@@ -69,7 +70,7 @@ class AceEvaluator:
     def __init__(self, yaml: Path | str, asi: Path | str | None, symbols: Sequence[str], skin: float = 1.0):
         from pyace.basis import ACEBBasisSet
         from pyace.calculator import ACECalculator
-        from pyace.evaluator import ACEBEvaluator
+        from pyace.evaluator import ACEBEvaluator, ACERecursiveEvaluator
 
         # The evaluators keep raw pointers to their basis: the basis objects must stay
         # referenced for as long as the evaluators live (else: crash or bad_array_new_length).
@@ -81,8 +82,13 @@ class AceEvaluator:
         self.species = np.array([elements.index(s) for s in symbols], dtype=np.int64)
         self.cutoff = float(self._basis.cutoffmax)
         self.skin = float(skin)
+        # Plain steps: the recursive evaluator on the Ctilde form of the same basis (what
+        # LAMMPS's pair_style pace uses). Same forces to 1e-14 eV/Å, measured 20-25% faster
+        # than the B-basis evaluator.
+        self._ctilde = self._basis.to_ACECTildeBasisSet()
+        self._plain_eval = ACERecursiveEvaluator(self._ctilde)
+        self._plain_eval.set_recursive(True)
         self._plain = ACECalculator()
-        self._plain_eval = ACEBEvaluator(self._basis)
         self._plain.set_evaluator(self._plain_eval)
         self._gamma = None
         if asi is not None:
@@ -172,7 +178,9 @@ class AceEvaluator:
             return
         real = self._ref + d
         ghosts = real[self._ghost_origin] + self._ghost_shift @ matrix
-        self._ae.x = np.concatenate([real, ghosts])
+        # pybind converts nested lists ~15% faster than a numpy array (measured); this
+        # copy is the main cost of the Verlet list besides the evaluation itself.
+        self._ae.x = np.concatenate([real, ghosts]).tolist()
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, positions: np.ndarray, lo: np.ndarray, matrix: np.ndarray, gamma: bool = False) -> AceResult:

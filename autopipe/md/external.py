@@ -22,6 +22,7 @@ is raised; ``fix halt 1 v_ap_stop > 0.5`` then ends the run at the end of the st
 
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,8 @@ class ExternalForces:
     n_calls: int = 0
     last_energy: float = float("nan")
     first_energy: float | None = None
+    time_callback: float = 0.0  # s spent in the callback, all of it
+    time_evaluate: float = 0.0  # s spent in the ACE evaluation (neighbour list included)
 
     def __post_init__(self) -> None:
         n = len(self.numbers)
@@ -98,10 +101,12 @@ class ExternalForces:
     # ------------------------------------------------------------------ LAMMPS entry point
     def __call__(self, caller: Any, ntimestep: int, nlocal: int, tag: np.ndarray, x: np.ndarray, f: np.ndarray) -> None:
         """fix external pf/callback signature; never raises (see the module docstring)."""
+        t0 = time.perf_counter()
         try:
             self._step(int(ntimestep), tag, x, f)
         except BaseException as exc:  # noqa: BLE001 - must not escape into ctypes
             self._fail(f"callback failed at step {ntimestep}: {exc!r}\n{traceback.format_exc(limit=4)}", f)
+        self.time_callback += time.perf_counter() - t0
 
     def _fail(self, message: str, f: np.ndarray) -> None:
         if self.error is None:
@@ -133,7 +138,9 @@ class ExternalForces:
             self._lo = np.array(boxlo, dtype=float)
             self._matrix = self.box.matrix_from_lammps(boxlo, boxhi, xy, yz, xz)
         check = step == self.start_step or step % self.check_frequency == 0
+        t0 = time.perf_counter()
         res = self.evaluator.evaluate(pos, self._lo, self._matrix, gamma=check)
+        self.time_evaluate += time.perf_counter() - t0
         fmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", res.forces, res.forces)))) if n else 0.0
         if not (np.isfinite(res.energy) and np.isfinite(fmax)):
             self._fail(f"step {step}: non-finite energy or forces (E={res.energy})", f)

@@ -38,6 +38,7 @@ import re
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -98,7 +99,9 @@ class SegmentResult:
     its argmax. ``thermo``: lists keyed step, temp (K), pe, ke, etotal (eV), press (bar),
     vol (Å³). ``trajectory``: extxyz (callback route) or LAMMPS dump (native route).
     ``walltime`` in s. ``checkpoint``: the saved final state (completed/triggered).
-    ``lammps_dump``: LAMMPS's own dump when one was written.
+    ``lammps_dump``: LAMMPS's own dump when one was written. ``timings`` (s): ``run`` (the
+    LAMMPS ``run`` command), and on the callback route ``callback`` (all time in the callback)
+    and ``evaluate`` (ACE evaluation in it, neighbour lists included).
     """
 
     status: Status
@@ -118,6 +121,7 @@ class SegmentResult:
     route: str = "external"
     n_neighbor_builds: int = 0
     lammps_dump: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def checkpoint_path(workdir: Path | str, step: int) -> Path:
@@ -395,6 +399,26 @@ def _finish(status: Status, final: MDState, start: int, trace: list[tuple[int, f
                          max_gamma=max_gamma, gamma_trace=arr, **kw)
 
 
+@contextmanager
+def _released(lmp: Any):
+    """Break the reference cycle LAMMPS <-> callback when the run is over.
+
+    The lammps object keeps the ctypes callback, which keeps our callback object, which keeps
+    the lammps object and the pyace evaluator: without this, each segment's evaluator would
+    live until the garbage collector's next full pass.
+    """
+    cbs: list[Any] = []
+    try:
+        yield cbs
+    finally:
+        for cb in cbs:
+            cb.trajectory = None
+        try:
+            lmp.callback.clear()
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def _run_external(lmp, state, potential, box, spec_kw, workdir, tag, limits, failed) -> SegmentResult:
     from autopipe.md.ace import AceEvaluator
     from autopipe.md.external import ExternalForces
@@ -405,13 +429,14 @@ def _run_external(lmp, state, potential, box, spec_kw, workdir, tag, limits, fai
     evaluator = AceEvaluator(potential.yaml, potential.asi, atoms.get_chemical_symbols(), skin=SKIN)
     traj_path = workdir / f"{tag}.extxyz"
     version = getattr(potential, "version", None)
-    with open(traj_path, "w") as traj:
+    with open(traj_path, "w") as traj, _released(lmp) as cbs:
         cb = ExternalForces(
             lmp=lmp, evaluator=evaluator, box=box, numbers=atoms.get_atomic_numbers(),
             pbc=tuple(bool(p) for p in atoms.pbc), start_step=start,
             check_frequency=spec.check_frequency, threshold=spec.threshold, dump_every=spec.dump_every,
             trajectory=traj, variable_box=spec.ensemble == "npt", limits=limits, potential_version=version,
         )
+        cbs.append(cb)
         try:
             lmp.commands_list(render_external_input(spec))
             lmp.set_fix_external_callback(EXT_FIX, cb, None)
@@ -419,13 +444,16 @@ def _run_external(lmp, state, potential, box, spec_kw, workdir, tag, limits, fai
             lmp.fix_external_set_vector_length(EXT_FIX, 3)
             for i in (1, 2):
                 lmp.fix_external_set_vector(EXT_FIX, i, 0.0)
+            t_run = time.perf_counter()
             lmp.command(render_run(spec))
+            t_run = time.perf_counter() - t_run
         except Exception as exc:  # noqa: BLE001 - LAMMPS errors become results
             msg = cb.error or f"LAMMPS error: {str(exc).strip()}"
             return failed(msg, gamma_trace=np.array(cb.gamma_trace, float).reshape(-1, 2), trajectory=traj_path)
     extra = dict(trajectory=traj_path, potential_version=version, route="external",
                  n_neighbor_builds=evaluator.n_builds,
-                 lammps_dump=Path(spec.dump_file) if spec.dump_file else None)
+                 lammps_dump=Path(spec.dump_file) if spec.dump_file else None,
+                 timings={"run": t_run, "callback": cb.time_callback, "evaluate": cb.time_evaluate})
     if cb.error is not None:
         return failed(cb.error, gamma_trace=np.array(cb.gamma_trace, float).reshape(-1, 2), trajectory=traj_path)
     step = int(lmp.extract_global("ntimestep"))
@@ -464,7 +492,9 @@ def _run_native(lmp, state, potential, box, spec_kw, workdir, tag, failed) -> Se
                         yaml=str(potential.yaml), asi=str(potential.asi))
     try:
         lmp.commands_list(render_native_input(spec))
+        t_run = time.perf_counter()
         lmp.command(render_run(spec))
+        t_run = time.perf_counter() - t_run
     except Exception as exc:  # noqa: BLE001
         return failed(f"LAMMPS error: {str(exc).strip()}", trajectory=dump_file)
     step = int(lmp.extract_global("ntimestep"))
@@ -481,7 +511,7 @@ def _run_native(lmp, state, potential, box, spec_kw, workdir, tag, failed) -> Se
         return failed(f"could not read the final state: {exc}", trajectory=dump_file)
     _append_last_thermo(lmp, thermo, step)
     extra = dict(trajectory=dump_file, lammps_dump=dump_file, potential_version=version, route="native",
-                 thermo=thermo)
+                 thermo=thermo, timings={"run": t_run})
     last = trace[-1] if trace else None
     if last is not None and last[0] == step and last[1] > spec.threshold:
         nlocal = int(lmp.extract_global("nlocal"))
