@@ -249,7 +249,8 @@ def generate_structures(
                     _rattle(rng, atoms, 0.4 * d_ref, max(dmin, packing_min_distance), planar)
             elif config.rattle > 0:
                 _rattle(rng, atoms, config.rattle, dmin, planar)
-            if min_pair_distance(atoms) < dmin:
+            floor = max(dmin, packing_min_distance) if kind == "packed" else dmin
+            if min_pair_distance(atoms) < floor:
                 continue  # resample: this structure would teach the short range
             atoms.wrap()
             atoms.info["generator"] = kind

@@ -34,8 +34,9 @@ LJ_SIGMA = 2.0  # Å
 LJ_EPSILON = 0.1  # eV
 LJ_CUTOFF = 5.0  # Å
 
-#: Bump when the meaning of a recipe changes without its fields changing.
-RECIPE_FORMAT = 1
+#: Bump when the meaning of a recipe changes without its fields changing
+#: (2: packed cells honour the packing distance in dense 2D layers).
+RECIPE_FORMAT = 2
 
 
 def lj_calculator(sigma: float = LJ_SIGMA, epsilon: float = LJ_EPSILON, rc: float = LJ_CUTOFF):

@@ -40,6 +40,14 @@ def test_min_distance_is_honoured_3d():
     assert min(min_pair_distance(x) for x in out) >= 2.0
 
 
+def test_packed_cells_keep_the_packing_distance():
+    # A dense 2D layer (area fraction above what random packing reaches): the fallback
+    # still keeps every pair at 0.75 x the template's 2.40 Å neighbour distance.
+    out = generate_structures(["Ar"], lj2d_template(), _cfg(n_structures=8, rattle=0.1, seed=5))
+    packed = [x for x in out if x.info["generator"] == "packed"]
+    assert packed and min(min_pair_distance(x) for x in packed) >= 0.75 * 2.4 - 1e-9
+
+
 def test_2d_stays_planar():
     tmpl = lj2d_template()
     assert is_2d(tmpl)
