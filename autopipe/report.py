@@ -86,16 +86,11 @@ def heldout_frames(db: Database, dft_config: dict[str, Any] | None):
     return out
 
 
-def force_rmse(potential_yaml: str | Path, frames) -> float:
-    """Force RMSE (eV/Å) of a potential against labelled frames [(atoms, forces)]."""
-    from pyace import PyACECalculator
+def force_rmse(potential, frames) -> float:
+    """Force RMSE (eV/Å) of a potential (``PotentialFiles``) against labelled frames [(atoms, forces)]."""
+    from autopipe.potentials.uncertainty import evaluate
 
-    calc = PyACECalculator(str(potential_yaml))
-    err = []
-    for atoms, ref in frames:
-        a = atoms.copy()
-        a.calc = calc
-        err.append((a.get_forces() - ref).ravel())
+    err = [(evaluate(atoms, potential)["forces"] - ref).ravel() for atoms, ref in frames]
     return float(np.sqrt(np.mean(np.concatenate(err) ** 2))) if err else float("nan")
 
 
@@ -113,9 +108,9 @@ def learning_curve(db: Database, workdir: Path, dft_config) -> list[dict[str, An
             rows.append({"version": v, "name": "(corrupted)", "train": None, "heldout": None})
             continue
         m = pot.metrics or {}
-        train = m.get("train_rmse_f", m.get("rmse_f"))
+        train = m.get("train_forces_rmse")
         rows.append({"version": v, "name": pot.name, "parent": pot.parent_version,
-                     "train": train, "heldout": force_rmse(pot.yaml, frames) if frames else None,
+                     "train": train, "heldout": force_rmse(pot, frames) if frames else None,
                      "n_frames": len(frames) if frames else 0})
     return rows
 

@@ -56,7 +56,7 @@ class Progress:
         self._live.update(self._table(snap), refresh=True)
 
     def log(self, message: str) -> None:
-        log.info(message)
+        log.info(message)  # to the log file; the console gets it below
         self.console.log(message, highlight=False)
 
     def stop(self) -> None:

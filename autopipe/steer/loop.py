@@ -82,6 +82,7 @@ class Steering:
     def run(self) -> LoopOutcome:
         import parsl
 
+        self._setup_logging()
         self._write_marker()
         self._import_initial_file()
         config = self.site.to_parsl_config(self.workdir / "parsl", **self.parsl_kwargs)
@@ -102,6 +103,21 @@ class Steering:
         self.db.record_event("stop", reason, walltime=time.monotonic() - self.t0)
         self.progress.log(f"stopped: {reason}")
         return LoopOutcome(stopped_because=reason, walltime=time.monotonic() - self.t0)
+
+    def _setup_logging(self) -> None:
+        """Log to <workdir>/autopipe.log; keep library chatter off the terminal.
+
+        pyace calls logging.basicConfig at import, which would print every INFO line of
+        every library (Parsl's included) on stderr: a root handler installed first stops that.
+        """
+        root = logging.getLogger()
+        if not any(getattr(h, "_autopipe", False) for h in root.handlers):
+            handler = logging.FileHandler(self.workdir / "autopipe.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            handler._autopipe = True  # type: ignore[attr-defined]
+            root.addHandler(handler)
+            root.setLevel(logging.INFO)
+        logging.getLogger("parsl").propagate = False  # Parsl keeps its own parsl.log in the run dir
 
     def _write_marker(self) -> None:
         marker = {"database": self.run_cfg.database_url(), "run": self.run_cfg.name, "site": self.site.name}
@@ -370,9 +386,13 @@ class Steering:
         return self._all_walkers_waiting() and not self._work_pending() and new_label_count(self.db) > 0
 
     def _all_walkers_waiting(self) -> bool:
+        """Every walker still going waits for a potential newer than the latest one."""
+        latest = self.store.latest()
+        newest = latest.version if latest else 0
         with self.db.session() as s:
-            statuses = list(s.scalars(select(Walker.status)))
-        return bool(statuses) and all(st is WalkerStatus.waiting for st in statuses)
+            walkers = [w for w in s.scalars(select(Walker)) if w.status is not WalkerStatus.finished]
+        return bool(walkers) and all(
+            w.status is WalkerStatus.waiting and newest <= (w.waiting_for_version or 0) for w in walkers)
 
     def _work_pending(self) -> bool:
         return any(self._active(k) for k in (TaskKind.dft, TaskKind.embed, TaskKind.train))
@@ -549,7 +569,7 @@ class Steering:
             walltime=out.walltime,
         )
         self._set_state(task_id, TaskState.done)
-        rmse = pot.metrics.get("train_rmse_f") or pot.metrics.get("rmse_f")
+        rmse = pot.metrics.get("train_forces_rmse")
         self.progress.log(f"published v{pot.version} {pot.name}" + (f" (force RMSE {rmse * 1000:.1f} meV/Å)"
                                                                     if isinstance(rmse, float) else ""))
         self.db.record_event("publish", f"v{pot.version} {pot.name}", version=pot.version,
@@ -581,8 +601,7 @@ class Steering:
             return f"every walker reached {st.max_md_steps} MD steps"
         if st.converged_segments and all(w.segments_since_trigger >= st.converged_segments for w in walkers):
             return f"converged: {st.converged_segments} consecutive segments without a trigger on every walker"
-        waiting = [w for w in walkers if w.status is not WalkerStatus.finished]
-        if waiting and all(w.status is WalkerStatus.waiting for w in waiting) and not self._work_pending():
+        if self._all_walkers_waiting() and not self._work_pending():
             if self._training_budget_used():
                 return f"training budget of {st.max_trainings} retrains used; walkers wait for a better potential"
             from autopipe.potentials.trainer import new_label_count
