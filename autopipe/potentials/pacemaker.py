@@ -161,7 +161,8 @@ def run_command(argv: list[str], cwd: Path, log_path: Path, timeout: float, env:
     """
     t0 = time.perf_counter()
     with open(log_path, "ab") as fh:
-        fh.write(("$ " + " ".join(argv) + "\n").encode())
+        # Same timestamp format as pacemaker's log lines, so phases can be timed from the log.
+        fh.write(f"{_stamp()} [autopipe] start: {' '.join(argv)}\n".encode())
         fh.flush()
         proc = subprocess.Popen(argv, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
@@ -182,7 +183,16 @@ def run_command(argv: list[str], cwd: Path, log_path: Path, timeout: float, env:
                 pass
             proc.wait()
             raise
+        fh.write(f"{_stamp()} [autopipe] exit: code {rc}\n".encode())
     return rc, time.perf_counter() - t0
+
+
+def _stamp() -> str:
+    """Local time as Python logging's default ``asctime`` (``2026-11-28 10:43:45,738``)."""
+    import datetime as dt
+
+    now = dt.datetime.now()
+    return now.strftime("%Y-%m-%d %H:%M:%S") + f",{now.microsecond // 1000:03d}"
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -376,3 +386,51 @@ def parse_metrics(workdir: Path | str) -> dict[str, Any]:
         if rows and "loss" in header:
             metrics["final_loss"] = float(rows[-1][header.index("loss")])
     return metrics
+
+
+# ----------------------------------------------------------------------------- timing
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (.*)$")
+
+#: (phase, first marker, second marker): the phase lasts from the first log line that
+#: contains the first marker to the first line after it that contains the second.
+PHASES = (
+    ("python_startup", "[autopipe] start", "Start pacemaker"),  # interpreter, pyace/pandas imports
+    ("setup", "Start pacemaker", "Cutoff for neighbour lists construction"),  # input, basis construction
+    ("tensorflow_import", "Cutoff for neighbour lists construction", "tensorpot_version"),
+    ("data_preparation", "tensorpot_version", "Fitting dataset size"),  # load, neighbour lists, weights, plots
+    ("tf_graph_build", "Fitting dataset size", "Initial state:"),  # tracing + first loss/gradient evaluation
+    ("optimisation", "Initial state:", "Fitting cycle finished"),
+    ("predictions", "Fitting cycle finished", "[autopipe] exit"),  # save, predict train/test, plots
+)
+
+
+def log_phases(log_path: Path | str) -> dict[str, float]:
+    """Seconds spent in each phase of a pacemaker run, from the timestamps of its log.
+
+    Needs the combined log written by :func:`run_pacemaker` (pacemaker's lines plus
+    autopipe's start/exit markers). Phases whose markers are missing (e.g. the TensorFlow
+    ones with the pyace backend) are left out.
+    """
+    import datetime as dt
+
+    events: list[tuple[float, str]] = []
+    for line in Path(log_path).read_text(errors="replace").splitlines():
+        m = _STAMP.match(line)
+        if m:
+            t = dt.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            events.append((t, m.group(2)))
+
+    def first(marker: str, after: float = float("-inf")) -> float | None:
+        for t, msg in events:
+            if t >= after and marker in msg:
+                return t
+        return None
+
+    out: dict[str, float] = {}
+    for name, a, b in PHASES:
+        ta = first(a)
+        tb = first(b, ta) if ta is not None else None
+        if ta is not None and tb is not None:
+            out[name] = tb - ta
+    return out

@@ -40,6 +40,7 @@ class TrainOutcome:
     argv: list[str] = field(default_factory=list)
     log_tail: str = ""
     error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # s per phase: dataset, pacemaker, export, publish
 
     @property
     def ok(self) -> bool:
@@ -134,6 +135,7 @@ def train_version(
         status="failed", workdir=workdir, parent_version=parent.version if parent else None,
         last_label_id=label_snapshot,
     )
+    t_phase = time.perf_counter()
     try:
         df, info = build_dataset(db, train_config, max_label_id=label_snapshot)
     except ValueError as exc:
@@ -144,6 +146,7 @@ def train_version(
         return outcome
     outcome.n_train = info.n_structures
     data_file = write_dataset(df, workdir / "dataset.pckl.gzip")
+    outcome.timings["dataset"] = time.perf_counter() - t_phase
 
     fit = run_pacemaker(
         workdir, train_config, elements, data_file,
@@ -152,12 +155,14 @@ def train_version(
     )
     outcome.argv = fit.argv
     outcome.metrics = dict(fit.metrics)
+    outcome.timings["pacemaker"] = fit.walltime
     if not fit.ok:
         outcome.error, outcome.log_tail = fit.error, fit.log_tail
         outcome.walltime = time.perf_counter() - t0
         log.warning("training v%d failed: %s", version, fit.error)
         return outcome
 
+    t_phase = time.perf_counter()
     try:
         pot_yaml = workdir / "potential.yaml"
         shutil.copyfile(fit.potential, pot_yaml)
@@ -168,6 +173,8 @@ def train_version(
         outcome.walltime = time.perf_counter() - t0
         return outcome
 
+    outcome.timings["export"] = time.perf_counter() - t_phase
+    t_phase = time.perf_counter()
     metrics = {
         **fit.metrics,
         "fit_walltime": fit.walltime,
@@ -188,6 +195,8 @@ def train_version(
         metrics=metrics,
         walltime=outcome.walltime,
     )
+    outcome.timings["publish"] = time.perf_counter() - t_phase
+    outcome.walltime = time.perf_counter() - t0
     outcome.status = "done"
     outcome.potential = pot
     outcome.version = pot.version
