@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
     from autopipe.config.run import RunConfig, TrainConfig
@@ -112,13 +112,16 @@ def train_version(
     continue_fit: bool = True,
     iterations: int | None = None,
     workdir: Path | None = None,
+    reference_energies: Mapping[str, float] | None = None,
 ) -> TrainOutcome:
     """Train on every label up to ``label_snapshot`` and publish the result as ``version``.
 
     ``parent`` is the version this one succeeds; with ``continue_fit`` the fit starts
     from the parent's coefficients (``pacemaker -p``), otherwise from scratch.
     Runs in ``workdir`` (default ``<store root>/train/vNNNN``), which keeps pacemaker's
-    input, log and data for inspection.
+    input, log and data for inspection. ``reference_energies`` (eV per atom of each
+    element, e.g. isolated-atom DFT energies) are subtracted from the labels' energies;
+    without them raw energies are fitted, which suits analytic oracles (LJ, EMT).
     """
     from autopipe.potentials.dataset import build_dataset, write_dataset
     from autopipe.potentials.pacemaker import (
@@ -137,7 +140,8 @@ def train_version(
     )
     t_phase = time.perf_counter()
     try:
-        df, info = build_dataset(db, train_config, max_label_id=label_snapshot)
+        df, info = build_dataset(db, train_config, max_label_id=label_snapshot,
+                                 reference_energies=reference_energies)
     except ValueError as exc:
         outcome.error = f"cannot build the training set: {exc}"
         return outcome
@@ -185,16 +189,20 @@ def train_version(
         "continued_from": parent.version if (parent is not None and continue_fit) else None,
     }
     outcome.walltime = time.perf_counter() - t0
-    pot = store.publish(
-        {"yaml": pot_yaml, "yace": yace, "asi": asi, "input": workdir / "input.yaml", "log": workdir / LOG_FILE},
-        name=name,
-        parent_version=parent.version if parent else None,
-        version=version,
-        n_train=info.n_structures,
-        last_label_id=label_snapshot,
-        metrics=metrics,
-        walltime=outcome.walltime,
-    )
+    try:
+        pot = store.publish(
+            {"yaml": pot_yaml, "yace": yace, "asi": asi, "input": workdir / "input.yaml", "log": workdir / LOG_FILE},
+            name=name,
+            parent_version=parent.version if parent else None,
+            version=version,
+            n_train=info.n_structures,
+            last_label_id=label_snapshot,
+            metrics=metrics,
+            walltime=outcome.walltime,
+        )
+    except Exception as exc:  # e.g. another trainer took this version number meanwhile
+        outcome.error = f"publishing v{version} failed: {exc}"
+        return outcome
     outcome.timings["publish"] = time.perf_counter() - t_phase
     outcome.walltime = time.perf_counter() - t0
     outcome.status = "done"
@@ -205,7 +213,12 @@ def train_version(
 
 
 def train_next_version(
-    db: Database, store: PotentialStore, run_config: RunConfig, *, name: str | None = None
+    db: Database,
+    store: PotentialStore,
+    run_config: RunConfig,
+    *,
+    name: str | None = None,
+    reference_energies: Mapping[str, float] | None = None,
 ) -> TrainOutcome:
     """Retrain on every successful label so far, continuing from the latest potential.
 
@@ -226,5 +239,6 @@ def train_next_version(
         label_snapshot=snapshot,
         continue_fit=continuing,
         iterations=iterations,
+        reference_energies=reference_energies,
     )
     return outcome
