@@ -129,11 +129,17 @@ class PotentialStore:
                 self._checksum_cache[key] = cached
         return cached
 
-    def verify(self, row: Potential) -> list[str]:
-        """Roles whose file is missing or no longer matches its recorded sha256 (empty: intact)."""
+    def verify(self, row: Potential, roles: tuple[str, ...] = ROLES) -> list[str]:
+        """Roles whose file is missing or no longer matches its recorded sha256 (empty: intact).
+
+        Only the files a potential is used through (yaml, yace, asi) are checked by
+        default: a deleted log must not retire a working potential.
+        """
         bad = []
         d = self.root / row.directory
         for role, name in (row.files or {}).items():
+            if role not in roles:
+                continue
             expected = (row.checksums or {}).get(role)
             actual = self._checksum(d / name)
             if actual is None or (expected is not None and actual != expected):

@@ -144,3 +144,9 @@ def test_checksums_are_cached_by_mtime_and_size(store, tmp_path, monkeypatch):
     os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
     assert store.latest() is None
     assert len(calls) == 1
+
+
+def test_a_missing_log_does_not_retire_a_potential(store, tmp_path):
+    p1 = store.publish(_files(tmp_path, "a"), name="one")
+    (p1.directory / "pacemaker.log").unlink()
+    assert store.latest() == p1

@@ -98,3 +98,25 @@ def test_retrain_continues_from_parent_and_snapshots_labels(lj_potential, tmp_pa
     assert new_label_count(db) == 1
     assert new.yace.exists() and new.asi.exists()
     db.dispose()
+
+
+@pytest.mark.parametrize("continue_from_parent", [True, False])
+def test_retrain_passes_parent_and_iterations_to_pacemaker(db, tmp_path, monkeypatch, continue_from_parent):
+    cfg = lj_run_config("t", tmp_path, train={"max_iterations": 50, "retrain_iterations": 7,
+                                               "continue_from_parent": continue_from_parent})
+    store = PotentialStore(db, tmp_path / "potentials")
+    ids = add_labelled(db, lj_structures(2))
+    parent = store.publish(_fake_files(tmp_path), name="v1", last_label_id=ids[0])
+    seen = {}
+
+    def record(workdir, train_config, elements, dataset, *, initial_potential=None, iterations=None, **kw):
+        seen.update(initial_potential=initial_potential, iterations=iterations, elements=list(elements))
+        return FitResult(status="failed", workdir=Path(workdir), error="stop")
+
+    monkeypatch.setattr(pm, "run_pacemaker", record)
+    out = train_next_version(db, store, cfg)
+    assert out.status == "failed" and out.parent_version == 1 and out.last_label_id == ids[-1]
+    if continue_from_parent:
+        assert seen == {"initial_potential": parent.yaml, "iterations": 7, "elements": ["Ar"]}
+    else:
+        assert seen == {"initial_potential": None, "iterations": 50, "elements": ["Ar"]}
