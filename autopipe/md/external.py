@@ -14,6 +14,9 @@ in serial). The callback
 * writes a trajectory frame (extxyz, ASE frame, positions wrapped into the cell, forces,
   and gamma on check steps) every ``dump_every`` steps.
 
+Serial only: the callback expects every atom to be local (one MPI rank); with more ranks
+the atom count check fails the segment with a clear message.
+
 ctypes prints and swallows exceptions raised in a callback, so nothing here raises: any
 failure (exception, non-finite or exploding energy or forces) is recorded in ``error``,
 the forces are zeroed so that LAMMPS never integrates NaNs, and the stop flag ``f_ext[2]``

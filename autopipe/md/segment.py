@@ -304,8 +304,9 @@ def run_segment(
 ) -> SegmentResult:
     """Run one MD segment of ``n_steps`` (default ``md_config.segment_steps``) from ``state``.
 
-    ``workdir`` receives the LAMMPS data file, thermo records, the trajectory and the
-    checkpoint ``checkpoint-<end_step:08d>.npz``. ``route``: ``"auto"`` picks ``native`` when
+    ``workdir`` receives ``seg-<start>-v<version>.*`` files (thermo records, trajectory; the
+    LAMMPS data file is kept only when the segment failed) and the checkpoint
+    ``checkpoint-<end_step:08d>.npz``. ``route``: ``"auto"`` picks ``native`` when
     LAMMPS has ML-PACE, else ``external`` (pyace through fix external). ``limits``: bounds that
     count as a blown-up run (callback route). ``lammps_dump``: on the callback route, also write
     LAMMPS's own dump (LAMMPS frame: positions, velocities, total forces) to
@@ -394,6 +395,8 @@ def run_segment(
                 pass
     if result.status in ("completed", "triggered"):
         result.checkpoint = save_state(checkpoint_path(workdir, result.end_step), result.final_state)
+        # The data file only restates the starting checkpoint; keep it only to debug failures.
+        data_file.unlink(missing_ok=True)
     result.walltime = time.perf_counter() - t0
     return result
 

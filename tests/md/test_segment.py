@@ -48,6 +48,7 @@ def test_calm_segment_completes_below_threshold(pot, tmp_path):
     assert res.checkpoint == tmp_path / "checkpoint-00000200.npz"
     ck = load_state(res.checkpoint)
     assert ck.step == 200 and np.array_equal(ck.atoms.positions, res.final_state.atoms.positions)
+    assert not list(tmp_path.glob("*.data"))  # LAMMPS's input data is dropped after a success
     # trajectory frames every dump_every steps, in the ASE frame, with forces (and gamma on checks)
     frames = read(res.trajectory, index=":")
     assert [f.info["step"] for f in frames] == list(range(0, 201, 20))
@@ -241,6 +242,7 @@ def _assert_failed(res, state, tmp_path, match: str):
     assert res.final_state is state and res.end_step == res.start_step
     assert res.checkpoint is None
     assert not list(tmp_path.glob("checkpoint-*.npz"))
+    assert len(list(tmp_path.glob("seg-*.data"))) == 1  # kept to debug the failure
 
 
 def test_absurd_timestep_fails_cleanly(pot, tmp_path):
