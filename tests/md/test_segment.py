@@ -6,8 +6,6 @@ Systems: 108-atom LJ-argon fcc crystals (the 3D potential) and a 32-atom layer (
 from __future__ import annotations
 
 import math
-import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,6 @@ from ase import units
 from ase.io import read
 
 from autopipe.md import MDState, initial_state, kinetic_temperature, load_state, run_segment
-from autopipe.md.state import KB
 from tests.md.conftest import fcc, md_config, otf_config, pyace_results
 
 EV_PER_A3_IN_BAR = 1.0 / units.bar  # 1 eV/Å³ = 1.602e6 bar
