@@ -96,6 +96,12 @@ def steer(
     except KeyboardInterrupt:
         typer.secho("interrupted; run the same command again to resume", err=True)
         raise typer.Exit(code=130)
+    except Exception as exc:  # a bug or an environment problem: still one line unless --debug
+        if debug:
+            raise
+        typer.secho(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback; "
+                    "the same command resumes the run)", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1)
 
 
 def _database_for(workdir: Path):
@@ -139,6 +145,25 @@ def report(
         path = build_report(_database_for(workdir), workdir)
         typer.echo(f"report written to {path}")
     except AutopipeError as exc:
+        _fail(exc, debug)
+
+
+@app.command()
+def replay(
+    workdir: Path = typer.Option(..., "--workdir", help="Work directory of the run."),
+    first: Optional[int] = typer.Option(None, help="Version to replay first (default: 1)."),
+    last: Optional[int] = typer.Option(None, help="Version to compare with (default: newest)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Replay walker 0 from its first state with the first and the newest potential."""
+    try:
+        from autopipe.config.run import RunConfig
+        from autopipe.replay import compare, describe
+
+        run = RunConfig.model_validate_json((workdir / "run.resolved.json").read_text())
+        for r in compare(workdir, first, last):
+            typer.echo(describe(r, run.otf.uncertainty_threshold))
+    except (AutopipeError, ValueError, FileNotFoundError) as exc:
         _fail(exc, debug)
 
 

@@ -273,20 +273,16 @@ def compute_active_set(
     """Active set (``.asi``, written next to ``yaml_path``) from pacemaker-format datasets.
 
     The datasets are pacemaker's ``fitting_data_info.pckl.gzip`` or any DataFrame pickle
-    with ``ase_atoms`` and ``forces``. pace_activeset by default leaves out atoms whose
-    force error is an outlier, so badly fitted environments do not pass as known.
+    with ``ase_atoms`` (and ``w_forces``). Every atom with a non-zero force weight counts,
+    however well it was fitted: see :mod:`autopipe.potentials.activeset` for why this is not
+    ``pace_activeset``'s default. ``timeout`` is kept for callers; the work runs in-process.
     """
-    yaml_path = Path(yaml_path).resolve()
-    argv = [venv_bin("pace_activeset")]
-    for d in datasets:
-        argv += ["-d", str(Path(d).resolve())]
-    argv.append(str(yaml_path))
-    out = yaml_path.with_suffix(".asi")
-    log_path = yaml_path.parent / "pace_activeset.log"
-    rc, _ = run_command(argv, yaml_path.parent, log_path, timeout, env=_subprocess_env())
-    if rc != 0 or not out.exists():
-        raise RuntimeError(f"pace_activeset failed (code {rc}):\n{_tail(log_path)}")
-    return out
+    from autopipe.potentials.activeset import compute_trusted_active_set
+
+    try:
+        return compute_trusted_active_set(Path(yaml_path).resolve(), [Path(d).resolve() for d in datasets])
+    except Exception as exc:
+        raise RuntimeError(f"active set computation failed: {type(exc).__name__}: {exc}") from exc
 
 
 # ----------------------------------------------------------------------------- metrics

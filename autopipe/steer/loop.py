@@ -264,8 +264,11 @@ class Steering:
         if n_gen == 0:
             from autopipe.generate import generate_structures, template_atoms
 
-            structures = generate_structures(self.run_cfg.system.elements, template_atoms(self.run_cfg.system),
-                                             self.run_cfg.initial_potential)
+            try:
+                structures = generate_structures(self.run_cfg.system.elements, template_atoms(self.run_cfg.system),
+                                                 self.run_cfg.initial_potential)
+            except ValueError as exc:  # e.g. min_distance larger than the template allows
+                raise AutopipeError(f"cannot generate the initial dataset: {exc}") from None
             with self.db.session() as s:
                 rows = [structure_from_atoms(a, Origin.generated, selected=True,
                                              info={"generator": a.info.get("generator")}) for a in structures]
@@ -321,12 +324,13 @@ class Steering:
             return
         from autopipe.generate import template_atoms
         from autopipe.md import initial_state, save_state
+        from autopipe.replay import initial_checkpoint
 
         atoms = template_atoms(self.run_cfg.system)
         for i in range(self.run_cfg.walkers.count):
             md = self.run_cfg.md.model_copy(update={"seed": self.run_cfg.md.seed + i})
             state = initial_state(atoms, md)
-            ck = self.workdir / "walkers" / f"w{i:02d}" / f"checkpoint-{0:08d}.npz"
+            ck = initial_checkpoint(self.workdir, i)
             ck.parent.mkdir(parents=True, exist_ok=True)
             save_state(ck, state)
             with self.db.session() as s:
@@ -460,10 +464,14 @@ class Steering:
             seg.status = status
             frame_id = embed_task = None
             if status is SegmentStatus.completed:
-                ck = Path(w.checkpoint).parent / f"checkpoint-{result.end_step:08d}.npz"
-                from autopipe.md import save_state
+                # run_segment wrote its end state next to its files; a worker on another
+                # filesystem may not have, so write it here then. Committed only once it exists.
+                ck = Path(result.checkpoint) if result.checkpoint else None
+                if ck is None or not ck.is_file():
+                    from autopipe.md import save_state
 
-                save_state(ck, result.final_state)  # committed below only once the file exists
+                    ck = Path(w.checkpoint).parent / f"checkpoint-{result.end_step:08d}.npz"
+                    save_state(ck, result.final_state)
                 seg.end_checkpoint = w.checkpoint = str(ck)
                 w.step, w.failures = result.end_step, 0
                 w.segments_since_trigger += 1
