@@ -205,6 +205,19 @@ def build_report(db: Database, workdir: Path | str) -> Path:
     sub_png = plot_subcell(db, out)
     costs = stage_costs(db)
 
+    replay_html = ""
+    replay_file = workdir / "replay.json"
+    if replay_file.is_file():
+        import json
+
+        from autopipe.replay import ReplayResult, describe
+
+        thr = otf.get("uncertainty_threshold", float("nan"))
+        items = [describe(ReplayResult(**r), thr) for r in json.loads(replay_file.read_text())]
+        replay_html = ("<h2>The proof: replaying the same collisions</h2><p>Walker 0 from its first state, "
+                       "same NVE settings, with the first and the newest potential:</p><ul>"
+                       + "".join(f"<li>{html.escape(x)}</li>" for x in items) + "</ul>")
+
     def img(p, alt):
         return f'<img src="{p.name}" alt="{alt}">' if p else f"<p><em>{alt}: nothing to show yet</em></p>"
 
@@ -227,6 +240,7 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 10px;
 Stopped because: <b>{html.escape(str(st['stopped_because'] or 'not stopped (running or killed)'))}</b>.</p>
 <p>Structures {st['structures'].get('total', 0)} (embedded sub-cells {st['embedded']}), labels {st['labels']},
 segments {st['segments']}, triggers {st['triggers']}.</p>
+{replay_html}
 <h2>Uncertainty during MD</h2>{img(gamma_png, 'max gamma against MD time')}
 <div class="grid"><div><h2>Learning curve</h2>{img(learn_png, 'force RMSE per version')}
 <table><tr><th>version</th><th>name</th><th>parent</th><th>train F RMSE (meV/Å)</th><th>held-out collision frames F RMSE (meV/Å)</th></tr>{rows}</table>

@@ -30,7 +30,7 @@ def test_steer_help_and_check_prints_plan(tmp_path):
     out = _run("autopipe-steer", "--site", str(ROOT / "configs/local.yaml"),
                "--run", str(ROOT / "configs/runs/lj2d-heal.yaml"), "--workdir", str(tmp_path / "w"), "--check")
     assert out.returncode == 0, out.stderr
-    assert "run 'lj2d' on site 'local'" in out.stdout
+    assert "run 'lj_healed' on site 'local'" in out.stdout
     assert str(tmp_path / "w") in out.stdout
     assert "configuration OK" in out.stdout
 
