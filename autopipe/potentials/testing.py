@@ -36,7 +36,7 @@ LJ_CUTOFF = 5.0  # Å
 
 #: Bump when the meaning of a recipe changes without its fields changing
 #: (2: packed cells honour the packing distance in dense 2D layers).
-RECIPE_FORMAT = 2
+RECIPE_FORMAT = 3  # 3: active sets over every trusted atom (autopipe.potentials.activeset)
 
 
 def lj_calculator(sigma: float = LJ_SIGMA, epsilon: float = LJ_EPSILON, rc: float = LJ_CUTOFF):
