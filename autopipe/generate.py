@@ -171,6 +171,15 @@ def _assign_species(rng: np.random.Generator, atoms: Atoms, elements: Sequence[s
         atoms.symbols = list(rng.choice(list(elements), size=len(atoms)))
 
 
+def dataset_template(run_config) -> Atoms:
+    """The template of the initial dataset: ``initial_potential.structure`` or the system's structure."""
+    from autopipe.config.run import SystemConfig
+
+    src = getattr(run_config.initial_potential, "structure", None)
+    system = run_config.system if src is None else SystemConfig(elements=run_config.system.elements, structure=src)
+    return template_atoms(system)
+
+
 def generate_structures(
     elements: Sequence[str] | SystemConfig,
     template: Atoms,

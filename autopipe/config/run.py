@@ -109,6 +109,11 @@ class InitialPotentialGenerate(StrictModel):
         description="Reject generated structures with any pair closer than this (Å); >0 leaves short range untrained.",
     )
     seed: int = Field(default=1, description="Random seed.")
+    structure: StructureSource | None = Field(
+        default=None,
+        description="Template of the generated cells (default: system.structure); a smaller cell keeps "
+        "DFT cheap while the MD runs a larger one.",
+    )
 
 
 InitialPotential = Annotated[Union[InitialPotentialFile, InitialPotentialGenerate], Field(discriminator="kind")]
@@ -238,6 +243,11 @@ class TrainConfig(StrictModel):
     backend: Literal["tensorpot", "pyace"] = Field(default="tensorpot", description="pacemaker evaluator.")
     batch_size: int = Field(default=100, ge=1, description="Structures per batch (tensorpot).")
     test_size: float = Field(default=0.0, ge=0, lt=1, description="Fraction held out for test metrics.")
+    reference_energies: dict[str, float] | Literal["auto"] | None = Field(
+        default=None,
+        description="Per-element energies (eV/atom) subtracted before fitting; 'auto': a least-squares fit "
+        "over the labels (use it for DFT, whose total energies are large); none: raw energies (oracles).",
+    )
     embedded_energy_weight: float = Field(
         default=0.0, ge=0, description="Energy weight of carved sub-cells relative to ordinary structures."
     )

@@ -70,6 +70,21 @@ def record_weights(
     return w_energy, w_forces
 
 
+def fit_reference_energies(rows: list[dict]) -> dict[str, float]:
+    """Per-element energies (eV/atom) that best explain the labelled energies (least squares).
+
+    Only rows with a non-zero energy weight count (carved cells' energies are artefacts).
+    Subtracting them leaves pacemaker the binding part to fit, instead of total DFT
+    energies of hundreds of eV per atom.
+    """
+    use = [r for r in rows if r["w_energy"] > 0] or rows
+    elements = sorted({sym for r in use for sym in r["ase_atoms"].get_chemical_symbols()})
+    counts = np.array([[r["ase_atoms"].get_chemical_symbols().count(e) for e in elements] for r in use], float)
+    energies = np.array([r["energy"] for r in use])
+    coef, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return dict(zip(elements, (float(c) for c in coef)))
+
+
 def build_dataset(
     db: Database,
     train_config: TrainConfig,
@@ -95,6 +110,11 @@ def build_dataset(
     from autopipe.db import Label, LabelStatus, Origin, Structure, atoms_from_structure
     from autopipe.potentials.periodic import closed_for_ace
 
+    if reference_energies is None:
+        reference_energies = getattr(train_config, "reference_energies", None)
+    auto_reference = reference_energies == "auto"
+    if auto_reference:
+        reference_energies = None
     rows: list[dict] = []
     with db.session() as s:
         q = (
@@ -144,6 +164,11 @@ def build_dataset(
                     "embedded": bool(embedded),
                 }
             )
+    if auto_reference and rows:
+        refs = fit_reference_energies(rows)
+        for r in rows:
+            e_ref = float(sum(refs[sym] for sym in r["ase_atoms"].get_chemical_symbols()))
+            r["energy_corrected"] = r["energy"] - e_ref
     df = pd.DataFrame(
         rows,
         columns=["ase_atoms", "energy", "energy_corrected", "forces", "w_energy", "w_forces", *ID_COLUMNS, "embedded"],

@@ -129,12 +129,12 @@ def build_initial_potential(
         label_fn = _run_dft_label_fn(run_config)
 
     from autopipe.db import LabelStatus, structure_from_atoms
-    from autopipe.generate import generate_structures, template_atoms
+    from autopipe.generate import dataset_template, generate_structures
     from autopipe.potentials.trainer import max_label_id, train_version
 
     n_existing, todo = _generated_unlabelled(db)
     if n_existing == 0:
-        tmpl = template if template is not None else template_atoms(run_config.system)
+        tmpl = template if template is not None else dataset_template(run_config)
         structures = generate_structures(run_config.system.elements, tmpl, init)
         with db.session() as s:
             rows = [structure_from_atoms(a, "generated", info={"generator": a.info.get("generator")}) for a in structures]

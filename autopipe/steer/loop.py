@@ -74,6 +74,7 @@ class Steering:
         self.poll_interval = poll_interval
         self.t0 = time.monotonic()
         self.train_failures = 0
+        self.busy = 0.0  # s the steering process spent working (not sleeping between polls)
         from autopipe.steer.live import Progress
 
         self.progress = Progress(live=live)
@@ -100,7 +101,7 @@ class Steering:
             self.progress.stop()
             dfk.cleanup()
             parsl.clear()
-        self.db.record_event("stop", reason, walltime=time.monotonic() - self.t0)
+        self.db.record_event("stop", reason, walltime=time.monotonic() - self.t0, busy=self.busy)
         self.progress.log(f"stopped: {reason}")
         return LoopOutcome(stopped_because=reason, walltime=time.monotonic() - self.t0)
 
@@ -228,6 +229,7 @@ class Steering:
     def _main_loop(self) -> str:
         stopping: str | None = None
         while True:
+            tick = time.perf_counter()
             if stopping is None:
                 self._bootstrap()
                 self._schedule_walkers()
@@ -245,6 +247,7 @@ class Steering:
                                       "running task(s)")
                     for tid in self.dispatcher.clear_queued():
                         log.debug("task %d stays pending for the next start", tid)
+            self.busy += time.perf_counter() - tick
             if stopping and not self.dispatcher.in_flight():
                 return stopping
             time.sleep(self.poll_interval)
@@ -262,10 +265,10 @@ class Steering:
         with self.db.session() as s:
             n_gen = s.scalar(select(func.count()).select_from(Structure).where(Structure.origin == Origin.generated))
         if n_gen == 0:
-            from autopipe.generate import generate_structures, template_atoms
+            from autopipe.generate import dataset_template, generate_structures
 
             try:
-                structures = generate_structures(self.run_cfg.system.elements, template_atoms(self.run_cfg.system),
+                structures = generate_structures(self.run_cfg.system.elements, dataset_template(self.run_cfg),
                                                  self.run_cfg.initial_potential)
             except ValueError as exc:  # e.g. min_distance larger than the template allows
                 raise AutopipeError(f"cannot generate the initial dataset: {exc}") from None

@@ -27,7 +27,7 @@ def short_run(tmp_path: Path, **overrides) -> Path:
         "name": "short",
         "workdir": str(tmp_path / "work"),
         "system": {"elements": ["Ar"],
-                   "structure": {"kind": "liquid2d", "n_atoms": 48, "density": 0.16, "min_distance": 2.0, "seed": 3}},
+                   "structure": {"kind": "liquid2d", "n_atoms": 48, "density": 0.15, "min_distance": 2.0, "seed": 3}},
         "initial_potential": {"kind": "generate", "name": "short_v1", "n_structures": 12, "rattle": 0.15,
                               "strain": 0.05, "min_distance": 1.95, "seed": 7},
         "md": {"ensemble": "nve", "initial_temperature": 2500.0, "segment_steps": 100, "dimension": 2,
@@ -40,7 +40,7 @@ def short_run(tmp_path: Path, **overrides) -> Path:
         "stop": {"max_md_steps": 200, "max_trainings": 1, "max_walltime": 600},
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(run.get(key), dict):
+        if isinstance(value, dict) and isinstance(run.get(key), dict) and key != "dft":  # dft: a new code
             run[key].update(value)
         else:
             run[key] = value
@@ -79,11 +79,14 @@ def test_kill_after_first_label_then_resume_loses_nothing_and_computes_nothing_t
             try:
                 with Database(f"sqlite:///{db_path}", create=False).session() as s:
                     n = s.scalar(select(func.count()).select_from(Label))
+                    running = s.scalar(select(func.count()).select_from(Task).where(Task.state == TaskState.running))
             except Exception:
-                n = 0  # tables not created yet
-            if n:
+                n = running = 0  # tables not created yet
+            if n and running:  # after the first label, while more DFT is in flight
                 break
         time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail(f"the loop ended early:\n{proc.stdout.read()[-3000:]}")
     assert n >= 1, "no label was stored before the deadline"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
