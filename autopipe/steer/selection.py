@@ -7,8 +7,9 @@ Two documented criteria, applied in order to the candidates of all walkers:
    (the unmasked ones, whose forces will be trained on) is recomputed; when it is below
    the threshold the hole is already healed and the candidate is dropped.
 2. **Not a duplicate.** Two candidates describe the same environment when their centre
-   atoms have the same species and their sorted centre-neighbour distances within the
-   core cutoff agree to ``tolerance`` Å (same count, max difference below it). Of a
+   atoms have the same species and their sorted centre-neighbour distances within
+   ``cutoff + buffer`` (everything that shapes the trained core's forces) agree to
+   ``tolerance`` Å (same count, max difference below it). Of a
    group of duplicates the one with the highest gamma is kept; candidates are compared
    with each other and with structures already sent to DFT. Walkers that hit the same
    hole at once therefore buy one DFT call, not several.
@@ -34,10 +35,11 @@ def core_fingerprint(atoms, center: int = 0, cutoff: float | None = None) -> tup
     """(centre Z, sorted neighbour distances (Å), neighbour Z in that order) within ``cutoff``.
 
     Distances use the sub-cell's own periodicity (minimum image). ``cutoff`` defaults to
-    ``atoms.info["embedding_cutoff"]``.
+    ``embedding_cutoff + embedding_buffer`` from ``atoms.info``: a core radius alone can be
+    shorter than a bond (then every environment would look alike).
     """
     if cutoff is None:
-        cutoff = float(atoms.info["embedding_cutoff"])
+        cutoff = float(atoms.info["embedding_cutoff"]) + float(atoms.info.get("embedding_buffer", 0.0))
     d = atoms.get_distances(center, np.arange(len(atoms)), mic=bool(np.any(atoms.pbc)))
     sel = np.flatnonzero((d <= cutoff) & (np.arange(len(atoms)) != center))
     order = np.argsort(d[sel], kind="stable")

@@ -50,3 +50,14 @@ def test_healed_candidates_are_dropped_with_the_new_gamma_in_the_reason():
     d = select_candidates([a, b], [9.0, 9.0], threshold=5.0, regamma=lambda x: regamma[id(x)])
     assert not d[0].keep and "healed" in d[0].reason and "1.30" in d[0].reason
     assert d[1].keep
+
+
+def test_a_core_smaller_than_a_bond_does_not_make_everything_a_duplicate():
+    from ase.build import bulk
+
+    si = bulk("Si", "diamond", a=5.43, cubic=True).repeat(3)
+    si.rattle(0.1, seed=4)
+    a, _ = extract_periodic_subsystem(si, 0, 2.0, 2.5, min_distance=0.0)  # core radius < Si-Si bond
+    b, _ = extract_periodic_subsystem(si, 50, 2.0, 2.5, min_distance=0.0)
+    d = select_candidates([a, b], [3.0, 3.0], threshold=2.0)
+    assert all(x.keep for x in d)
