@@ -99,6 +99,63 @@ def _fresh_workdir(base: Path) -> Path:
     return candidate
 
 
+@dataclass
+class FitOutput:
+    """A finished pacemaker fit, not yet published: files by role, metrics, status."""
+
+    status: str  # "done" | "failed"
+    files: dict[str, str] = field(default_factory=dict)  # role -> path: yaml, yace, asi, input, log
+    metrics: dict[str, Any] = field(default_factory=dict)
+    walltime: float = 0.0  # s
+    argv: list[str] = field(default_factory=list)
+    error: str | None = None
+    log_tail: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # s: pacemaker, export
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
+
+
+def fit_and_export(
+    workdir: Path | str,
+    train_config: TrainConfig,
+    elements: Sequence[str],
+    data_file: Path | str,
+    *,
+    parent_yaml: Path | str | None = None,
+    iterations: int | None = None,
+) -> FitOutput:
+    """Fit with pacemaker in ``workdir`` (continuing from ``parent_yaml`` if given), export the
+    ``.yace`` and compute the active set. Touches no database: runs on any worker."""
+    from autopipe.potentials.pacemaker import FITTING_DATA_INFO, LOG_FILE, compute_active_set, export_yace, run_pacemaker
+
+    t0 = time.perf_counter()
+    workdir = Path(workdir)
+    fit = run_pacemaker(workdir, train_config, elements, Path(data_file),
+                        initial_potential=Path(parent_yaml) if parent_yaml else None, iterations=iterations)
+    out = FitOutput(status="failed", metrics=dict(fit.metrics), argv=list(fit.argv),
+                    timings={"pacemaker": fit.walltime})
+    if not fit.ok:
+        out.error, out.log_tail = fit.error, fit.log_tail
+    else:
+        t_phase = time.perf_counter()
+        try:
+            pot_yaml = workdir / "potential.yaml"
+            shutil.copyfile(fit.potential, pot_yaml)
+            yace = export_yace(pot_yaml)
+            asi = compute_active_set(pot_yaml, [workdir / FITTING_DATA_INFO])
+            out.files = {"yaml": str(pot_yaml), "yace": str(yace), "asi": str(asi),
+                         "input": str(workdir / "input.yaml"), "log": str(workdir / LOG_FILE)}
+            out.metrics["fit_walltime"] = fit.walltime
+            out.status = "done"
+        except Exception as exc:  # a broken export or active set means an unusable potential
+            out.error = f"{type(exc).__name__}: {exc}"
+        out.timings["export"] = time.perf_counter() - t_phase
+    out.walltime = time.perf_counter() - t0
+    return out
+
+
 def train_version(
     db: Database,
     store: PotentialStore,
@@ -124,13 +181,6 @@ def train_version(
     without them raw energies are fitted, which suits analytic oracles (LJ, EMT).
     """
     from autopipe.potentials.dataset import build_dataset, write_dataset
-    from autopipe.potentials.pacemaker import (
-        FITTING_DATA_INFO,
-        LOG_FILE,
-        compute_active_set,
-        export_yace,
-        run_pacemaker,
-    )
 
     t0 = time.perf_counter()
     workdir = _fresh_workdir(workdir or store.root / "train" / f"v{version:04d}")
@@ -152,14 +202,14 @@ def train_version(
     data_file = write_dataset(df, workdir / "dataset.pckl.gzip")
     outcome.timings["dataset"] = time.perf_counter() - t_phase
 
-    fit = run_pacemaker(
+    fit = fit_and_export(
         workdir, train_config, elements, data_file,
-        initial_potential=parent.yaml if (parent is not None and continue_fit) else None,
+        parent_yaml=parent.yaml if (parent is not None and continue_fit) else None,
         iterations=iterations,
     )
     outcome.argv = fit.argv
     outcome.metrics = dict(fit.metrics)
-    outcome.timings["pacemaker"] = fit.walltime
+    outcome.timings.update(fit.timings)
     if not fit.ok:
         outcome.error, outcome.log_tail = fit.error, fit.log_tail
         outcome.walltime = time.perf_counter() - t0
@@ -167,21 +217,8 @@ def train_version(
         return outcome
 
     t_phase = time.perf_counter()
-    try:
-        pot_yaml = workdir / "potential.yaml"
-        shutil.copyfile(fit.potential, pot_yaml)
-        yace = export_yace(pot_yaml)
-        asi = compute_active_set(pot_yaml, [workdir / FITTING_DATA_INFO])
-    except Exception as exc:  # a broken export/active set means an unusable potential
-        outcome.error = str(exc)
-        outcome.walltime = time.perf_counter() - t0
-        return outcome
-
-    outcome.timings["export"] = time.perf_counter() - t_phase
-    t_phase = time.perf_counter()
     metrics = {
         **fit.metrics,
-        "fit_walltime": fit.walltime,
         "n_structures": info.n_structures,
         "n_atoms": info.n_atoms,
         "n_embedded": info.n_embedded,
@@ -191,7 +228,7 @@ def train_version(
     outcome.walltime = time.perf_counter() - t0
     try:
         pot = store.publish(
-            {"yaml": pot_yaml, "yace": yace, "asi": asi, "input": workdir / "input.yaml", "log": workdir / LOG_FILE},
+            {role: Path(path) for role, path in fit.files.items()},
             name=name,
             parent_version=parent.version if parent else None,
             version=version,

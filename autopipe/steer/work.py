@@ -10,8 +10,7 @@ declare it.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,44 +67,10 @@ def embed_work(frame, centers: list[int], embedding_config, newest_potential=Non
     return out
 
 
-@dataclass
-class FitOutput:
-    """A finished pacemaker fit, not yet published: files by role, metrics, status."""
-
-    status: str  # "done" | "failed"
-    files: dict[str, str] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    walltime: float = 0.0
-    argv: list[str] = field(default_factory=list)
-    error: str | None = None
-    log_tail: str = ""
-
-
 def fit_work(dataset_file: str, train_config, elements: list[str], workdir: str, parent_yaml: str | None,
-             iterations: int, parsl_resource_specification: dict | None = None) -> FitOutput:
-    """Fit with pacemaker (continuing from ``parent_yaml`` if given), export .yace, compute .asi."""
-    import shutil
+             iterations: int, parsl_resource_specification: dict | None = None):
+    """Fit with pacemaker, export .yace, compute .asi: :func:`autopipe.potentials.trainer.fit_and_export`."""
+    from autopipe.potentials.trainer import fit_and_export
 
-    from autopipe.potentials.pacemaker import FITTING_DATA_INFO, LOG_FILE, compute_active_set, export_yace, run_pacemaker
-
-    t0 = time.perf_counter()
-    work = Path(workdir)
-    fit = run_pacemaker(work, train_config, elements, Path(dataset_file),
-                        initial_potential=Path(parent_yaml) if parent_yaml else None, iterations=iterations)
-    out = FitOutput(status="failed", metrics=dict(fit.metrics), argv=list(fit.argv))
-    if not fit.ok:
-        out.error, out.log_tail = fit.error, fit.log_tail
-    else:
-        try:
-            pot_yaml = work / "potential.yaml"
-            shutil.copyfile(fit.potential, pot_yaml)
-            yace = export_yace(pot_yaml)
-            asi = compute_active_set(pot_yaml, [work / FITTING_DATA_INFO])
-            out.files = {"yaml": str(pot_yaml), "yace": str(yace), "asi": str(asi),
-                         "input": str(work / "input.yaml"), "log": str(work / LOG_FILE)}
-            out.metrics["fit_walltime"] = fit.walltime
-            out.status = "done"
-        except Exception as exc:  # an unusable export or active set means an unusable potential
-            out.error = f"{type(exc).__name__}: {exc}"
-    out.walltime = time.perf_counter() - t0
-    return out
+    return fit_and_export(workdir, train_config, elements, dataset_file, parent_yaml=parent_yaml,
+                          iterations=iterations)
