@@ -15,7 +15,7 @@ class Progress:
     def __init__(self, live: bool = True):
         from rich.console import Console
 
-        self.console = Console(stderr=False)
+        self.console = Console(stderr=False, log_path=False)
         self.live_enabled = live and self.console.is_terminal
         self._live = None
         self._last = 0.0

@@ -626,7 +626,8 @@ class Steering:
         with self.db.session() as s:
             walkers = [(w.index, w.status.value, w.step, w.waiting_for_version)
                        for w in s.scalars(select(Walker).order_by(Walker.index))]
-            last_gamma = dict(s.execute(select(Segment.walker_id, Segment.max_gamma).order_by(Segment.id)).all())
+            last_gamma = dict(s.execute(select(Segment.walker_id, Segment.max_gamma)
+                                        .where(Segment.max_gamma.is_not(None)).order_by(Segment.id)).all())
             wid = dict(s.execute(select(Walker.index, Walker.id)).all())
             labels = dict(s.execute(select(Label.status, func.count()).group_by(Label.status)).all())
             tasks = s.execute(select(Task.kind, Task.state, func.count()).group_by(Task.kind, Task.state)).all()
