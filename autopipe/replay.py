@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from autopipe.db import Database, Origin, Structure, Walker, atoms_from_structure
+from autopipe.db import Database, Walker
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from autopipe.db import Database, Event, Label, LabelStatus, Origin, Potential, Segment, Structure, Walker
+from autopipe.db import Database, Event, Label, Origin, Potential, Segment, Structure, Walker
 
 
 def _mpl():

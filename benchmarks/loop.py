@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT))
 
 
 def short_loop(workdir: Path) -> dict[str, float]:
-    import yaml
     from sqlalchemy import func, select
 
     from autopipe.config import load_run, load_site
@@ -31,7 +30,7 @@ def short_loop(workdir: Path) -> dict[str, float]:
     from autopipe.steer.loop import run_loop
     from tests.steer.test_loop import short_run
 
-    run_file = short_run(workdir, stop={"max_md_steps": 600, "max_trainings": 2, "max_walltime": 900})
+    run_file = short_run(workdir, otf={"uncertainty_threshold": 2.0}, stop={"max_md_steps": 600, "max_trainings": 2, "max_walltime": 900})
     run = load_run(run_file)
     site = load_site(ROOT / "configs" / "local.yaml")
     outcome = run_loop(site, run, live=False)

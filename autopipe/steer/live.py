@@ -41,13 +41,14 @@ class Progress:
                      f"training: {n('train', 'running') + n('train', 'pending')} active, {n('train', 'done')} done")
         return t
 
+    def due(self) -> bool:
+        """True when the live view should be redrawn (terminal only, at most twice a second)."""
+        return self.live_enabled and time.monotonic() - self._last >= 0.5
+
     def update(self, snap: dict[str, Any]) -> None:
         if not self.live_enabled:
             return
-        now = time.monotonic()
-        if now - self._last < 0.5:
-            return
-        self._last = now
+        self._last = time.monotonic()
         if self._live is None:
             from rich.live import Live
 

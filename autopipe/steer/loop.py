@@ -24,11 +24,9 @@ from sqlalchemy import func, select
 
 from autopipe.db import (
     Database,
-    Event,
     Label,
     LabelStatus,
     Origin,
-    Potential,
     Segment,
     SegmentStatus,
     Structure,
@@ -61,8 +59,7 @@ class LoopOutcome:
 class Steering:
     """One run of the loop over a site; create, then :meth:`run`."""
 
-    def __init__(self, site, run, *, live: bool = False, parsl_kwargs: dict[str, Any] | None = None,
-                 poll_interval: float = 0.1):
+    def __init__(self, site, run, *, live: bool = False, parsl_kwargs: dict[str, Any] | None = None):
         from autopipe.potentials import PotentialStore
 
         self.site, self.run_cfg = site, run
@@ -71,7 +68,6 @@ class Steering:
         self.db = Database(run.database_url())
         self.store = PotentialStore(self.db, self.workdir / "potentials")
         self.parsl_kwargs = parsl_kwargs or {}
-        self.poll_interval = poll_interval
         self.t0 = time.monotonic()
         self.train_failures = 0
         self.busy = 0.0  # s the steering process spent working (not sleeping between polls)
@@ -153,8 +149,6 @@ class Steering:
             t = s.get(Task, task_id)
             kind, payload, sid, seg_id = t.kind, dict(t.payload or {}), t.structure_id, t.segment_id
         app, args = self._app_args(kind, payload, sid, seg_id)
-        if app is None:
-            return
         label = self.apps.executors[kind.value]
         self.dispatcher.push(label, PRIORITY[kind.value], task_id, app, *args)
 
@@ -227,20 +221,33 @@ class Steering:
 
     # ------------------------------------------------------------------ main loop
     def _main_loop(self) -> str:
+        """Start what can start, submit by priority, handle what finished, check the stop rules.
+
+        The database is consulted only after something changed (a task finished): between
+        events the loop sleeps until the next future completes, so orchestration costs
+        little next to the work itself (see benchmarks/loop.py).
+        """
         stopping: str | None = None
+        changed = True
         while True:
             tick = time.perf_counter()
-            if stopping is None:
+            if stopping is None and changed:
                 self._bootstrap()
                 self._schedule_walkers()
                 self._maybe_train()
                 for tid, _ in self.dispatcher.pump():
                     self._set_state(tid, TaskState.running)
                     self._mark_segment_running(tid)
-            for tid, fut in self.dispatcher.done():
+                if self.dispatcher.idle():  # nothing runs and nothing could start: nothing will change
+                    stopping = self._stop_reason() or "nothing left to run (see `autopipe status`)"
+                    self.progress.log(f"stopping: {stopping}")
+            finished = self.dispatcher.done()
+            for tid, fut in finished:
                 self._finish(tid, fut)
-            self.progress.update(self._snapshot())
-            if stopping is None:
+            changed = bool(finished)
+            if self.progress.due():
+                self.progress.update(self._snapshot())
+            if stopping is None and (changed or self._out_of_time()):
                 stopping = self._stop_reason()
                 if stopping:
                     self.progress.log(f"stopping: {stopping}; waiting for {len(self.dispatcher.in_flight())} "
@@ -250,7 +257,12 @@ class Steering:
             self.busy += time.perf_counter() - tick
             if stopping and not self.dispatcher.in_flight():
                 return stopping
-            time.sleep(self.poll_interval)
+            if not changed:
+                self.dispatcher.wait(timeout=1.0)
+
+    def _out_of_time(self) -> bool:
+        cap = self.run_cfg.stop.max_walltime
+        return cap is not None and time.monotonic() - self.t0 >= cap
 
     def _mark_segment_running(self, task_id: int) -> None:
         with self.db.session() as s:
@@ -589,7 +601,7 @@ class Steering:
     # ------------------------------------------------------------------ stopping rules
     def _stop_reason(self) -> str | None:
         st = self.run_cfg.stop
-        if st.max_walltime is not None and time.monotonic() - self.t0 >= st.max_walltime:
+        if self._out_of_time():
             return f"wall-time budget of {st.max_walltime:g} s used"
         if self.train_failures >= MAX_TRAIN_FAILURES:
             return f"training failed {self.train_failures} times in a row (see events and train/*/pacemaker.log)"
@@ -646,7 +658,4 @@ class Steering:
 def run_loop(site, run, *, site_path: Path | None = None, run_path: Path | None = None, live: bool = True,
              **kwargs) -> LoopOutcome:
     """Run (or resume) the loop until a stopping rule fires."""
-    try:
-        return Steering(site, run, live=live, **kwargs).run()
-    except AutopipeError:
-        raise
+    return Steering(site, run, live=live, **kwargs).run()

@@ -9,8 +9,10 @@ per-task ``priority``, so the interchange orders whatever it already holds the s
 
 from __future__ import annotations
 
+import concurrent.futures
 import heapq
 import itertools
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -76,6 +78,13 @@ class Dispatcher:
         for _, fut in finished:
             del self._in_flight[fut]
         return finished
+
+    def wait(self, timeout: float) -> None:
+        """Block until a task in flight finishes, or ``timeout`` seconds pass."""
+        if self._in_flight:
+            concurrent.futures.wait(list(self._in_flight), timeout=timeout, return_when="FIRST_COMPLETED")
+        else:
+            time.sleep(min(timeout, 0.05))
 
     def in_flight(self) -> list[Any]:
         return [key for _, key in self._in_flight.values()]

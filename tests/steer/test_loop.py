@@ -14,7 +14,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from autopipe.db import Database, Label, Origin, Potential, Segment, Structure, Task, TaskKind, TaskState, Walker
+from autopipe.db import Database, Label, Origin, Potential, Segment, Structure, Task, TaskKind, TaskState
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
