@@ -24,8 +24,6 @@ app = typer.Typer(
 )
 steer_app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-RUN_MARKER = "autopipe-run.json"  # in the work directory: where the database is, which files started it
-
 
 def _fail(exc: BaseException, debug: bool) -> None:
     if debug:
@@ -107,14 +105,7 @@ def steer(
 def _database_for(workdir: Path):
     from autopipe.db import Database
 
-    marker = workdir / RUN_MARKER
-    if marker.is_file():
-        url = json.loads(marker.read_text())["database"]
-    elif (workdir / "autopipe.db").is_file():
-        url = None
-    else:
-        raise AutopipeError(f"{workdir}: no autopipe run here (no {RUN_MARKER} or autopipe.db)")
-    return Database.for_workdir(workdir, url)
+    return Database.for_run(workdir)
 
 
 @app.command()

@@ -13,6 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from autopipe.db.models import Base, Event
 from autopipe.errors import AutopipeError
 
+#: Written by the steering loop into the work directory: where the run's database is.
+RUN_MARKER = "autopipe-run.json"
+
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets the status command and worker threads read while the loop writes;
@@ -57,6 +60,19 @@ class Database:
     def for_workdir(cls, workdir: Path | str, url: str | None = None) -> "Database":
         """The database of a work directory: ``url`` if given, else ``<workdir>/autopipe.db``."""
         return cls(url or f"sqlite:///{(Path(workdir) / 'autopipe.db').resolve()}")
+
+    @classmethod
+    def for_run(cls, workdir: Path | str) -> "Database":
+        """The database of an existing run: the URL in its run marker, else ``<workdir>/autopipe.db``."""
+        import json
+
+        workdir = Path(workdir)
+        marker = workdir / RUN_MARKER
+        if marker.is_file():
+            return cls(json.loads(marker.read_text())["database"])
+        if (workdir / "autopipe.db").is_file():
+            return cls.for_workdir(workdir)
+        raise AutopipeError(f"{workdir}: no autopipe run here (no {RUN_MARKER} or autopipe.db)")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

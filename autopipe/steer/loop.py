@@ -39,12 +39,12 @@ from autopipe.db import (
     structure_from_atoms,
 )
 from autopipe.db.models import utcnow
+from autopipe.db.session import RUN_MARKER
 from autopipe.errors import AutopipeError
 from autopipe.steer.queue import PRIORITY, Dispatcher
 
 log = logging.getLogger(__name__)
 
-RUN_MARKER = "autopipe-run.json"
 MAX_TASK_ATTEMPTS = 3  # an app that raises (not a failed label: a crash) is retried this often
 MAX_TRAIN_FAILURES = 3  # consecutive failed fits before the run gives up
 MAX_WALKER_FAILURES = 3  # consecutive failed segments before a walker is retired
