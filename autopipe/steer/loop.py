@@ -73,8 +73,8 @@ class Steering:
         log_to_file(ctx.layout.log_file)
         write_run_files(ctx.layout, ctx.run, ctx.site.name)
         ctx.db.record_event("start", f"run {ctx.run.name!r} on site {ctx.site.name!r}")
-        config = ctx.site.to_parsl_config(ctx.layout.parsl, **self.parsl_kwargs)
-        config.executors = [*config.executors, steering_executor()]
+        config = ctx.site.to_parsl_config(ctx.layout.parsl, extra_executors=(steering_executor(),),
+                                          **self.parsl_kwargs)
         dfk = parsl.load(config)
         try:
             ctx.apps = build_apps(ctx.site)
