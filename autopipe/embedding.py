@@ -39,6 +39,7 @@ from ase.geometry import find_mic
 from scipy.spatial import cKDTree
 
 __all__ = [
+    "fits_in_box",
     "DEFAULT_MIN_DISTANCE",
     "extract_periodic_subsystem",
     "select_centers",
@@ -443,6 +444,21 @@ def _sub_distance(x: np.ndarray, a: int, b: int, periodic: np.ndarray, side: flo
     delta = x[a] - x[b]
     delta[periodic] -= side * np.round(delta[periodic] / side)
     return float(np.linalg.norm(delta))
+
+
+def fits_in_box(atoms: Atoms, side: float) -> bool:
+    """True when the parent's periodic cell is no wider than ``side`` (Å) along every periodic axis.
+
+    Then a carved cube would hold several periodic images of the same parent atoms: the
+    parent itself is the cheaper, exact thing to label. Widths are the distances between
+    opposite cell faces (triclinic cells included).
+    """
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.any():
+        return False
+    cell = np.asarray(atoms.cell.array, dtype=float)
+    widths = 1.0 / np.linalg.norm(np.linalg.inv(cell).T, axis=1)
+    return bool(np.all(widths[pbc] <= side))
 
 
 def select_centers(

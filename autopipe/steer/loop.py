@@ -144,7 +144,7 @@ class Steering:
             result = future.result()
         except Exception as exc:  # the app itself raised (not a failed label or segment)
             msg = f"{type(exc).__name__}: {exc}".strip()
-            if tasks.should_retry(ctx.db, task_id):
+            if tasks.should_retry(ctx.db, task_id, ctx.run.faults.app_attempts):
                 ctx.progress.log(f"task {task_id} ({kind.value}) crashed, retrying: {msg}")
                 tasks.mark(ctx.db, task_id, TaskState.pending, error=msg)
                 ctx.push(task_id)

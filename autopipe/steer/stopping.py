@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from autopipe.config.run import StopConfig
     from autopipe.steer.view import RunView
 
-#: Consecutive failed fits after which the run gives up.
-MAX_TRAIN_FAILURES = 3
-
 Rule = Callable[["RunView", "StopConfig"], "str | None"]
 
 
@@ -30,7 +27,7 @@ def out_of_time(v: RunView, stop: StopConfig) -> str | None:
 
 
 def training_keeps_failing(v: RunView, stop: StopConfig) -> str | None:
-    if v.train_failures >= MAX_TRAIN_FAILURES:
+    if v.train_failures >= stop.max_train_failures:
         return f"training failed {v.train_failures} times in a row (see events and train/*/pacemaker.log)"
     return None
 
