@@ -39,7 +39,7 @@ from ase.geometry import find_mic
 from scipy.spatial import cKDTree
 
 __all__ = [
-    "fits_in_box",
+    "smaller_than_box",
     "DEFAULT_MIN_DISTANCE",
     "extract_periodic_subsystem",
     "select_centers",
@@ -446,19 +446,19 @@ def _sub_distance(x: np.ndarray, a: int, b: int, periodic: np.ndarray, side: flo
     return float(np.linalg.norm(delta))
 
 
-def fits_in_box(atoms: Atoms, side: float) -> bool:
-    """True when the parent's periodic cell is no wider than ``side`` (Å) along every periodic axis.
+def smaller_than_box(atoms: Atoms, side: float) -> bool:
+    """True when the parent's periodic cell is no bigger than the carved cube (side ``side`` Å):
+    its area (2D layers) or volume (bulk) is at most ``side**2`` or ``side**3``.
 
-    Then a carved cube would hold several periodic images of the same parent atoms: the
-    parent itself is the cheaper, exact thing to label. Widths are the distances between
-    opposite cell faces (triclinic cells included).
+    The cube would then hold about as many atoms as the parent, or more (periodic images
+    of the same atoms): the parent itself is the cheaper, exact thing to label.
     """
     pbc = np.asarray(atoms.pbc, dtype=bool)
     if not pbc.any():
         return False
-    cell = np.asarray(atoms.cell.array, dtype=float)
-    widths = 1.0 / np.linalg.norm(np.linalg.inv(cell).T, axis=1)
-    return bool(np.all(widths[pbc] <= side))
+    vectors = np.asarray(atoms.cell.array, dtype=float)[pbc]
+    measure = float(np.sqrt(max(np.linalg.det(vectors @ vectors.T), 0.0)))
+    return measure <= float(side) ** int(pbc.sum())
 
 
 def select_centers(

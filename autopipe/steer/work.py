@@ -59,18 +59,18 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int,
     """Carve up to ``max_extractions`` periodic sub-cells around the frame's most uncertain
     atoms (centres at least one box apart). A centre whose cell cannot be made (a close
     contact in its core, ...) is recorded as refused and the next one is tried. A frame
-    that fits inside the box is labelled whole instead (cheaper and exact), as is every
+    no bigger than the box is labelled whole instead (cheaper and exact), as is every
     frame with ``embedding.whole_frame: always``.
     """
     import numpy as np
 
-    from autopipe.embedding import extract_periodic_subsystem, fits_in_box, select_centers
+    from autopipe.embedding import extract_periodic_subsystem, select_centers, smaller_than_box
 
     e = embedding_config
     gamma = np.asarray(frame.arrays["gamma"], dtype=float)
     side = 2 * (e.cutoff + e.buffer)
     top = int(np.argmax(gamma))
-    if e.whole_frame == "always" or fits_in_box(frame, side):
+    if e.whole_frame == "always" or smaller_than_box(frame, side):
         whole = frame.copy()
         for key in ("gamma",):
             whole.arrays.pop(key, None)
