@@ -66,6 +66,7 @@ class HtexLocalExecutor(_ExecutorBase):
             max_workers_per_node=self.max_workers_per_node,
             cores_per_worker=self.cores_per_worker,
             address="127.0.0.1",
+            encrypted=True,  # CurveZMQ: the interchange's ports accept no unauthenticated pickles
             provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
         )
 
@@ -86,9 +87,44 @@ class SlurmExecutor(_ExecutorBase):
     workers_per_node: int | None = Field(default=None, ge=1, description="Workers per node (default: GPUs, else 1).")
     cores_per_worker: float = Field(default=1.0, gt=0, description="CPU cores per worker.")
     launcher: Literal["srun", "single", "simple"] = Field(default="srun", description="How workers start on nodes.")
-    launcher_overrides: str = Field(default="", description="Extra srun options for the worker launch (srun only).")
+    launcher_overrides: str = Field(
+        default="",
+        description="Extra srun options for the worker launch (srun only). The worker pool is one srun task "
+        "per node: give it the whole node, e.g. '-c 128 --cpu-bind=none' on a Perlmutter GPU node.",
+    )
+    cpu_affinity: str = Field(
+        default="none",
+        pattern=r"^(none|block|block-reverse|alternating|list(:[0-9,\-]+)+)$",
+        description="How Parsl pins each worker to CPUs of what its srun task got: 'none' (workers share "
+        "them), 'block', 'block-reverse', 'alternating', or 'list:0-15,64-79:16-31,80-95:...' (one range "
+        "per worker).",
+    )
+    exclusive: bool = Field(
+        default=True, description="Whole nodes per block (--exclusive); false lets blocks share a node."
+    )
     worker_init: str = Field(default="", description="Shell lines run before workers start (modules, venv).")
     scheduler_options: str = Field(default="", description="Extra '#SBATCH' lines.")
+    heartbeat_period: int = Field(
+        default=30, ge=1, description="Seconds between heartbeats of the worker pools and the steering process."
+    )
+    heartbeat_threshold: int = Field(
+        default=120,
+        ge=2,
+        description="Seconds without a heartbeat after which a block's workers count as lost and their "
+        "tasks fail with ManagerLost (then the site's retries resubmit them).",
+    )
+    status_polling_interval: int = Field(
+        default=60, ge=1, description="Seconds between squeue polls of this executor's jobs (Parsl's default 60)."
+    )
+
+    @model_validator(mode="after")
+    def _heartbeats_fit(self) -> "SlurmExecutor":
+        if self.heartbeat_threshold < 2 * self.heartbeat_period:
+            raise ValueError(
+                f"heartbeat_threshold ({self.heartbeat_threshold} s) must be at least twice heartbeat_period "
+                f"({self.heartbeat_period} s), or live workers are declared lost between two heartbeats"
+            )
+        return self
 
     def workers(self) -> int:
         per_node = self.workers_per_node or (self.gpus_per_node or 1)
@@ -97,7 +133,8 @@ class SlurmExecutor(_ExecutorBase):
     def build(self, run_dir: Path, **_: Any):
         from parsl.executors import HighThroughputExecutor
         from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
-        from parsl.providers import SlurmProvider
+
+        from autopipe.scheduler import PolledSlurmProvider
 
         if self.launcher == "srun":
             launcher = SrunLauncher(overrides=self.launcher_overrides)
@@ -117,7 +154,11 @@ class SlurmExecutor(_ExecutorBase):
             label=self.label,
             max_workers_per_node=per_node,
             cores_per_worker=self.cores_per_worker,
-            provider=SlurmProvider(
+            cpu_affinity=self.cpu_affinity,
+            heartbeat_period=self.heartbeat_period,
+            heartbeat_threshold=self.heartbeat_threshold,
+            encrypted=True,  # CurveZMQ: on a shared login node the ports would accept anyone's pickles
+            provider=PolledSlurmProvider(
                 account=self.account,
                 partition=self.partition,
                 constraint=self.constraint,
@@ -129,7 +170,8 @@ class SlurmExecutor(_ExecutorBase):
                 scheduler_options=options,
                 worker_init=self.worker_init,
                 launcher=launcher,
-                exclusive=True,
+                exclusive=self.exclusive,
+                status_polling_interval=self.status_polling_interval,
             ),
             **extra,
         )
@@ -175,6 +217,12 @@ class SiteConfig(StrictModel):
     name: str = Field(description="Site name, shown in plans and reports.")
     executors: list[ExecutorConfig] = Field(min_length=1, description="Parsl executors of this site.")
     run_dir: str | None = Field(default=None, description="Parsl's run directory (default: <workdir>/parsl).")
+    retries: int = Field(
+        default=2,
+        ge=0,
+        description="Times a task is resubmitted after its worker or block was lost (scancel, node failure, "
+        "walltime); an app's own errors are never retried here.",
+    )
 
     @model_validator(mode="after")
     def _check_roles(self) -> "SiteConfig":
@@ -202,6 +250,8 @@ class SiteConfig(StrictModel):
         """
         from parsl.config import Config
 
+        from autopipe.scheduler import retry_lost_workers
+
         _venv_bin_on_path()
         run_dir = Path(self.run_dir) if self.run_dir else Path(run_dir)
         return Config(
@@ -209,6 +259,8 @@ class SiteConfig(StrictModel):
             run_dir=str(run_dir),
             strategy="simple",
             initialize_logging=True,
+            retries=self.retries,
+            retry_handler=retry_lost_workers,
         )
 
 
