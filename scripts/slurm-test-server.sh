@@ -11,7 +11,8 @@
 # slurm-wlm and munge from Debian when missing.
 #
 # Usage: scripts/slurm-test-server.sh start|stop|env|status
-#   start  start (idempotently) and print the lines the caller must export (as `env`)
+#   start  start (idempotently) and print the lines the caller must export (as `env`; plus
+#          AUTOPIPE_SLURM_STARTED=1 when this call started the daemons)
 #   env    print `export SLURM_CONF=...` lines for a running cluster
 #   stop   stop the daemons started by `start`
 # Environment: AUTOPIPE_SLURM_PORT (default 56817; slurmd uses +1), AUTOPIPE_SLURM_DIR.
@@ -125,8 +126,8 @@ KillWait=5
 SchedulerParameters=sched_interval=5
 GresTypes=gpu
 $node NodeAddr=127.0.0.1 Features=gpu,cpu Gres=gpu:4 State=UNKNOWN
-PartitionName=gpu Nodes=$name MaxTime=02:00:00 MaxNodes=1 State=UP
-PartitionName=cpu Nodes=$name MaxTime=02:00:00 MaxNodes=1 State=UP Default=YES
+PartitionName=gpu Nodes=$name MaxTime=2-00:00:00 MaxNodes=1 State=UP
+PartitionName=cpu Nodes=$name MaxTime=2-00:00:00 MaxNodes=1 State=UP Default=YES
 EOF
     echo "Name=gpu File=$RUN/gpu/nvidia[0-3]" >"$RUN/etc/gres.conf"
     cat >"$RUN/etc/job_submit.lua" <<'EOF'
@@ -158,11 +159,12 @@ wait_idle() {  # the node answers and is idle (or mixed/allocated: jobs from an 
         sleep 0.2
     done
     say "the node did not become idle in 30 s; see $RUN/log/"; SLURM_CONF=$CONF sinfo -N -l >&2 || true
-    exit 1
+    return 1
 }
 
 start() {
     if alive munged && alive slurmctld && alive slurmd; then print_env; return 0; fi
+    trap 'stop_all' ERR  # a half-started cluster is stopped again
     [ "$(id -u)" = "0" ] || { say "needs root (slurmd and munged run as root here)"; exit 1; }
     install_packages
     stop_all  # whatever half is left from an earlier start
@@ -171,12 +173,14 @@ start() {
         --pid-file="$RUN/munge/munged.pid" --seed-file="$RUN/munge/munged.seed" \
         --log-file="$RUN/log/munged.log"
     for _ in $(seq 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
-    [ -S "$SOCK" ] || { say "munged did not start; see $RUN/log/munged.*"; exit 1; }
+    [ -S "$SOCK" ] || { say "munged did not start; see $RUN/log/munged.*"; return 1; }
     # -c: start from a clean state (no jobs from an earlier test session); -i: ignore bad state files.
     SLURM_CONF=$CONF launch slurmctld slurmctld -D -c -i -f "$CONF"
     SLURM_CONF=$CONF launch slurmd slurmd -D -f "$CONF"
     wait_idle
+    trap - ERR
     print_env
+    echo "export AUTOPIPE_SLURM_STARTED=1"  # this call started the daemons: the caller stops them
 }
 
 stop_all() {
