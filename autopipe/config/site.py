@@ -172,6 +172,9 @@ class SlurmExecutor(_ExecutorBase):
                 launcher=launcher,
                 exclusive=self.exclusive,
                 status_polling_interval=self.status_polling_interval,
+                # sbatch/squeue on a busy centre can take tens of seconds; Parsl's 10 s default
+                # would count a slow sbatch as a failed block and stop the executor.
+                cmd_timeout=120,
             ),
             **extra,
         )

@@ -57,13 +57,13 @@ def _lost_worker_lines(run_dir: Path) -> list[str]:
 @pytest.mark.parametrize("executor", ["cpu", "gpu"])
 def test_scancel_of_a_busy_block_reruns_the_task_on_a_new_block(slurm_cluster, tmp_path, executor):
     marker, run_dir = tmp_path / "marker", tmp_path / "parsl"
-    with parsl_on(site_data(), run_dir) as dfk:
+    with parsl_on(site_data(), run_dir):
         future = _hold_first_try(executor)(str(marker), 600)
         _wait_for(marker.exists, 120, "the task did not start")
         first_job = marker.read_text()
         t0 = time.monotonic()
         subprocess.run(["scancel", first_job], check=True)
-        detected = _wait_for(lambda: dfk.tasks[future.tid]["fail_count"] >= 1, 60, "Parsl did not notice the lost block")
+        detected = _wait_for(lambda: future.task_record["fail_count"] >= 1, 60, "Parsl did not notice the lost block")
         second_job = future.result(timeout=120)
         recovered = time.monotonic() - t0
     print(f"\nscancel ({executor}): detected after {detected:.1f} s, result from a new block after {recovered:.1f} s")
@@ -77,12 +77,12 @@ def test_scancel_of_a_busy_block_reruns_the_task_on_a_new_block(slurm_cluster, t
 
 def test_block_walltime_ending_mid_task_reruns_the_task(slurm_cluster, tmp_path):
     marker, run_dir = tmp_path / "marker", tmp_path / "parsl"
-    with parsl_on(site_data(cpu={"walltime": "00:01:00"}), run_dir) as dfk:
+    with parsl_on(site_data(cpu={"walltime": "00:01:00"}), run_dir):
         future = _hold_first_try("cpu")(str(marker), 600)
         _wait_for(marker.exists, 120, "the task did not start")
         first_job = marker.read_text()
         t0 = time.monotonic()
-        _wait_for(lambda: dfk.tasks[future.tid]["fail_count"] >= 1, 180, "Parsl did not notice the timed-out block")
+        _wait_for(lambda: future.task_record["fail_count"] >= 1, 180, "Parsl did not notice the timed-out block")
         second_job = future.result(timeout=120)
         elapsed = time.monotonic() - t0
     print(f"\nwalltime 1 min: result from a new block {elapsed:.1f} s after the task started")
