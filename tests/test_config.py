@@ -164,6 +164,14 @@ def test_bad_run_files_name_file_key_and_expectation(tmp_path, text, expected):
             "heartbeat_threshold (15 s) must be at least twice heartbeat_period (10 s)",
         ),
         (
+            "name: s\nexecutors: [{label: a, kind: slurm, account: x, walltime: '1-00:00:00', roles: [md, dft, train]}]\n",
+            "executors[0].slurm.walltime: String should match pattern",  # Parsl reads HH:MM:SS only
+        ),
+        (
+            "name: s\nexecutors: [{label: a, kind: slurm, account: x, walltime: '00:00:30', roles: [md, dft, train]}]\n",
+            "walltime 00:00:30 is shorter than one minute",
+        ),
+        (
             "name: s\nexecutors: [{label: a, kind: slurm, account: x, cpu_affinity: numa, roles: [md, dft, train]}]\n",
             "executors[0].slurm.cpu_affinity: String should match pattern",
         ),

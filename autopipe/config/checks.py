@@ -29,20 +29,13 @@ class Finding:
         return f"{self.level}: {self.message}"
 
 
-def walltime_seconds(walltime: str) -> int:
-    """'[D-]HH:MM:SS' as seconds."""
-    days, _, clock = walltime.rpartition("-")
-    h, m, s = (int(x) for x in clock.split(":"))
-    return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + s
-
-
 # ----------------------------------------------------------------------------- site and run together
 
 
 def _task_fits(label: str, what: str, timeout: float, attempts: int, executor: Any) -> list[Finding]:
     if not isinstance(executor, SlurmExecutor):
         return []  # no batch walltime on threads, local HTEX or a remote endpoint we cannot see
-    wall = walltime_seconds(executor.walltime)
+    wall = executor.walltime_seconds()
     if timeout > wall:
         return [Finding("error", f"{what} ({timeout:g} s) is longer than the walltime of executor {executor.label!r} "
                                  f"({executor.walltime} = {wall} s): no {label} can ever finish in a block")]
@@ -77,8 +70,6 @@ def blocks_can_start(site: SiteConfig) -> list[Finding]:
         if ex.min_blocks > ex.max_blocks:
             found.append(Finding("error", f"executor {ex.label!r}: min_blocks ({ex.min_blocks}) exceeds max_blocks "
                                           f"({ex.max_blocks})"))
-        if walltime_seconds(ex.walltime) == 0:
-            found.append(Finding("error", f"executor {ex.label!r}: walltime {ex.walltime} is zero"))
         if ex.gpus_per_node and ex.workers_per_node and ex.workers_per_node > ex.gpus_per_node:
             found.append(Finding("warning", f"executor {ex.label!r}: workers_per_node ({ex.workers_per_node}) exceeds "
                                             f"gpus_per_node ({ex.gpus_per_node}); Parsl starts one worker per GPU"))

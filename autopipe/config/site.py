@@ -82,7 +82,12 @@ class SlurmExecutor(_ExecutorBase):
     nodes_per_block: int = Field(default=1, ge=1, description="Nodes per Slurm job.")
     min_blocks: int = Field(default=0, ge=0, description="Slurm jobs kept alive when idle.")
     max_blocks: int = Field(default=1, ge=1, description="Most Slurm jobs at once.")
-    walltime: str = Field(default="01:00:00", pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$", description="HH:MM:SS per job.")
+    walltime: str = Field(
+        default="01:00:00",
+        # Parsl's SlurmProvider reads HH:MM:SS only (no 'D-' days) and refuses less than a minute.
+        pattern=r"^\d+:[0-5]\d:[0-5]\d$",
+        description="Wall time per job, HH:MM:SS (hours may exceed 24, e.g. 48:00:00); at least one minute.",
+    )
     gpus_per_node: int = Field(default=0, ge=0, description="GPUs per node; one worker per GPU when > 0.")
     workers_per_node: int | None = Field(default=None, ge=1, description="Workers per node (default: GPUs, else 1).")
     cores_per_worker: float = Field(default=1.0, gt=0, description="CPU cores per worker.")
@@ -118,7 +123,9 @@ class SlurmExecutor(_ExecutorBase):
     )
 
     @model_validator(mode="after")
-    def _heartbeats_fit(self) -> "SlurmExecutor":
+    def _timings_fit(self) -> "SlurmExecutor":
+        if self.walltime_seconds() < 60:
+            raise ValueError(f"walltime {self.walltime} is shorter than one minute")
         if self.heartbeat_threshold < 2 * self.heartbeat_period:
             raise ValueError(
                 f"heartbeat_threshold ({self.heartbeat_threshold} s) must be at least twice heartbeat_period "
@@ -129,6 +136,11 @@ class SlurmExecutor(_ExecutorBase):
     def workers(self) -> int:
         per_node = self.workers_per_node or (self.gpus_per_node or 1)
         return per_node * self.nodes_per_block * self.max_blocks
+
+    def walltime_seconds(self) -> int:
+        """The walltime in seconds."""
+        h, m, s = (int(x) for x in self.walltime.split(":"))
+        return h * 3600 + m * 60 + s
 
     def build(self, run_dir: Path, **_: Any):
         from parsl.executors import HighThroughputExecutor

@@ -96,7 +96,7 @@ def test_block_walltime_ending_mid_task_reruns_the_task(slurm_cluster, tmp_path)
     [
         ({"constraint": "cpux"}, "Batch job submission failed: Invalid feature specification"),
         ({"constraint": None}, "Job request does not match any supported policy"),  # the site's job_submit.lua
-        ({"walltime": "3-00:00:00"}, "Requested time limit is invalid"),  # over the partitions' 2-day MaxTime
+        ({"walltime": "72:00:00"}, "Requested time limit is invalid"),  # over the partitions' 2-day MaxTime
     ],
 )
 def test_sbatch_refusal_fails_the_task_with_slurms_message(slurm_cluster, tmp_path, change, slurm_says):
