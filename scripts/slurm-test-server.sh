@@ -8,7 +8,7 @@
 # Everything lives under one run directory (munge key/socket/pid, slurm.conf, gres.conf,
 # job_submit.lua, fake GPU device files, state and spool, logs, pids). Daemons run in the
 # background and are stopped by their own pids. Needs root (slurmd, munge's key); installs
-# slurm-wlm and munge from Debian when missing.
+# slurm-wlm, munge and libpmix-dev from Debian when missing.
 #
 # Usage: scripts/slurm-test-server.sh start|stop|env|status
 #   start  start (idempotently) and print the lines the caller must export (as `env`; plus
@@ -59,7 +59,7 @@ install_packages() {
     command -v slurmctld >/dev/null && command -v munged >/dev/null \
         && ls /usr/lib/*/pmix2/lib/libpmix.so >/dev/null 2>&1 && return 0
     if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null; then
-        say "slurm-wlm and munge are missing; install them (apt-get install ${PACKAGES[*]})"; exit 1
+        say "Slurm is not installed; install it as root (apt-get install ${PACKAGES[*]})"; exit 1
     fi
     say "installing ${PACKAGES[*]} from Debian"
     export DEBIAN_FRONTEND=noninteractive
