@@ -164,20 +164,36 @@ def check(
     run: Optional[Path] = typer.Option(None, "--run", help="Run file to validate."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Validate site and/or run files; with --site also build the Parsl config."""
+    """Validate site and/or run files and the rules between them (autopipe/config/checks.py).
+
+    Builds the Parsl executors of the site (nothing starts), asks Slurm whether it would accept
+    the blocks when it answers here (sbatch --test-only), and never contacts a Globus endpoint.
+    """
     try:
-        from autopipe.config import load_run, load_site
+        import tempfile
+
+        from autopipe.config import checks, load_run, load_site
 
         if site is None and run is None:
             raise AutopipeError("give --site and/or --run")
-        if site is not None:
-            s = load_site(site)
-            from autopipe.config.offline import make_offline_globus_executor
-
-            s.to_parsl_config(globus_executor_factory=make_offline_globus_executor)
-            typer.echo(f"{site}: OK ({len(s.executors)} executor(s))")
-        if run is not None:
-            load_run(run)
+        site_cfg = load_site(site) if site is not None else None
+        run_cfg = load_run(run) if run is not None else None
+        findings: list[checks.Finding] = []
+        if site_cfg is not None:
+            with tempfile.TemporaryDirectory(prefix="autopipe-check-") as tmp:
+                findings += checks.check_site(site_cfg, checks.build_executors(site_cfg, Path(tmp)))
+        if run_cfg is not None:
+            findings += checks.check_run(run_cfg)
+        if site_cfg is not None and run_cfg is not None:
+            findings += checks.check_pair(site_cfg, run_cfg)
+        for f in findings:
+            colour = {"error": typer.colors.RED, "warning": typer.colors.YELLOW}.get(f.level)
+            typer.secho(str(f), err=f.level != "note", fg=colour)
+        if any(f.level == "error" for f in findings):
+            raise typer.Exit(code=2)
+        if site_cfg is not None:
+            typer.echo(f"{site}: OK ({len(site_cfg.executors)} executor(s))")
+        if run_cfg is not None:
             typer.echo(f"{run}: OK")
     except AutopipeError as exc:
         _fail(exc, debug)
