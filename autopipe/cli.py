@@ -223,10 +223,12 @@ def buffer_scan(
             from ase.io import read
 
             cfg, frame, sid, base = load_run(run), read(structure), None, Path.cwd()
-            c = default_center(frame) if center is None else center
+            c = default_center(frame)
         else:
             raise AutopipeError("give --workdir (a run) or --structure with --run")
         c = c if center is None else center
+        if c is None:
+            raise AutopipeError("the frame has no per-atom gamma and no carved sub-cell: give --center")
         e = cfg.embedding
         widths = ([float(x) for x in buffers.split(",") if x.strip()] if buffers
                   else [round(k * e.buffer, 3) for k in (0.5, 1, 1.5, 2, 3)])

@@ -206,11 +206,11 @@ def plot_scan(scan: BufferScan, path: Path | str) -> Path:
 # ----------------------------------------------------------------------------- inputs from a run
 
 
-def trigger_frame(db: Database, structure_id: int | None = None) -> tuple[Atoms, int, int]:
+def trigger_frame(db: Database, structure_id: int | None = None) -> tuple[Atoms, int | None, int]:
     """(frame, centre atom, structure id) of a run's trigger frame: ``structure_id`` or the first one.
 
     The centre is the one the loop carved around (an embedded child's ``center_index``),
-    else the frame's most uncertain atom.
+    else the frame's most uncertain atom, else None.
     """
     from sqlalchemy import select
 
@@ -232,15 +232,15 @@ def trigger_frame(db: Database, structure_id: int | None = None) -> tuple[Atoms,
         elif row.gamma is not None:
             center = int(np.argmax(row.gamma))
         else:
-            raise AutopipeError(f"structure {row.id} has no gamma and no carved sub-cell: give --center")
+            center = None
         return atoms, center, int(row.id)
 
 
-def default_center(atoms: Atoms) -> int:
-    """The most uncertain atom of a frame read from a file (its ``gamma`` array), else an error."""
+def default_center(atoms: Atoms) -> int | None:
+    """The most uncertain atom of a frame read from a file (its ``gamma`` array), else None."""
     if "gamma" in atoms.arrays:
         return int(np.argmax(atoms.arrays["gamma"]))
-    raise AutopipeError("the structure file has no per-atom gamma: give --center")
+    return None
 
 
 def potential_cutoff(run_config: RunConfig) -> float:

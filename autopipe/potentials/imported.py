@@ -215,7 +215,7 @@ def _row_arrays(path: Path, i: int, atoms: Any, forces: Any, elements: set[str])
     return clean, f
 
 
-def _energies(path: Path, df, i: int) -> tuple[float | None, float | None]:
+def _energies(path: Path, df, i: int, n_atoms: int) -> tuple[float | None, float | None]:
     """(energy, energy_corrected) of row ``i``, completing one from ``reference_energy`` if present."""
     cols = df.columns
     e = _finite_float(path, i, "energy", df.at[i, "energy"]) if "energy" in cols else None
@@ -226,7 +226,7 @@ def _energies(path: Path, df, i: int) -> tuple[float | None, float | None]:
             e = c + ref
         elif c is None and e is not None:
             c = e - ref
-        elif e is not None and c is not None and abs((e - c) - ref) > REFERENCE_TOLERANCE * 10:
+        elif e is not None and c is not None and abs((e - c) - ref) > REFERENCE_TOLERANCE * n_atoms:
             raise _bad(path, f"row {i}: energy - energy_corrected = {e - c:.6f} eV but reference_energy is {ref:.6f} eV")
     if e is None and c is None:
         raise _bad(path, f"row {i}: energy and energy_corrected are both missing or NaN")
@@ -351,7 +351,7 @@ def read_training_data(
     atoms_list, forces_list, e_list, c_list = [], [], [], []
     for i in range(len(df)):
         atoms, forces = _row_arrays(path, i, df.at[i, "ase_atoms"], df.at[i, "forces"], run_elements)
-        e, c = _energies(path, df, i)
+        e, c = _energies(path, df, i, len(atoms))
         atoms_list.append(atoms)
         forces_list.append(forces)
         e_list.append(e)

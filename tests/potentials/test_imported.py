@@ -130,6 +130,17 @@ def test_only_energy_corrected_uses_the_configured_references(db, tmp_path):
     assert (out["w_energy"] == 1.0).all()  # no weights in the file: the defaults
 
 
+def test_a_reference_energy_column_completes_the_other_energy(db, tmp_path):
+    df = _user_frame(weights=False)
+    df["reference_energy"] = df["energy"] - df["energy_corrected"]
+    ds = read_training_data(_write(df.drop(columns=["energy"]), tmp_path / "r.pckl.gzip"), ["Ar"])
+    assert ds.reference_energies == pytest.approx({"Ar": E_REF})
+    np.testing.assert_allclose([r.energy for r in ds.rows], df["energy"], atol=1e-9)
+    df.loc[2, "reference_energy"] += 0.1
+    with pytest.raises(AutopipeError, match="row 2: energy - energy_corrected"):
+        read_training_data(_write(df, tmp_path / "s.pckl.gzip"), ["Ar"])
+
+
 def _mutate(case: str, df: pd.DataFrame):
     """Return a broken version of ``df`` (or another object) for ``case``."""
     df = df.copy()
