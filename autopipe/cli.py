@@ -200,6 +200,8 @@ def buffer_scan(
     buffers: Optional[str] = typer.Option(None, "--buffers", help="Buffer widths in Å, comma-separated "
                                           "(default: 0.5, 1, 1.5, 2 and 3 times embedding.buffer)."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: buffer-scan.png in the work directory or here)."),
+    against_frame: bool = typer.Option(False, "--against-frame", help="Also label the whole frame and use its "
+                                       "forces as the reference (exact; affordable for small frames)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Label sub-cells of growing buffer around a trigger atom: how much do the core forces still change?
@@ -236,11 +238,13 @@ def buffer_scan(
         typer.echo(f"frame {sid if sid is not None else structure}: {len(frame)} atoms, centre atom {c}, "
                    f"buffers {widths} Å, labeller {cfg.dft.code}")
 
+        calls = iter(range(1, 1000))
+
         def label_fn(atoms):
-            return label(atoms, cfg.dft, workdir=scratch / f"buffer-{len(atoms)}")
+            return label(atoms, cfg.dft, workdir=scratch / f"cell-{next(calls)}-{len(atoms)}-atoms")
 
         scan = scan_buffers(frame, c, e.cutoff, widths, label_fn, min_distance=e.min_distance, code=cfg.dft.code,
-                            potential_cutoff=potential_cutoff(cfg),
+                            potential_cutoff=potential_cutoff(cfg), against_frame=against_frame,
                             progress=lambda p: typer.echo(f"  buffer {p.buffer:g} Å: {p.n_atoms} atoms, "
                                                           f"{p.status} in {p.walltime:.1f} s"))
         typer.echo(format_table(scan))

@@ -50,8 +50,8 @@ class BufferPoint:
     n_core: int
     status: str  # the label's status: done, failed, refused
     walltime: float  # s of labelling
-    max_force_change: float | None  # eV/Å, max over core atoms of |F - F(widest)|; None without both labels
-    rms_force_change: float | None  # eV/Å, RMS over core atoms of |F - F(widest)|
+    max_force_change: float | None  # eV/Å, max over core atoms of |F - F(reference)|; None without both labels
+    rms_force_change: float | None  # eV/Å, RMS over core atoms of |F - F(reference)|
     error: str | None = None
 
 
@@ -65,10 +65,17 @@ class BufferScan:
     code: str  # labeller
     points: list[BufferPoint] = field(default_factory=list)
     potential_cutoff: float | None = None  # Å, the ACE cutoff rc for orientation (rc and 2*rc)
+    frame_point: BufferPoint | None = None  # the whole frame's label when it is the reference
 
     @property
     def reference_buffer(self) -> float:
         return max(p.buffer for p in self.points)
+
+    @property
+    def reference(self) -> str:
+        if self.frame_point is not None:
+            return f"the whole frame ({self.frame_point.n_atoms} atoms)"
+        return f"the widest buffer ({self.reference_buffer:g} Å)"
 
 
 def _core(sub: Atoms, masked: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,15 +111,18 @@ def scan_buffers(
     min_distance: float = 0.5,
     code: str = "",
     potential_cutoff: float | None = None,
+    against_frame: bool = False,
     progress: Callable[[BufferPoint], None] | None = None,
 ) -> BufferScan:
     """Label sub-cells of ``frame`` around atom ``center`` for each buffer width; compare core forces.
 
     ``label_fn(atoms)`` returns a :class:`autopipe.dft.LabelResult` (or anything with
-    ``status``, ``forces``, ``walltime``, ``error``). The widest buffer is the reference:
-    its own change is 0 by definition. Buffers are labelled narrowest first and
-    ``progress`` is called after each. Carving errors (e.g. ``min_distance`` not below
-    half the cell) raise :class:`AutopipeError`.
+    ``status``, ``forces``, ``walltime``, ``error``). The reference is the widest buffer
+    (its own change is then 0 by definition) or, with ``against_frame``, the whole frame
+    labelled once more: the exact answer when the frame is small enough for DFT (a core
+    atom's force is that of the frame atom it images). Buffers are labelled narrowest
+    first and ``progress`` is called after each. Carving errors (e.g. ``min_distance``
+    not below half the cell) raise :class:`AutopipeError`.
     """
     from autopipe.embedding import extract_periodic_subsystem
 
@@ -133,10 +143,18 @@ def scan_buffers(
             r = results[-1]
             progress(BufferPoint(b, 2 * (cutoff + b), len(sub), len(sub) - len(masked), str(r.status),
                                  float(r.walltime or 0.0), None, None, r.error))
+    frame_point = None
     ref_sub, ref_masked = cells[-1][1], cells[-1][2]
     ref_core = _core(ref_sub, ref_masked)
-    ref_ok = results[-1].status == "done"
-    f_ref = np.asarray(results[-1].forces)[ref_core[0]] if ref_ok else None
+    if against_frame:
+        whole = label_fn(frame)
+        frame_point = BufferPoint(float("inf"), float("nan"), len(frame), len(ref_core[0]), str(whole.status),
+                                  float(whole.walltime or 0.0), 0.0, 0.0, whole.error)
+        ref_ok = whole.status == "done"
+        f_ref = np.asarray(whole.forces)[ref_core[1]] if ref_ok else None  # images carry their atom's force
+    else:
+        ref_ok = results[-1].status == "done"
+        f_ref = np.asarray(results[-1].forces)[ref_core[0]] if ref_ok else None
     points = []
     for (b, sub, masked), r in zip(cells, results):
         core = _core(sub, masked)
@@ -149,13 +167,13 @@ def scan_buffers(
                                   status=str(r.status), walltime=float(r.walltime or 0.0),
                                   max_force_change=dmax, rms_force_change=drms, error=r.error))
     return BufferScan(center=int(center), cutoff=float(cutoff), min_distance=float(min_distance), code=code,
-                      points=points, potential_cutoff=potential_cutoff)
+                      points=points, potential_cutoff=potential_cutoff, frame_point=frame_point)
 
 
 def format_table(scan: BufferScan) -> str:
     """The scan as a plain-text table (one line per buffer)."""
     lines = [f"centre atom {scan.center}, core radius {scan.cutoff:g} Å, labeller {scan.code or '?'}; "
-             f"force change against the widest buffer ({scan.reference_buffer:g} Å)"]
+             f"core forces against {scan.reference}"]
     if scan.potential_cutoff:
         rc = scan.potential_cutoff
         lines.append(f"potential cutoff rc = {rc:g} Å: exact for a pair potential at buffer >= rc, "
@@ -166,6 +184,10 @@ def format_table(scan: BufferScan) -> str:
         fmt = (lambda x: f"{x:14.2e}" if x is not None else f"{'-':>14}")
         lines.append(f"{p.buffer:9.2f} {p.side:7.2f} {p.n_atoms:6d} {p.n_core:5d} {fmt(p.max_force_change)} "
                      f"{fmt(p.rms_force_change)} {p.walltime:8.2f}  {p.status}" + (f" ({p.error})" if p.error else ""))
+    if scan.frame_point is not None:
+        f = scan.frame_point
+        lines.append(f"{'frame':>9} {'':>7} {f.n_atoms:6d} {f.n_core:5d} {'(reference)':>14} {'':>14} "
+                     f"{f.walltime:8.2f}  {f.status}" + (f" ({f.error})" if f.error else ""))
     return "\n".join(lines)
 
 
@@ -181,15 +203,16 @@ def plot_scan(scan: BufferScan, path: Path | str) -> Path:
     b = np.array([p.buffer for p in scan.points])
     dmax = np.array([np.nan if p.max_force_change is None else p.max_force_change for p in scan.points])
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    ref = b == b.max()
+    ref = (b == b.max()) if scan.frame_point is None else np.zeros(len(b), bool)
     # The reference itself has change 0, which a log axis cannot show.
     ax.semilogy(b[~ref], np.clip(dmax[~ref], 1e-12, None), "o-", label="max |ΔF| of core atoms")
     if scan.potential_cutoff:
         for x, name in ((scan.potential_cutoff, "rc"), (2 * scan.potential_cutoff, "2 rc")):
             ax.axvline(x, color="grey", ls="--", lw=1)
             ax.text(x, 1.0, f" {name}", transform=ax.get_xaxis_transform(), va="top", color="grey")
-    ax.set_ylabel("force change vs widest buffer (eV/Å)")
-    ax.set_title(f"buffer convergence ({scan.code or 'labeller'}, core {scan.cutoff:g} Å)")
+    ax.set_ylabel("core force error (eV/Å)")
+    ax.set_title(f"core forces against {scan.reference}", fontsize=9)
+    fig.suptitle(f"buffer convergence ({scan.code or 'labeller'}, core {scan.cutoff:g} Å)")
     ax.legend(loc="upper right")
     ax2.plot(b, [p.n_atoms for p in scan.points], "s-", color="tab:green", label="atoms")
     ax2.set_ylabel("atoms in the cell", color="tab:green")

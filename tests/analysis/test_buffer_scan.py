@@ -52,6 +52,10 @@ def test_pair_potential_core_forces_are_exact_from_buffer_rc(tmp_path):
     assert [p.n_core for p in scan.points] == [scan.points[0].n_core] * len(buffers)  # the same core throughout
     assert scan.points[-1].n_atoms > scan.points[0].n_atoms
     assert _core_vs_parent(frame, cfg, 13, 5.5) < 1e-10  # exact against the parent, too
+    whole = scan_buffers(frame, 13, CORE, [2.0, 5.5], lambda a: label(a, cfg), min_distance=MIN_DISTANCE,
+                         against_frame=True)
+    assert whole.frame_point.n_atoms == len(frame) and "whole frame" in format_table(whole)
+    assert whole.points[0].max_force_change > 1e-2 and whole.points[1].max_force_change < 1e-10
     print(format_table(scan))
     png = plot_scan(scan, tmp_path / "lj.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -101,12 +105,13 @@ def test_cli_scans_a_structure_file(tmp_path):
     run.write_text(yaml.safe_dump(data))
     out = subprocess.run(
         [str(Path(sys.executable).parent / "autopipe"), "buffer-scan", "--structure", str(tmp_path / "frame.extxyz"),
-         "--run", str(run), "--buffers", "2,5.5,7", "--out", str(tmp_path / "scan.png")],
+         "--run", str(run), "--buffers", "2,5.5,7", "--out", str(tmp_path / "scan.png"), "--against-frame"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert f"centre atom {len(frame) - 1}" in out.stdout  # the largest gamma
     assert "plot written" in out.stdout and (tmp_path / "scan.png").exists()
+    assert "core forces against the whole frame (108 atoms)" in out.stdout
     bad = subprocess.run([str(Path(sys.executable).parent / "autopipe"), "buffer-scan"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "give --workdir" in bad.stderr
