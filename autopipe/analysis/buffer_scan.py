@@ -213,7 +213,7 @@ def plot_scan(scan: BufferScan, path: Path | str) -> Path:
     ax.set_ylabel("core force error (eV/Å)")
     ax.set_title(f"core forces against {scan.reference}", fontsize=9)
     fig.suptitle(f"buffer convergence ({scan.code or 'labeller'}, core {scan.cutoff:g} Å)")
-    ax.legend(loc="upper right")
+    ax.legend(loc="lower left")
     ax2.plot(b, [p.n_atoms for p in scan.points], "s-", color="tab:green", label="atoms")
     ax2.set_ylabel("atoms in the cell", color="tab:green")
     ax2.set_xlabel("buffer width (Å)")
