@@ -164,7 +164,7 @@ def _load_frame(path: Path):
             obj = pd.read_pickle(path, compression=None)
     except Exception as exc:
         raise _bad(path, f"not a pacemaker dataset (gzip pickle of a pandas DataFrame): "
-                         f"{type(exc).__name__}: {str(exc).strip()[:120]}") from None
+                         f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}") from None
     if not isinstance(obj, pd.DataFrame):
         raise _bad(path, f"not a pacemaker dataset: holds a {type(obj).__name__}, not a pandas DataFrame")
     if len(obj) == 0:
