@@ -13,8 +13,13 @@ demo: install  # the healing demo: ~5 min on 2 cores; run again to resume or to 
 	.venv/bin/autopipe replay --workdir $(DEMO)
 	.venv/bin/autopipe report --workdir $(DEMO)
 
+# The Slurm test cluster (tests/hpc) is started for the run (SLURM_CONF, AUTOPIPE_TEST_SLURM=1)
+# and stopped after it whatever the outcome, unless it was already running (another test run
+# may be using it); pytest's exit status is make's.
 test:
 	@bash scripts/install.sh --with-postgres
+	@slurm_env=$$(bash scripts/slurm-test-server.sh start) || exit 1; eval "$$slurm_env"; \
+	if [ -n "$${AUTOPIPE_SLURM_STARTED:-}" ]; then trap 'bash scripts/slurm-test-server.sh stop' EXIT; fi; \
 	AUTOPIPE_TEST_POSTGRES_URL=$$(bash scripts/pg-test-server.sh start) \
 	    $(PY) -m pytest $(PYTEST_ARGS)
 

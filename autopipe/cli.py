@@ -164,22 +164,110 @@ def check(
     run: Optional[Path] = typer.Option(None, "--run", help="Run file to validate."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Validate site and/or run files; with --site also build the Parsl config."""
+    """Validate site and/or run files and the rules between them (autopipe/config/checks.py).
+
+    Builds the Parsl executors of the site (nothing starts), asks Slurm whether it would accept
+    the blocks when it answers here (sbatch --test-only), and never contacts a Globus endpoint.
+    """
     try:
-        from autopipe.config import load_run, load_site
+        import tempfile
+
+        from autopipe.config import checks, load_run, load_site
 
         if site is None and run is None:
             raise AutopipeError("give --site and/or --run")
-        if site is not None:
-            s = load_site(site)
-            from autopipe.config.offline import make_offline_globus_executor
+        site_cfg = load_site(site) if site is not None else None
+        run_cfg = load_run(run) if run is not None else None
+        findings: list[checks.Finding] = []
+        if site_cfg is not None:
+            with tempfile.TemporaryDirectory(prefix="autopipe-check-") as tmp:
+                findings += checks.check_site(site_cfg, checks.build_executors(site_cfg, Path(tmp)))
+        data = None
+        if run_cfg is not None:
+            from autopipe.analysis.buffer_scan import buffer_warnings
+            from autopipe.potentials.imported import check_training_data
 
-            s.to_parsl_config(globus_executor_factory=make_offline_globus_executor)
-            typer.echo(f"{site}: OK ({len(s.executors)} executor(s))")
-        if run is not None:
-            load_run(run)
-            typer.echo(f"{run}: OK")
+            data = check_training_data(run_cfg)  # one-line error if the user's dataset is unusable
+            findings += checks.check_run(run_cfg)
+            for line in buffer_warnings(run_cfg):  # also parses an imported potential file
+                level, _, message = line.partition(": ")
+                findings.append(checks.Finding(level, message))  # type: ignore[arg-type]
+        if site_cfg is not None and run_cfg is not None:
+            findings += checks.check_pair(site_cfg, run_cfg)
+        for f in findings:
+            colour = {"error": typer.colors.RED, "warning": typer.colors.YELLOW}.get(f.level)
+            typer.secho(str(f), err=f.level != "note", fg=colour)
+        if any(f.level == "error" for f in findings):
+            raise typer.Exit(code=2)
+        if site_cfg is not None:
+            typer.echo(f"{site}: OK ({len(site_cfg.executors)} executor(s))")
+        if run_cfg is not None:
+            typer.echo(f"{run}: OK" + (f" (training data: {len(data.rows)} structures, energy reference "
+                                       f"{data.reference_source})" if data is not None else ""))
     except AutopipeError as exc:
+        _fail(exc, debug)
+
+
+@app.command("buffer-scan")
+def buffer_scan(
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Run whose trigger frame to scan (its database)."),
+    structure_id: Optional[int] = typer.Option(None, "--structure-id", help="Frame id in the run (default: the first trigger frame)."),
+    structure: Optional[Path] = typer.Option(None, "--structure", help="Or a structure file (any ASE format) ..."),
+    run: Optional[Path] = typer.Option(None, "--run", help="... with the run file whose labeller and embedding to use."),
+    center: Optional[int] = typer.Option(None, "--center", help="Centre atom (default: where the loop carved, else max gamma)."),
+    buffers: Optional[str] = typer.Option(None, "--buffers", help="Buffer widths in Å, comma-separated "
+                                          "(default: 0.5, 1, 1.5, 2 and 3 times embedding.buffer)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: buffer-scan.png in the work directory or here)."),
+    against_frame: bool = typer.Option(False, "--against-frame", help="Also label the whole frame and use its "
+                                       "forces as the reference (exact; affordable for small frames)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Label sub-cells of growing buffer around a trigger atom: how much do the core forces still change?
+
+    Uses the run's labeller; prints and plots the largest core-force change against buffer
+    width and each cell's cost (atoms, wall time).
+    """
+    try:
+        from autopipe.analysis.buffer_scan import (
+            default_center, format_table, plot_scan, potential_cutoff, scan_buffers, trigger_frame,
+        )
+        from autopipe.config import load_run
+        from autopipe.config.run import RunConfig
+        from autopipe.dft import label
+
+        if workdir is not None:
+            cfg = RunConfig.model_validate_json((workdir / "run.resolved.json").read_text())
+            frame, c, sid = trigger_frame(_database_for(workdir), structure_id)
+            base = workdir
+        elif structure is not None and run is not None:
+            from ase.io import read
+
+            cfg, frame, sid, base = load_run(run), read(structure), None, Path.cwd()
+            c = default_center(frame)
+        else:
+            raise AutopipeError("give --workdir (a run) or --structure with --run")
+        c = c if center is None else center
+        if c is None:
+            raise AutopipeError("the frame has no per-atom gamma and no carved sub-cell: give --center")
+        e = cfg.embedding
+        widths = ([float(x) for x in buffers.split(",") if x.strip()] if buffers
+                  else [round(k * e.buffer, 3) for k in (0.5, 1, 1.5, 2, 3)])
+        scratch = base / "buffer-scan"
+        typer.echo(f"frame {sid if sid is not None else structure}: {len(frame)} atoms, centre atom {c}, "
+                   f"buffers {widths} Å, labeller {cfg.dft.code}")
+
+        calls = iter(range(1, 1000))
+
+        def label_fn(atoms):
+            return label(atoms, cfg.dft, workdir=scratch / f"cell-{next(calls)}-{len(atoms)}-atoms")
+
+        scan = scan_buffers(frame, c, e.cutoff, widths, label_fn, min_distance=e.min_distance, code=cfg.dft.code,
+                            potential_cutoff=potential_cutoff(cfg), against_frame=against_frame,
+                            progress=lambda p: typer.echo(f"  buffer {p.buffer:g} Å: {p.n_atoms} atoms, "
+                                                          f"{p.status} in {p.walltime:.1f} s"))
+        typer.echo(format_table(scan))
+        typer.echo(f"plot written to {plot_scan(scan, out or base / 'buffer-scan.png')}")
+    except (AutopipeError, FileNotFoundError, ValueError) as exc:
         _fail(exc, debug)
 
 

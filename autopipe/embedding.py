@@ -17,6 +17,10 @@ the new periodicity lies at least ``L - L/2 - cutoff = buffer`` away from
 ``u`` along some axis, hence outside ``r_c`` when ``buffer >= r_c``.  Removing
 buffer atoms that collide across a carved face (see ``min_distance``) costs
 another ``min_distance / 2`` of buffer; see :func:`extract_periodic_subsystem`.
+Here ``r_c`` is the range of the *forces*: the cutoff of a pair potential, but
+twice the cutoff of a many-body potential such as ACE (the force on ``u``
+involves the energies of its neighbours, which see their own neighbours), and
+for DFT a physical range to be measured (``autopipe buffer-scan``).
 
 Everything here is pure geometry on numpy arrays (no I/O, no database) and is
 O(N) in the parent size: fractional coordinates are computed axis by axis and

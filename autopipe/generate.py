@@ -61,6 +61,11 @@ def template_atoms(system: SystemConfig) -> Atoms:
     src = system.structure
     if src.kind == "bulk":
         atoms = bulk(system.elements[0], src.crystal, a=src.a, cubic=src.cubic).repeat(src.repeat)
+        if src.vacancies:
+            if src.vacancies >= len(atoms):
+                raise ValueError(f"{src.vacancies} vacancies in a crystal of {len(atoms)} atoms leave nothing")
+            # Its own generator: the sites must not change when the rattle amplitude does.
+            del atoms[np.random.default_rng(src.seed).choice(len(atoms), size=src.vacancies, replace=False)]
         if src.rattle > 0:
             atoms.rattle(src.rattle, seed=src.seed)
         return atoms

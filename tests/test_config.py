@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from autopipe.config import load_run, load_site
-from autopipe.config.offline import make_offline_globus_executor
+from tests.globus_standin import make_offline_globus_executor
 from autopipe.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +16,7 @@ SITES = {
     "local-htex": {"gpu": "HighThroughputExecutor", "cpu": "HighThroughputExecutor"},
     "perlmutter": {"gpu": "HighThroughputExecutor", "cpu": "HighThroughputExecutor"},
     "globus": {"gpu-endpoint": "GlobusComputeExecutor", "cpu-endpoint": "GlobusComputeExecutor"},
+    "slurm-local": {"gpu": "HighThroughputExecutor", "cpu": "HighThroughputExecutor"},
 }
 
 
@@ -43,8 +44,21 @@ def test_perlmutter_uses_slurm_with_gpus_and_srun():
     assert "--gpus-per-node=4" in gpu.provider.scheduler_options
     assert "--qos=regular" in gpu.provider.scheduler_options
     assert len(gpu.available_accelerators) == 4
+    # The worker pool is the node's one srun task: it gets all 128 logical CPUs, not half.
+    assert "-c 128" in gpu.provider.launcher.overrides
+    assert "#SBATCH --exclusive" in gpu.provider.scheduler_options
     cpu = next(e for e in cfg.executors if e.label == "cpu")
     assert cpu.provider.constraint == "cpu"
+    # Real-site defaults: Parsl's heartbeats and squeue polling, encrypted worker traffic.
+    assert (cpu.heartbeat_period, cpu.heartbeat_threshold, cpu.provider.status_polling_interval) == (30, 120, 60)
+    assert all(e.encrypted for e in cfg.executors)
+    assert cfg.retries == 2
+
+
+def test_every_htex_executor_is_encrypted(tmp_path):
+    for name in ("local-htex", "perlmutter", "slurm-local"):
+        cfg = load_site(ROOT / "configs" / f"{name}.yaml").to_parsl_config(tmp_path / name)
+        assert all(e.encrypted for e in cfg.executors), name
 
 
 def test_globus_route_goes_through_the_sdk_executor_boundary(tmp_path):
@@ -144,6 +158,23 @@ def test_bad_run_files_name_file_key_and_expectation(tmp_path, text, expected):
             "endpoint_id: String should match pattern",
         ),
         ("name: s\nexecutors: [{label: a, kind: threads, roles: [gpu]}]\n", "roles[0]: Input should be 'md', 'dft' or 'train'"),
+        (
+            "name: s\nexecutors: [{label: a, kind: slurm, account: x, heartbeat_period: 10, heartbeat_threshold: 15, "
+            "roles: [md, dft, train]}]\n",
+            "heartbeat_threshold (15 s) must be at least twice heartbeat_period (10 s)",
+        ),
+        (
+            "name: s\nexecutors: [{label: a, kind: slurm, account: x, walltime: '1-00:00:00', roles: [md, dft, train]}]\n",
+            "executors[0].slurm.walltime: String should match pattern",  # Parsl reads HH:MM:SS only
+        ),
+        (
+            "name: s\nexecutors: [{label: a, kind: slurm, account: x, walltime: '00:00:30', roles: [md, dft, train]}]\n",
+            "walltime 00:00:30 is shorter than one minute",
+        ),
+        (
+            "name: s\nexecutors: [{label: a, kind: slurm, account: x, cpu_affinity: numa, roles: [md, dft, train]}]\n",
+            "executors[0].slurm.cpu_affinity: String should match pattern",
+        ),
     ],
 )
 def test_bad_site_files(tmp_path, text, expected):

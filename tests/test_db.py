@@ -126,3 +126,27 @@ def test_concurrent_writers_lose_nothing(any_db):
 def test_bad_url_is_a_clear_error():
     with pytest.raises(AutopipeError, match="cannot open database"):
         Database("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_a_database_from_before_new_columns_is_upgraded_in_place(tmp_path):
+    """A run started by an older autopipe resumes: nullable columns it lacks are added, old rows read NULL."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    db = Database(url)
+    with db.session() as s:
+        s.add(structure_from_atoms(bulk("Cu", "fcc", a=3.6), "generated"))
+    db.dispose()
+    con = sqlite3.connect(tmp_path / "old.db")
+    for col in ("energy_weight", "force_weights"):  # what an older version created
+        con.execute(f"ALTER TABLE structures DROP COLUMN {col}")
+    con.commit()
+    con.close()
+    db = Database(url)
+    with db.session() as s:
+        row = s.scalars(select(Structure)).one()
+        assert row.energy_weight is None and row.force_weights is None
+        row.energy_weight = 0.5
+    with db.session() as s:
+        assert s.scalars(select(Structure)).one().energy_weight == 0.5
+    db.dispose()

@@ -48,7 +48,7 @@ def test_steer_bad_file_is_one_line_error_without_traceback(tmp_path):
 
 
 def test_check_validates_all_shipped_sites():
-    for site in ("local", "local-htex", "perlmutter", "globus"):
+    for site in ("local", "local-htex", "perlmutter", "globus", "slurm-local"):
         out = _run("autopipe", "check", "--site", str(ROOT / f"configs/{site}.yaml"))
         assert out.returncode == 0, out.stderr
 

@@ -43,7 +43,8 @@ class BulkStructure(StrictModel):
     repeat: tuple[int, int, int] = Field(default=(1, 1, 1), description="Supercell repetitions.")
     cubic: bool = Field(default=True, description="Use the conventional cubic cell.")
     rattle: float = Field(default=0.0, ge=0, description="Gaussian displacement std (Å).")
-    seed: int = Field(default=0, description="Random seed for the rattle.")
+    vacancies: int = Field(default=0, ge=0, description="Atoms removed at random from the repeated crystal (point defects).")
+    seed: int = Field(default=0, description="Random seed of the rattle and of the vacancy sites.")
 
 
 class Liquid2DStructure(StrictModel):
@@ -89,7 +90,10 @@ class InitialPotentialFile(StrictModel):
     path: Path = Field(description="Potential .yaml (B-basis) written by pacemaker.")
     asi: Path | None = Field(default=None, description="Active set .asi; computed from the training data if absent.")
     training_data: Path | None = Field(
-        default=None, description="pacemaker dataset (.pckl.gzip) the potential was trained on; needed for its .asi."
+        default=None,
+        description="pacemaker dataset (.pckl.gzip: ase_atoms, forces, energy and/or energy_corrected, optional "
+        "w_energy/w_forces) the potential was trained on. Imported into the database and trained on by every "
+        "retrain, with its weights and energy reference; also gives the .asi. Required unless train.retrain is false.",
     )
 
     _resolve = field_validator("path", "asi", "training_data")(classmethod(_relative_to_file))
@@ -162,7 +166,12 @@ class EmbeddingConfig(StrictModel):
     """Periodic sub-cell carved around an uncertain atom: side 2*(cutoff+buffer)."""
 
     cutoff: float = Field(gt=0, description="Radius of the trusted core (Å); forces beyond it are masked.")
-    buffer: float = Field(gt=0, description="Buffer thickness (Å); at least the potential cutoff for exact core forces.")
+    buffer: float = Field(
+        gt=0,
+        description="Buffer thickness (Å) between the trusted core and the cell faces. Core forces are exact for a "
+        "pair potential of range rc when buffer >= rc, for a many-body potential (ACE of cutoff rc) only when "
+        "buffer >= 2*rc; for DFT the range is physical: measure it with `autopipe buffer-scan`.",
+    )
     min_distance: float = Field(default=0.5, ge=0, description="Remove masked atoms closer than this across the new boundary (Å).")
     whole_frame: Literal["if_smaller", "always"] = Field(
         default="if_smaller",
@@ -240,6 +249,11 @@ DFTConfig = Annotated[
 class TrainConfig(StrictModel):
     """pacemaker fits and the retraining trigger."""
 
+    retrain: bool = Field(
+        default=True,
+        description="Retrain when new labels arrive. false: monitor gamma and collect labels only; an imported "
+        "potential (initial_potential kind file) then needs no training_data.",
+    )
     min_new_labels: int = Field(default=4, ge=1, description="New successful labels that start a retrain.")
     cutoff: float = Field(default=5.0, gt=0, description="ACE radial cutoff (Å).")
     number_of_functions_per_element: int = Field(default=40, ge=1, description="ACE basis size per element.")
@@ -326,6 +340,12 @@ class RunConfig(StrictModel):
             raise ValueError("md.dimension is 2 but system.structure is a 3D bulk crystal")
         if self.md.ensemble == "npt" and self.md.dimension == 2:
             raise ValueError("npt is not supported for 2D systems")
+        init = self.initial_potential
+        if init.kind == "file" and init.training_data is None and self.train.retrain:
+            raise ValueError(
+                "initial_potential.training_data is required: retraining needs the data the potential was "
+                "trained on (or set train.retrain: false to only monitor and label)"
+            )
         return self
 
     def database_url(self) -> str:

@@ -66,6 +66,7 @@ class HtexLocalExecutor(_ExecutorBase):
             max_workers_per_node=self.max_workers_per_node,
             cores_per_worker=self.cores_per_worker,
             address="127.0.0.1",
+            encrypted=True,  # CurveZMQ: the interchange's ports accept no unauthenticated pickles
             provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1),
         )
 
@@ -81,23 +82,71 @@ class SlurmExecutor(_ExecutorBase):
     nodes_per_block: int = Field(default=1, ge=1, description="Nodes per Slurm job.")
     min_blocks: int = Field(default=0, ge=0, description="Slurm jobs kept alive when idle.")
     max_blocks: int = Field(default=1, ge=1, description="Most Slurm jobs at once.")
-    walltime: str = Field(default="01:00:00", pattern=r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$", description="HH:MM:SS per job.")
+    walltime: str = Field(
+        default="01:00:00",
+        # Parsl's SlurmProvider reads HH:MM:SS only (no 'D-' days) and refuses less than a minute.
+        pattern=r"^\d+:[0-5]\d:[0-5]\d$",
+        description="Wall time per job, HH:MM:SS (hours may exceed 24, e.g. 48:00:00); at least one minute.",
+    )
     gpus_per_node: int = Field(default=0, ge=0, description="GPUs per node; one worker per GPU when > 0.")
     workers_per_node: int | None = Field(default=None, ge=1, description="Workers per node (default: GPUs, else 1).")
     cores_per_worker: float = Field(default=1.0, gt=0, description="CPU cores per worker.")
     launcher: Literal["srun", "single", "simple"] = Field(default="srun", description="How workers start on nodes.")
-    launcher_overrides: str = Field(default="", description="Extra srun options for the worker launch (srun only).")
+    launcher_overrides: str = Field(
+        default="",
+        description="Extra srun options for the worker launch (srun only). The worker pool is one srun task "
+        "per node: give it the whole node, e.g. '-c 128 --cpu-bind=none' on a Perlmutter GPU node.",
+    )
+    cpu_affinity: str = Field(
+        default="none",
+        pattern=r"^(none|block|block-reverse|alternating|list(:[0-9,\-]+)+)$",
+        description="How Parsl pins each worker to CPUs of what its srun task got: 'none' (workers share "
+        "them), 'block', 'block-reverse', 'alternating', or 'list:0-15,64-79:16-31,80-95:...' (one range "
+        "per worker).",
+    )
+    exclusive: bool = Field(
+        default=True, description="Whole nodes per block (--exclusive); false lets blocks share a node."
+    )
     worker_init: str = Field(default="", description="Shell lines run before workers start (modules, venv).")
     scheduler_options: str = Field(default="", description="Extra '#SBATCH' lines.")
+    heartbeat_period: int = Field(
+        default=30, ge=1, description="Seconds between heartbeats of the worker pools and the steering process."
+    )
+    heartbeat_threshold: int = Field(
+        default=120,
+        ge=2,
+        description="Seconds without a heartbeat after which a block's workers count as lost and their "
+        "tasks fail with ManagerLost (then the site's retries resubmit them).",
+    )
+    status_polling_interval: int = Field(
+        default=60, ge=1, description="Seconds between squeue polls of this executor's jobs (Parsl's default 60)."
+    )
+
+    @model_validator(mode="after")
+    def _timings_fit(self) -> "SlurmExecutor":
+        if self.walltime_seconds() < 60:
+            raise ValueError(f"walltime {self.walltime} is shorter than one minute")
+        if self.heartbeat_threshold < 2 * self.heartbeat_period:
+            raise ValueError(
+                f"heartbeat_threshold ({self.heartbeat_threshold} s) must be at least twice heartbeat_period "
+                f"({self.heartbeat_period} s), or live workers are declared lost between two heartbeats"
+            )
+        return self
 
     def workers(self) -> int:
         per_node = self.workers_per_node or (self.gpus_per_node or 1)
         return per_node * self.nodes_per_block * self.max_blocks
 
+    def walltime_seconds(self) -> int:
+        """The walltime in seconds."""
+        h, m, s = (int(x) for x in self.walltime.split(":"))
+        return h * 3600 + m * 60 + s
+
     def build(self, run_dir: Path, **_: Any):
         from parsl.executors import HighThroughputExecutor
         from parsl.launchers import SimpleLauncher, SingleNodeLauncher, SrunLauncher
-        from parsl.providers import SlurmProvider
+
+        from autopipe.scheduler import PolledSlurmProvider
 
         if self.launcher == "srun":
             launcher = SrunLauncher(overrides=self.launcher_overrides)
@@ -117,7 +166,11 @@ class SlurmExecutor(_ExecutorBase):
             label=self.label,
             max_workers_per_node=per_node,
             cores_per_worker=self.cores_per_worker,
-            provider=SlurmProvider(
+            cpu_affinity=self.cpu_affinity,
+            heartbeat_period=self.heartbeat_period,
+            heartbeat_threshold=self.heartbeat_threshold,
+            encrypted=True,  # CurveZMQ: on a shared login node the ports would accept anyone's pickles
+            provider=PolledSlurmProvider(
                 account=self.account,
                 partition=self.partition,
                 constraint=self.constraint,
@@ -129,7 +182,11 @@ class SlurmExecutor(_ExecutorBase):
                 scheduler_options=options,
                 worker_init=self.worker_init,
                 launcher=launcher,
-                exclusive=True,
+                exclusive=self.exclusive,
+                status_polling_interval=self.status_polling_interval,
+                # sbatch/squeue on a busy centre can take tens of seconds; Parsl's 10 s default
+                # would count a slow sbatch as a failed block and stop the executor.
+                cmd_timeout=120,
             ),
             **extra,
         )
@@ -175,6 +232,12 @@ class SiteConfig(StrictModel):
     name: str = Field(description="Site name, shown in plans and reports.")
     executors: list[ExecutorConfig] = Field(min_length=1, description="Parsl executors of this site.")
     run_dir: str | None = Field(default=None, description="Parsl's run directory (default: <workdir>/parsl).")
+    retries: int = Field(
+        default=2,
+        ge=0,
+        description="Times a task is resubmitted after its worker or block was lost (scancel, node failure, "
+        "walltime); an app's own errors are never retried here.",
+    )
 
     @model_validator(mode="after")
     def _check_roles(self) -> "SiteConfig":
@@ -203,6 +266,8 @@ class SiteConfig(StrictModel):
         """
         from parsl.config import Config
 
+        from autopipe.scheduler import retry_lost_workers
+
         _venv_bin_on_path()
         run_dir = Path(self.run_dir) if self.run_dir else Path(run_dir)
         return Config(
@@ -210,6 +275,8 @@ class SiteConfig(StrictModel):
             run_dir=str(run_dir),
             strategy="simple",
             initialize_logging=True,
+            retries=self.retries,
+            retry_handler=retry_lost_workers,
         )
 
 

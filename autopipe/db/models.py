@@ -38,7 +38,8 @@ class Origin(str, enum.Enum):
     initial = "initial"  # a walker's starting structure
     md_frame = "md_frame"  # a frame of an MD segment (e.g. the trigger frame)
     embedded = "embedded"  # a periodic sub-cell carved from an MD frame
-    external = "external"  # imported by the user
+    external = "external"  # given by the user (not a training row)
+    imported = "imported"  # a row of the user's pacemaker training data (initial_potential.training_data)
 
 
 class LabelStatus(str, enum.Enum):
@@ -94,6 +95,10 @@ class Structure(Base):
     gamma: Mapped[np.ndarray | None]  # per-atom extrapolation grade, where known
     max_gamma: Mapped[float | None] = mapped_column(Float)
     force_mask: Mapped[list[int] | None] = mapped_column(JSON)  # indices whose forces are not trained on
+    # Training weights relative to an ordinary structure's 1 (None: the default for its origin).
+    # Imported pacemaker data carry their own; force_mask still zeroes on top of force_weights.
+    energy_weight: Mapped[float | None] = mapped_column(Float)
+    force_weights: Mapped[np.ndarray | None]  # (n_atoms,), >= 0
     segment_id: Mapped[int | None] = mapped_column(ForeignKey("segments.id"), index=True)
     potential_version: Mapped[int | None] = mapped_column(Integer)  # potential that produced gamma
     selected: Mapped[bool | None] = mapped_column(default=None)  # None: not yet judged by selection

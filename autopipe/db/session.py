@@ -25,6 +25,38 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the nullable columns a newer autopipe defines to an existing database; returns "table.column"s.
+
+    ``create_all`` creates missing tables but never alters existing ones, so a run started
+    by an older version could not be resumed (every query names the new columns). Only
+    nullable columns are added: old rows get NULL, which every new column reads as "the
+    default". Anything else is left for a real migration.
+    """
+    from sqlalchemy import inspect, text
+
+    added: list[str] = []
+    quote = engine.dialect.identifier_preparer.quote
+    for table in Base.metadata.sorted_tables:
+        insp = inspect(engine)
+        if not insp.has_table(table.name):
+            continue
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in have or not col.nullable or col.primary_key:
+                continue
+            ddl = f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(col.name)} {col.type.compile(dialect=engine.dialect)}"
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(ddl))
+            except Exception:
+                # Another process opening the same database may have added it meanwhile.
+                if col.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+            added.append(f"{table.name}.{col.name}")
+    return added
+
+
 class Database:
     """One run's database: SQLite by default, any SQLAlchemy URL (PostgreSQL) by config.
 
@@ -51,6 +83,7 @@ class Database:
         if create:
             try:
                 Base.metadata.create_all(self.engine)
+                add_missing_columns(self.engine)
             except Exception as exc:
                 raise AutopipeError(f"cannot open database {url!r}: {str(exc).splitlines()[0]}") from None
 

@@ -13,6 +13,13 @@ Weights:
   force weight 0 (their forces feel the artificial boundary), and the energy weight is
   ``TrainConfig.embedded_energy_weight`` (default 0): a carved cell's total energy is an
   artefact of its boundary too.
+* a structure with its own weights (``Structure.energy_weight``, ``Structure.force_weights``;
+  imported pacemaker data carry them) uses those; ``force_mask`` still zeroes on top.
+
+Energies: ``energy_corrected = energy - sum of per-element reference energies`` (pacemaker's
+convention). The references are, in this order: the ``reference_energies`` argument; those
+recorded with imported labels (:mod:`autopipe.potentials.imported`), so that new labels land
+in the reference the imported potential was fitted in; ``TrainConfig.reference_energies``.
 
 Stress is not fitted (tensorpot fits energies and forces; a carved cell's stress is an
 artefact anyway).
@@ -20,6 +27,7 @@ artefact anyway).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
@@ -31,6 +39,8 @@ if TYPE_CHECKING:
 
     from autopipe.config.run import TrainConfig
     from autopipe.db import Database
+
+log = logging.getLogger(__name__)
 
 #: Columns autopipe adds besides pacemaker's; pacemaker carries them through to its
 #: ``fitting_data_info.pckl.gzip`` and ``train_pred.pckl.gzip``.
@@ -54,19 +64,33 @@ def record_weights(
     embedded: bool,
     force_mask: Sequence[int] | None,
     embedded_energy_weight: float = 0.0,
+    energy_weight: float | None = None,
+    force_weights: Sequence[float] | np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """Energy weight and per-atom force weights of one structure (before pacemaker's renormalisation).
 
-    ``force_mask`` lists atom indices whose forces are not trained on. It is honoured for
-    any structure that has one, though only embedded sub-cells are expected to.
+    ``energy_weight`` / ``force_weights`` (length ``n_atoms``) are the structure's own weights
+    when it has them (``Structure.energy_weight``/``force_weights``); otherwise ordinary
+    structures weigh 1 and embedded ones ``embedded_energy_weight`` for the energy, 1 per
+    atom for the forces. ``force_mask`` lists atom indices whose forces are not trained on:
+    it zeroes them whatever their own weight. It is honoured for any structure that has one,
+    though only embedded sub-cells are expected to.
     """
-    w_forces = np.ones(n_atoms, dtype=float)
+    if force_weights is None:
+        w_forces = np.ones(n_atoms, dtype=float)
+    else:
+        w_forces = np.array(force_weights, dtype=float)
+        if w_forces.shape != (n_atoms,):
+            raise ValueError(f"force_weights has shape {w_forces.shape}, expected ({n_atoms},)")
     if force_mask:
         idx = np.asarray(list(force_mask), dtype=int)
         if idx.size and (idx.min() < 0 or idx.max() >= n_atoms):
             raise ValueError(f"force_mask index out of range for {n_atoms} atoms: {sorted(set(idx.tolist()))}")
         w_forces[idx] = 0.0
-    w_energy = float(embedded_energy_weight) if embedded else 1.0
+    if energy_weight is not None:
+        w_energy = float(energy_weight)
+    else:
+        w_energy = float(embedded_energy_weight) if embedded else 1.0
     return w_energy, w_forces
 
 
@@ -96,8 +120,11 @@ def build_dataset(
 
     A structure with several successful labels contributes once, with its newest label
     (within the id limit). ``reference_energies`` (eV per atom of each element) are
-    subtracted to give ``energy_corrected``; without them the raw energy is used, which
-    is right for analytic oracles (LJ, EMT) whose isolated atoms have zero energy.
+    subtracted to give ``energy_corrected``; without them, those recorded by an import of
+    the user's training data, else ``train_config.reference_energies``; without any the raw
+    energy is used, which is right for analytic oracles (LJ, EMT) whose isolated atoms
+    have zero energy. Explicit references that contradict imported ones raise ``ValueError``:
+    imported and new labels must share one reference.
 
     Returns the DataFrame (columns ``ase_atoms``, ``energy``, ``energy_corrected``,
     ``forces``, ``w_energy``, ``w_forces``, ``structure_id``, ``label_id``) and a
@@ -110,11 +137,9 @@ def build_dataset(
     from autopipe.db import Label, LabelStatus, Origin, Structure, atoms_from_structure
     from autopipe.potentials.periodic import closed_for_ace
 
-    if reference_energies is None:
-        reference_energies = getattr(train_config, "reference_energies", None)
-    auto_reference = reference_energies == "auto"
-    if auto_reference:
-        reference_energies = None
+    from autopipe.potentials.imported import reference_energies_of
+
+    explicit_reference = reference_energies
     rows: list[dict] = []
     with db.session() as s:
         q = (
@@ -130,7 +155,11 @@ def build_dataset(
             if label.energy is None or label.forces is None:
                 continue  # a 'done' label without data cannot be trained on
             newest[struct.id] = (label, struct)  # ordered by id: the last one wins
-        for label, struct in sorted(newest.values(), key=lambda ls: ls[0].id):
+        chosen = sorted(newest.values(), key=lambda ls: ls[0].id)
+        reference_energies, auto_reference = _choose_reference(
+            explicit_reference, reference_energies_of(label for label, _ in chosen), train_config
+        )
+        for label, struct in chosen:
             atoms = atoms_from_structure(struct)
             forces = np.asarray(label.forces, dtype=float).reshape(len(atoms), 3)
             embedded = struct.origin == Origin.embedded
@@ -139,6 +168,8 @@ def build_dataset(
                 embedded=embedded,
                 force_mask=struct.force_mask,
                 embedded_energy_weight=train_config.embedded_energy_weight,
+                energy_weight=struct.energy_weight,
+                force_weights=struct.force_weights,
             )
             e_ref = 0.0
             if reference_energies:
@@ -186,6 +217,41 @@ def build_dataset(
         n_masked_atoms=int(sum(int(np.sum(w == 0)) for w in df["w_forces"])),
     )
     return df, info
+
+
+def _choose_reference(
+    explicit: Mapping[str, float] | None,
+    imported: dict[str, float] | None,
+    train_config: TrainConfig,
+) -> tuple[Mapping[str, float] | None, bool]:
+    """(per-element reference energies or None, whether to fit them by least squares).
+
+    Imported references win over the run's setting ('auto' would re-fit them and shift
+    the imported potential's energy zero); explicit ones must agree with them.
+    """
+    configured = getattr(train_config, "reference_energies", None)
+    if isinstance(explicit, str):  # 'auto' passed explicitly: a setting, not references
+        configured, explicit = explicit, None
+    if imported is not None:
+        if explicit is not None and not _same_reference(explicit, imported):
+            raise ValueError(
+                f"reference energies {dict(explicit)} contradict those of the imported training data {imported}"
+            )
+        if isinstance(configured, Mapping) and not _same_reference(configured, imported):
+            log.warning(
+                "train.reference_energies %s differ from the imported training data's %s; using the imported ones",
+                dict(configured), imported,
+            )
+        return imported, False
+    chosen = explicit if explicit is not None else configured
+    if chosen == "auto":
+        return None, True
+    return chosen, False
+
+
+def _same_reference(a: Mapping[str, float], b: Mapping[str, float], tol: float = 1e-6) -> bool:
+    """Same elements and energies within ``tol`` eV/atom."""
+    return set(a) == set(b) and all(abs(float(a[k]) - float(b[k])) <= tol for k in a)
 
 
 def write_dataset(df: pd.DataFrame, path: Path | str) -> Path:

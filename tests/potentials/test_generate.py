@@ -94,3 +94,19 @@ def test_min_distance_property(dmin, rattle, seed):
     out = generate_structures(["Ar"], lj3d_template(repeat=1), _cfg(n_structures=4, rattle=rattle, strain=0.03,
                                                                      min_distance=dmin, seed=seed))
     assert all(min_pair_distance(x) >= dmin for x in out)
+
+
+def test_bulk_with_vacancies_is_reproducible_and_refuses_an_empty_crystal():
+    def system(vacancies, seed=4):
+        return SystemConfig(elements=["Si"], structure={"kind": "bulk", "crystal": "diamond", "a": 5.43,
+                                                         "repeat": [2, 2, 2], "vacancies": vacancies, "seed": seed})
+
+    perfect = template_atoms(system(0))
+    one, again, other = template_atoms(system(1)), template_atoms(system(1)), template_atoms(system(1, seed=5))
+    assert len(perfect) == 64 and len(one) == 63 and len(template_atoms(system(3))) == 61
+    np.testing.assert_array_equal(one.positions, again.positions)
+    assert not np.array_equal(one.positions, other.positions)  # the seed picks the site
+    kept = {tuple(np.round(p, 6)) for p in one.positions}
+    assert kept < {tuple(np.round(p, 6)) for p in perfect.positions}  # lattice sites, one missing
+    with pytest.raises(ValueError, match="leave nothing"):
+        template_atoms(system(64))

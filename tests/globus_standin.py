@@ -3,8 +3,8 @@
 There is no network here (and no Globus login in CI), so the Globus Compute route is
 exercised up to the SDK's boundary: Parsl's ``GlobusComputeExecutor`` gets this
 subclass of the SDK's ``Executor``, which runs each function in a local thread
-instead of sending it to an endpoint. ``autopipe check`` uses it to validate site
-files offline; tests use it to run real apps through the Globus route.
+instead of sending it to an endpoint. Test-only: ``autopipe check`` validates Globus
+sites offline without it and says that no endpoint was contacted.
 """
 
 from __future__ import annotations
