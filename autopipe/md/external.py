@@ -148,6 +148,9 @@ class ExternalForces:
         t0 = time.perf_counter()
         res = self.evaluator.evaluate(pos, self._lo, self._matrix, gamma=check)
         self.time_evaluate += time.perf_counter() - t0
+        if check and res.gamma is not None and np.all(np.isfinite(res.gamma)):
+            # Kept before the blow-up tests: the frame where forces run away is worth labelling.
+            self.last_check = TriggerRecord(step, pos.copy(), self._lo.copy(), self._matrix.copy(), res.gamma.copy())
         fmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", res.forces, res.forces)))) if n else 0.0
         if not (np.isfinite(res.energy) and np.isfinite(fmax)):
             self._fail(f"step {step}: non-finite energy or forces (E={res.energy})", f, step=step, blowup=True)
@@ -178,7 +181,6 @@ class ExternalForces:
                 return
             self.gamma_trace.append((step, gmax))
             self.lmp.fix_external_set_vector(EXT_FIX, 1, gmax)
-            self.last_check = TriggerRecord(step, pos.copy(), self._lo.copy(), self._matrix.copy(), gamma.copy())
             if gmax > self.threshold:
                 self.trigger = self.last_check
                 if step == self.start_step:

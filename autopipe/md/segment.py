@@ -111,7 +111,8 @@ class SegmentResult:
     otherwise; ``last_frame``: the frame of the last gamma check before it, with per-atom gamma.
     ``rewind_state`` (triggered segments, set by :func:`autopipe.md.walk.run_walker_segment`):
     the state at the last check below the threshold, where the walker resumes; ``note``: how
-    the trigger was found when it was not a plain check (a blow-up probed step by step).
+    the trigger was found when it was not a plain check (a blow-up probed step by step);
+    ``label_anyway``: the trigger frame blew up with low gamma, so selection must not drop it.
     ``lammps_dump``: LAMMPS's own dump when one was written. ``timings`` (s): ``run`` (the
     LAMMPS ``run`` command), and on the callback route ``callback`` (all time in the callback)
     and ``evaluate`` (ACE evaluation in it, neighbour lists included).
@@ -140,6 +141,7 @@ class SegmentResult:
     last_frame: Atoms | None = None
     rewind_state: MDState | None = None
     note: str | None = None
+    label_anyway: bool = False  # a confidently wrong frame: its gamma is low, label it regardless
 
 
 # ----------------------------------------------------------------------------- LAMMPS plumbing

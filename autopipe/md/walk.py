@@ -83,11 +83,18 @@ def _probe(state, potential, md_config, otf_config, workdir: Path, failed: Segme
         return failed  # nothing to label: the probe did not retrace the run, or failed otherwise
     gamma = frame.arrays["gamma"]
     step = int(frame.info.get("step", failed.start_step))
-    note = (f"blew up at {where} with gamma at or below {thr:g} at every step before it (max {float(gamma.max()):.2f}):"
-            f" the potential is confidently wrong; labelling the most uncertain region of the last frame (step {step})")
+    g = float(gamma.max())
+    if g > thr:
+        note = (f"blew up at {where} between two checks; re-run with a check every step: gamma {g:.2f} > {thr:g} "
+                f"first at step {step}, where the forces ran away")
+        label_anyway = False
+    else:
+        note = (f"blew up at {where} with gamma at or below {thr:g} at every step up to it (max {g:.2f}): the "
+                f"potential is confidently wrong; labelling the most uncertain region of the frame at step {step}")
+        label_anyway = True
     return replace(failed, status="triggered", trigger_frame=frame, trigger_atom=int(np.argmax(gamma)), end_step=step,
-                   max_gamma=float(np.max(failed.gamma_trace[:, 1])) if len(failed.gamma_trace) else float(gamma.max()),
-                   error=None, note=note)
+                   max_gamma=max(g, float(np.max(failed.gamma_trace[:, 1])) if len(failed.gamma_trace) else g),
+                   error=None, note=note, label_anyway=label_anyway)
 
 
 def _rewind(state, potential, md_config, otf_config, workdir: Path, res: SegmentResult, **kwargs):

@@ -46,7 +46,7 @@ def test_a_blow_up_between_checks_is_found_again_as_the_first_gamma_crossing(pot
     plain = run_segment(start, pot, md, otf, workdir=tmp_path / "plain", limits=TIGHT)
     assert plain.status == "failed" and plain.failure == "blowup" and plain.failed_step == 9
     res = run_walker_segment(start, pot, md, otf, workdir=tmp_path / "walk", limits=TIGHT)
-    assert res.status == "triggered" and res.end_step == 8
+    assert res.status == "triggered" and res.end_step == 8 and not res.label_anyway
     assert "blew up at step 9 between two checks" in res.note and "first at step 8" in res.note
     g = res.trigger_frame.arrays["gamma"]
     assert g.max() > 2.5 and res.trigger_atom == int(np.argmax(g))
@@ -54,16 +54,17 @@ def test_a_blow_up_between_checks_is_found_again_as_the_first_gamma_crossing(pot
     assert res.rewind_state.step == 7  # the probe checked every step
 
 
-def test_a_confidently_wrong_blow_up_labels_the_last_frame_before_it(pot, tmp_path):
+def test_a_confidently_wrong_blow_up_labels_the_frame_where_it_blew_up(pot, tmp_path):
     md, otf = md_config(**HOT), otf_config(uncertainty_threshold=5.0, check_frequency=20)
     start = initial_state(fcc(), md)
     res = run_walker_segment(start, pot, md, otf, workdir=tmp_path, limits=TIGHT)
-    assert res.status == "triggered" and res.end_step == 8 and res.error is None
+    assert res.status == "triggered" and res.end_step == 9 and res.error is None and res.label_anyway
     assert "confidently wrong" in res.note and "blew up at step 9" in res.note
     g = res.trigger_frame.arrays["gamma"]
     assert g.max() < 5.0 and res.trigger_atom == int(np.argmax(g))
-    assert res.trigger_frame.info["step"] == 8
-    assert res.rewind_state is start  # the only check below the threshold before step 8 is the start
+    assert res.trigger_frame.info["step"] == 9
+    assert np.allclose(pyace_results(res.trigger_frame, pot)["gamma"], g, rtol=1e-8, atol=1e-8)
+    assert res.rewind_state is start  # the only check below the threshold before step 9 is the start
 
 
 def test_errors_that_are_not_blow_ups_stay_failures(pot, tmp_path, monkeypatch):

@@ -56,22 +56,30 @@ def coming_cells(ctx: Context, newest_snapshot: int) -> list[tuple]:
         return [(atoms_from_structure(r), list(r.force_mask or [])) for r in rows]
 
 
-def decide(ctx: Context, carved: list[Carved]):
-    """The selection decisions for ``carved`` (see :mod:`autopipe.steer.selection`)."""
-    from autopipe.steer.selection import select_d_optimal, trusted_projections
+def decide(ctx: Context, carved: list[Carved], label_anyway: bool = False):
+    """The selection decisions for ``carved`` (see :mod:`autopipe.steer.selection`). With
+    ``label_anyway`` (a frame that blew up with low gamma) the first, most uncertain cell is
+    kept whatever its grade: a low grade is exactly what was wrong there."""
+    from autopipe.steer.selection import Decision, grade, select_d_optimal, trusted_projections
 
     newest = ctx.store.latest()
     coming = coming_cells(ctx, newest.last_label_id)
     inverses, rows = trusted_projections(coming + [(c.atoms, c.masked) for c in carved], newest)
-    return select_d_optimal(inverses, rows[:len(coming)], rows[len(coming):], ctx.run.otf.uncertainty_threshold)
+    coming_rows, rows = rows[:len(coming)], rows[len(coming):]
+    forced = []
+    if label_anyway:
+        forced = [Decision(True, grade(rows[0], inverses), "selected: the potential blew up here with low gamma")]
+        coming_rows, rows = [*coming_rows, rows[0]], rows[1:]
+    return forced + select_d_optimal(inverses, coming_rows, rows, ctx.run.otf.uncertainty_threshold)
 
 
 def done(ctx: Context, task_id: int, candidates: list[Carved]) -> None:
     with ctx.db.session() as s:
         frame = s.get(Structure, s.get(Task, task_id).structure_id)
-        frame_id, version, walker_index = frame.id, frame.potential_version, (frame.info or {}).get("walker")
+        info = frame.info or {}
+        frame_id, version, walker_index = frame.id, frame.potential_version, info.get("walker")
     carved = [c for c in candidates if c.atoms is not None]
-    decisions = decide(ctx, carved) if carved else []
+    decisions = decide(ctx, carved, bool(info.get("label_anyway"))) if carved else []
     new_tasks, notes = [], []
     with ctx.db.session() as s:
         for c in candidates:

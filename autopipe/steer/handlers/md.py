@@ -44,7 +44,8 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
         elif seg.status is SegmentStatus.triggered:
             row = structure_from_atoms(result.trigger_frame, Origin.md_frame, segment_id=seg.id,
                                        potential_version=seg.potential_version,
-                                       info={"walker": w.index, "step": result.end_step, "note": result.note})
+                                       info={"walker": w.index, "step": result.end_step, "note": result.note,
+                                             "label_anyway": result.label_anyway})
             s.add(row)
             s.flush()
             frame_id = row.id
