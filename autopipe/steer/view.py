@@ -34,7 +34,7 @@ class RunView:
     ``active``: pending or running tasks per kind (``"md"``, ``"embed"``, ``"dft"``,
     ``"train"``). ``new_labels``: successful labels newer than the newest potential's
     training snapshot. ``dft_calls``: labels of structures the loop chose (everything but
-    the generated initial dataset). ``first_potential``: ``None`` once a potential exists,
+    the generated initial dataset and the user's imported data). ``first_potential``: ``None`` once a potential exists,
     else ``"labelling"``, ``"ready"`` (train version 1 now) or why it is impossible.
     """
 
@@ -73,7 +73,7 @@ def read_view(ctx: Context) -> RunView:
         new_labels = s.scalar(select(func.count()).select_from(Label).where(
             Label.status == LabelStatus.done, Label.id > snapshot))
         dft_calls = s.scalar(select(func.count()).select_from(Label).join(Structure).where(
-            Structure.origin != Origin.generated))
+            Structure.origin.not_in([Origin.generated, Origin.imported])))
     return RunView(
         elapsed=time.monotonic() - ctx.t0, newest_version=newest, retrains=max(n_versions - 1, 0), walkers=walkers,
         active={k.value: int(n) for k, n in active.items()}, new_labels=int(new_labels or 0),

@@ -51,7 +51,7 @@ def coming_cells(ctx: Context, newest_snapshot: int) -> list[tuple]:
     with ctx.db.session() as s:
         queued = select(Task.structure_id).where(Task.kind == TaskKind.dft, Task.state.in_(active))
         fresh = select(Label.structure_id).where(Label.status == LabelStatus.done, Label.id > newest_snapshot)
-        rows = s.scalars(select(Structure).where(Structure.origin != Origin.generated,
+        rows = s.scalars(select(Structure).where(Structure.origin.not_in([Origin.generated, Origin.imported]),
                                                  Structure.id.in_(queued.union(fresh))))
         return [(atoms_from_structure(r), list(r.force_mask or [])) for r in rows]
 
