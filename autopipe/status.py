@@ -54,7 +54,8 @@ def collect_status(db: Database) -> dict[str, Any]:
         "walkers": walkers,
         "candidates": candidates,
         # MD steps thrown away per trigger: from the trigger back to where the walker resumed.
-        "discarded_steps_per_trigger": [end - (start if rewind is None else rewind) for start, end, rewind in triggered],
+        "discarded_steps_per_trigger": [end - (start if rewind is None else rewind)
+                                        for start, end, rewind in triggered if end is not None],
         "max_gamma": max_gamma,
         "stopped_because": stop.message if stop else None,
     }
