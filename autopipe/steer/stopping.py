@@ -32,6 +32,10 @@ def training_keeps_failing(v: RunView, stop: StopConfig) -> str | None:
     return None
 
 
+def blowup_limit_below_physics(v: RunView, stop: StopConfig) -> str | None:
+    return v.limit_problem
+
+
 def dft_budget_used(v: RunView, stop: StopConfig) -> str | None:
     # A fit already running on those labels may finish first: its potential is worth having.
     if stop.max_dft_calls is not None and v.dft_calls >= stop.max_dft_calls and not v.busy("train"):
@@ -75,7 +79,7 @@ def stalled(v: RunView, stop: StopConfig) -> str | None:
 
 
 RULES: tuple[Rule, ...] = (
-    out_of_time, training_keeps_failing, dft_budget_used, no_initial_potential,
+    out_of_time, training_keeps_failing, blowup_limit_below_physics, dft_budget_used, no_initial_potential,
     walkers_finished, converged, training_budget_used, stalled,
 )
 

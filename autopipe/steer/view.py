@@ -48,6 +48,7 @@ class RunView:
     train_failures: int = 0  # consecutive failed fits in this process
     first_potential: str | None = None
     idle: bool = False  # nothing queued or in flight in the dispatcher
+    limit_problem: str | None = None  # a blow-up limit below the labeller's forces (see handlers.dft)
 
     def busy(self, *kinds: str) -> bool:
         return any(self.active.get(k, 0) for k in kinds)
@@ -79,5 +80,5 @@ def read_view(ctx: Context) -> RunView:
         active={k.value: int(n) for k, n in active.items()}, new_labels=int(new_labels or 0),
         dft_calls=int(dft_calls or 0), train_failures=ctx.train_failures,
         first_potential=None if newest is not None else ctx.first_potential,
-        idle=ctx.dispatcher.idle() if ctx.dispatcher is not None else True,
+        idle=ctx.dispatcher.idle() if ctx.dispatcher is not None else True, limit_problem=ctx.limit_problem,
     )
