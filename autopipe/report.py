@@ -164,6 +164,14 @@ def stage_costs(db: Database) -> dict[str, float]:
             "starts": len(starts)}
 
 
+def _rewinds(st: dict[str, Any]) -> str:
+    """', N MD steps discarded per trigger on average (max M)', or nothing."""
+    lost = st.get("discarded_steps_per_trigger") or []
+    if not lost:
+        return ""
+    return f", {sum(lost) / len(lost):.0f} MD steps discarded per trigger on average (max {max(lost)})"
+
+
 def build_report(db: Database, workdir: Path | str) -> Path:
     """Write ``<workdir>/report/index.html`` (and its PNGs); returns its path."""
     from autopipe.status import collect_status
@@ -216,7 +224,7 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 10px;
 <p>Generated {dt.datetime.now().isoformat(timespec='seconds')} from <code>{html.escape(db.url)}</code>.
 Stopped because: <b>{html.escape(str(st['stopped_because'] or 'not stopped (running or killed)'))}</b>.</p>
 <p>Structures {st['structures'].get('total', 0)} (embedded sub-cells {st['embedded']}), labels {st['labels']},
-segments {st['segments']}, triggers {st['triggers']}.</p>
+segments {st['segments']}, triggers {st['triggers']}{_rewinds(st)}.</p>
 {replay_html}
 <h2>Uncertainty during MD</h2>{img(gamma_png, 'max gamma against MD time')}
 <div class="grid"><div><h2>Learning curve</h2>{img(learn_png, 'force RMSE per version')}

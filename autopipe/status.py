@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from autopipe.db import Database, Event, Label, Potential, Segment, Structure, Task, Walker
+from autopipe.db import Candidate, Database, Event, Label, Potential, Segment, SegmentStatus, Structure, Task, Walker
 from autopipe.db.models import Origin
 
 
@@ -34,9 +34,13 @@ def collect_status(db: Database) -> dict[str, Any]:
             for p in s.scalars(select(Potential).order_by(Potential.version))
         ]
         walkers = [
-            {"index": w.index, "status": w.status.value, "step": w.step, "waiting_for_version": w.waiting_for_version}
+            {"index": w.index, "status": w.status.value, "step": w.step, "waiting_for_version": w.waiting_for_version,
+             "failures": w.failures, "note": w.note, "last_error": w.error}
             for w in s.scalars(select(Walker).order_by(Walker.index))
         ]
+        candidates = _counts(s, Candidate.status)
+        triggered = s.execute(select(Segment.start_step, Segment.end_step, Segment.rewind_step)
+                              .where(Segment.status == SegmentStatus.triggered).order_by(Segment.id)).all()
         max_gamma = s.scalar(select(func.max(Segment.max_gamma)))
         stop = s.scalars(select(Event).where(Event.kind == "stop").order_by(Event.id.desc()).limit(1)).first()
     return {
@@ -48,6 +52,10 @@ def collect_status(db: Database) -> dict[str, Any]:
         "embedded": structures.get(Origin.embedded.value, 0),
         "tasks": tasks,
         "walkers": walkers,
+        "candidates": candidates,
+        # MD steps thrown away per trigger: from the trigger back to where the walker resumed.
+        "discarded_steps_per_trigger": [end - (start if rewind is None else rewind)
+                                        for start, end, rewind in triggered if end is not None],
         "max_gamma": max_gamma,
         "stopped_because": stop.message if stop else None,
     }
@@ -68,7 +76,13 @@ def render_status(st: dict[str, Any]) -> str:
         + (", ".join(f"v{p['version']} {p['name']} (parent {p['parent_version']}, {p['n_train']} structures)"
                      for p in st["potentials"]) or "none"),
     ]
+    if st.get("candidates"):
+        lines.insert(3, f"candidates : {fmt(st['candidates'])}")
+    lost = st.get("discarded_steps_per_trigger") or []
+    if lost:
+        lines.insert(3, f"rewinds    : {sum(lost) / len(lost):.0f} MD steps discarded per trigger (max {max(lost)})")
     for w in st["walkers"]:
-        lines.append(f"walker {w['index']}   : {w['status']} at step {w['step']}")
+        lines.append(f"walker {w['index']}   : {w['status']} at step {w['step']}"
+                     + (f" ({w['note']})" if w.get("note") else ""))
     lines.append(f"stopped    : {st['stopped_because'] or 'not stopped (running, or killed)'}")
     return "\n".join(lines)

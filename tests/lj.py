@@ -216,3 +216,10 @@ def lj_recipe(dimension: int = 3) -> dict[str, Any]:
             "timeout": 900.0,
         },
     }
+
+
+def fixture_train_dir(potential: PotentialFiles) -> Path:
+    """Where a cached recipe's version 1 was fitted (pacemaker's input, log and processed data)."""
+    from autopipe.layout import RunLayout
+
+    return RunLayout(Path(potential.directory).parent.parent).train_dir(1)

@@ -117,3 +117,7 @@ def test_report_and_status_rebuild_from_the_database(healed_run):
                                    capture_output=True, text=True, check=True).stdout)
     assert st["triggers"] >= 1 and len(st["potentials"]) >= 2
     assert st["potentials"][1]["parent_version"] == 1
+    # Rewind to the last good check: at most one check interval (5 steps) of MD lost per trigger.
+    lost = st["discarded_steps_per_trigger"]
+    assert len(lost) == st["triggers"] and 0 <= max(lost) <= 5, lost
+    assert st["candidates"]["selected"] >= st["triggers"] - 1

@@ -145,6 +145,13 @@ class MDConfig(StrictModel):
     dump_every: int = Field(default=50, ge=1, description="Steps between trajectory frames.")
     thermo_every: int = Field(default=50, ge=1, description="Steps between thermodynamic records.")
     seed: int = Field(default=12345, ge=1, description="Random seed of velocities and thermostat.")
+    max_force: float = Field(
+        default=1.0e3, gt=0, description="A force above this on any atom (eV/Å) counts as a blow-up."
+    )
+    max_energy_change: float = Field(
+        default=10.0, gt=0,
+        description="A potential-energy change above this since the segment's start (eV/atom) counts as a blow-up.",
+    )
 
 
 class OTFConfig(StrictModel):
@@ -166,6 +173,11 @@ class EmbeddingConfig(StrictModel):
         "buffer >= 2*rc; for DFT the range is physical: measure it with `autopipe buffer-scan`.",
     )
     min_distance: float = Field(default=0.5, ge=0, description="Remove masked atoms closer than this across the new boundary (Å).")
+    whole_frame: Literal["if_smaller", "always"] = Field(
+        default="if_smaller",
+        description="Label the whole MD frame instead of carving: 'if_smaller' when the frame fits inside the "
+        "sub-cell's box (cheaper and exact), 'always' to compare with whole-cell active learning (no masks).",
+    )
 
 
 # ----------------------------------------------------------------------------- DFT
@@ -277,6 +289,19 @@ class WalkersConfig(StrictModel):
     count: int = Field(default=1, ge=1, description="Concurrent MD walkers.")
 
 
+class FaultsConfig(StrictModel):
+    """How much failure the run absorbs before it gives up on a walker or a task."""
+
+    segment_failures: int = Field(
+        default=3, ge=1,
+        description="Consecutive failed segments (or trigger frames no sub-cell could be carved from) "
+        "after which a walker is retired.",
+    )
+    app_attempts: int = Field(
+        default=3, ge=1, description="Submissions of a task whose app crashed (not a failed label or segment)."
+    )
+
+
 class StopConfig(StrictModel):
     """Stopping rules; the first that fires ends the run."""
 
@@ -287,6 +312,7 @@ class StopConfig(StrictModel):
     max_dft_calls: int | None = Field(default=None, ge=1, description="Budget of DFT labels.")
     max_trainings: int | None = Field(default=None, ge=1, description="Budget of retrains.")
     max_walltime: float | None = Field(default=None, gt=0, description="Wall-time budget of this process (s).")
+    max_train_failures: int = Field(default=3, ge=1, description="Stop after this many failed fits in a row.")
 
 
 class RunConfig(StrictModel):
@@ -303,6 +329,7 @@ class RunConfig(StrictModel):
     dft: DFTConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
     walkers: WalkersConfig = Field(default_factory=WalkersConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
 
     _resolve = field_validator("workdir")(classmethod(_relative_to_file))

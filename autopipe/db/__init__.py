@@ -3,6 +3,8 @@
 from autopipe.db.atoms import atoms_from_structure, structure_from_atoms
 from autopipe.db.models import (
     Base,
+    Candidate,
+    CandidateStatus,
     Event,
     Label,
     LabelStatus,
@@ -20,7 +22,7 @@ from autopipe.db.models import (
 from autopipe.db.session import Database
 
 __all__ = [
-    "Base", "Database", "Event", "Label", "LabelStatus", "Origin", "Potential", "Segment", "SegmentStatus",
+    "Base", "Candidate", "CandidateStatus", "Database", "Event", "Label", "LabelStatus", "Origin", "Potential", "Segment", "SegmentStatus",
     "Structure", "Task", "TaskKind", "TaskState", "Walker", "WalkerStatus", "atoms_from_structure",
     "structure_from_atoms",
 ]

@@ -163,6 +163,7 @@ class Walker(Base):
     segments_since_trigger: Mapped[int] = mapped_column(Integer, default=0)
     failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive failed segments
     error: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)  # why it waits or why it stopped, in words
 
 
 class Segment(Base):
@@ -186,6 +187,30 @@ class Segment(Base):
     thermo: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     walltime: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    rewind_step: Mapped[int | None] = mapped_column(Integer)  # triggered: where the walker resumes
+    note: Mapped[str | None] = mapped_column(Text)  # how a trigger was found (e.g. a probed blow-up)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class CandidateStatus(str, enum.Enum):
+    selected = "selected"  # sent to DFT
+    covered = "covered"  # adds nothing: the active set (with cells already chosen) covers it
+    refused = "refused"  # no sub-cell could be carved (reason says why)
+
+
+class Candidate(Base):
+    """One centre of a trigger frame considered for a DFT label, and what became of it."""
+
+    __tablename__ = "candidates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("structures.id"), index=True)
+    center: Mapped[int] = mapped_column(Integer)  # atom index in the frame
+    gamma: Mapped[float | None] = mapped_column(Float)  # the centre's gamma in the frame
+    status: Mapped[CandidateStatus] = mapped_column(_enum(CandidateStatus), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float)  # max gamma of its trusted atoms against the extended active set
+    structure_id: Mapped[int | None] = mapped_column(ForeignKey("structures.id"))  # the carved cell (or the whole frame)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -154,6 +154,36 @@ def _error_block(text: str) -> str | None:
     return None
 
 
+_WALL = re.compile(r"PWSCF\s*:.*CPU\s+(.*?)\s*WALL")
+
+
+def wall_seconds(text: str) -> float:
+    """pw.x's own wall time (s) from its closing ``PWSCF : ... WALL`` line (``1h 2m``, ``3m4.5s``, ``4.8s``); 0 if absent."""
+    m = _WALL.search(text)
+    if not m:
+        return 0.0
+    total = 0.0
+    for value, unit in re.findall(r"([\d.]+)\s*([hms])", m.group(1)):
+        total += float(value) * {"h": 3600.0, "m": 60.0, "s": 1.0}[unit]
+    return total
+
+
+def finished_attempt(directory: Path, staged_input: Path) -> process.RunOutcome | None:
+    """The outcome of an attempt that already ran to the end with exactly this input, or ``None``.
+
+    A resubmitted label (the steering process died after pw.x finished) is read from
+    its files instead of being computed again. "To the end" means pw.x wrote ``JOB DONE``;
+    anything else (killed, crashed, another input) is run again.
+    """
+    out, old_input = directory / OUTPUT, directory / INPUT
+    if not (out.is_file() and old_input.is_file()) or old_input.read_bytes() != staged_input.read_bytes():
+        return None
+    text = out.read_text(errors="replace")
+    if "JOB DONE" not in text:
+        return None
+    return process.RunOutcome(returncode=0, timed_out=False, walltime=wall_seconds(text), reused=True)
+
+
 def _tail(text: str, n: int = 5) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return " | ".join(lines[-n:])
@@ -286,19 +316,25 @@ def label_espresso(
                 }
             )
             directory = root / f"attempt-{number}"
-            if directory.exists():  # left over from an interrupted run of the same label
-                shutil.rmtree(directory)
-            directory.mkdir(parents=True)
+            staged = root / f".{INPUT}.attempt-{number}"
             try:
-                render(atoms, directory / INPUT, data, pseudopotentials, kpts, magnetization)
+                render(atoms, staged, data, pseudopotentials, kpts, magnetization)
             except Exception as exc:  # ASE's writer on a structure it cannot express: no retry helps
                 return LabelResult(
                     status="failed", code=CODE, walltime=walltime, parameters=parameters, attempts=attempts,
                     error=f"cannot write pw.x input: {type(exc).__name__}: {exc}",
                 )
-            outcome = process.run(
-                argv, directory, timeout=config.timeout, stdout=directory / OUTPUT, stderr=directory / ERRORS, env=env
-            )
+            outcome = finished_attempt(directory, staged)
+            if outcome is not None:
+                # Finished before the process that started it died: read it, never run it again.
+                staged.unlink()
+            else:
+                if directory.exists():  # an interrupted or crashed run of the same label
+                    shutil.rmtree(directory)
+                directory.mkdir(parents=True)
+                staged.replace(directory / INPUT)
+                outcome = process.run(argv, directory, timeout=config.timeout, stdout=directory / OUTPUT,
+                                      stderr=directory / ERRORS, env=env)
             walltime += outcome.walltime
             parsed = parse(directory, outcome, timeout=config.timeout, n_atoms=len(atoms), periodic3d=periodic3d)
             shutil.rmtree(directory / SCRATCH, ignore_errors=True)  # wavefunctions: large, never reused
@@ -315,6 +351,8 @@ def label_espresso(
                 record["scf_iterations"] = parsed.scf_iterations
             if workdir is not None:
                 record["directory"] = str(directory)
+            if outcome.reused:
+                record["reused"] = True
             attempts.append(jsonable(record))
             if parsed.status == "done":
                 break

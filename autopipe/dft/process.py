@@ -17,11 +17,13 @@ _GRACE = 2.0
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """How a program run ended: exit code (``None`` if killed on timeout) and wall time (s)."""
+    """How a program run ended: exit code (``None`` if killed on timeout) and wall time (s).
+    ``reused``: the run happened earlier and its files were read instead of running again."""
 
     returncode: int | None
     timed_out: bool
     walltime: float
+    reused: bool = False
 
 
 def _kill_group(pgid: int, proc: subprocess.Popen) -> None:

@@ -4,6 +4,8 @@
   state between segments and its checkpoint files (:mod:`autopipe.md.state`).
 * :func:`run_segment` -> :class:`SegmentResult`: one segment with gamma checks that stops
   inside LAMMPS when the extrapolation grade crosses the threshold (:mod:`autopipe.md.segment`).
+* :func:`run_walker_segment`: the same for a walker: blow-ups probed into triggers, and the
+  state at the last good check to rewind to (:mod:`autopipe.md.walk`).
 
 Importing this package is light: LAMMPS and pyace are imported inside the functions that
 run a segment.
@@ -14,6 +16,7 @@ from __future__ import annotations
 from autopipe.md.external import BlowUpLimits
 from autopipe.md.segment import PotentialLike, SegmentResult, lammps_has_ml_pace, run_segment
 from autopipe.md.state import MDState, initial_state, kinetic_temperature, load_state, save_state
+from autopipe.md.walk import run_walker_segment
 
 __all__ = [
     "MDState",
@@ -22,6 +25,7 @@ __all__ = [
     "initial_state",
     "kinetic_temperature",
     "run_segment",
+    "run_walker_segment",
     "SegmentResult",
     "PotentialLike",
     "BlowUpLimits",

@@ -87,7 +87,10 @@ class ExternalForces:
     # --- outputs
     gamma_trace: list[tuple[int, float]] = field(default_factory=list)
     trigger: TriggerRecord | None = None
+    last_check: TriggerRecord | None = None  # the frame of the latest check, whatever its gamma
     error: str | None = None
+    error_step: int | None = None
+    blew_up: bool = False  # the error is the dynamics running away, not a broken evaluator
     n_calls: int = 0
     last_energy: float = float("nan")
     first_energy: float | None = None
@@ -107,12 +110,13 @@ class ExternalForces:
         try:
             self._step(int(ntimestep), tag, x, f)
         except BaseException as exc:  # noqa: BLE001 - must not escape into ctypes
-            self._fail(f"callback failed at step {ntimestep}: {exc!r}\n{traceback.format_exc(limit=4)}", f)
+            self._fail(f"callback failed at step {ntimestep}: {exc!r}\n{traceback.format_exc(limit=4)}", f,
+                       step=int(ntimestep))
         self.time_callback += time.perf_counter() - t0
 
-    def _fail(self, message: str, f: np.ndarray) -> None:
+    def _fail(self, message: str, f: np.ndarray, *, step: int, blowup: bool = False) -> None:
         if self.error is None:
-            self.error = message
+            self.error, self.error_step, self.blew_up = message, step, blowup
         try:
             f[:] = 0.0
             self.lmp.fix_external_set_energy_global(EXT_FIX, 0.0)
@@ -127,13 +131,14 @@ class ExternalForces:
             return
         n = len(self.numbers)
         if len(tag) != n:
-            self._fail(f"step {step}: LAMMPS has {len(tag)} local atoms, expected {n} (lost atoms?)", f)
+            self._fail(f"step {step}: LAMMPS has {len(tag)} local atoms, expected {n} (lost atoms?)", f,
+                       step=step, blowup=True)
             return
         idx = np.asarray(tag, dtype=np.int64) - 1
         pos = self._positions
         pos[idx] = x
         if not np.all(np.isfinite(pos)):
-            self._fail(f"step {step}: non-finite positions", f)
+            self._fail(f"step {step}: non-finite positions", f, step=step, blowup=True)
             return
         if self.variable_box:
             boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
@@ -143,12 +148,16 @@ class ExternalForces:
         t0 = time.perf_counter()
         res = self.evaluator.evaluate(pos, self._lo, self._matrix, gamma=check)
         self.time_evaluate += time.perf_counter() - t0
+        if check and res.gamma is not None and np.all(np.isfinite(res.gamma)):
+            # Kept before the blow-up tests: the frame where forces run away is worth labelling.
+            self.last_check = TriggerRecord(step, pos.copy(), self._lo.copy(), self._matrix.copy(), res.gamma.copy())
         fmax = float(np.sqrt(np.max(np.einsum("ij,ij->i", res.forces, res.forces)))) if n else 0.0
         if not (np.isfinite(res.energy) and np.isfinite(fmax)):
-            self._fail(f"step {step}: non-finite energy or forces (E={res.energy})", f)
+            self._fail(f"step {step}: non-finite energy or forces (E={res.energy})", f, step=step, blowup=True)
             return
         if fmax > self.limits.max_force:
-            self._fail(f"step {step}: force {fmax:.3g} eV/Å exceeds {self.limits.max_force:g} eV/Å (blown up)", f)
+            self._fail(f"step {step}: force {fmax:.3g} eV/Å exceeds {self.limits.max_force:g} eV/Å (blown up)", f,
+                       step=step, blowup=True)
             return
         if self.first_energy is None:
             self.first_energy = res.energy
@@ -156,7 +165,7 @@ class ExternalForces:
             self._fail(
                 f"step {step}: the energy changed by {(res.energy - self.first_energy) / n:.3g} eV/atom, "
                 f"more than {self.limits.max_energy_change:g} eV/atom (blown up)",
-                f,
+                f, step=step, blowup=True,
             )
             return
         f[:] = res.forces[idx]
@@ -168,12 +177,12 @@ class ExternalForces:
             gamma = res.gamma
             gmax = float(np.max(gamma)) if n else 0.0
             if not np.isfinite(gmax):
-                self._fail(f"step {step}: non-finite gamma", f)
+                self._fail(f"step {step}: non-finite gamma", f, step=step, blowup=True)
                 return
             self.gamma_trace.append((step, gmax))
             self.lmp.fix_external_set_vector(EXT_FIX, 1, gmax)
             if gmax > self.threshold:
-                self.trigger = TriggerRecord(step, pos.copy(), self._lo.copy(), self._matrix.copy(), gamma.copy())
+                self.trigger = self.last_check
                 if step == self.start_step:
                     # fix halt does not look at the setup step: stop right away instead.
                     self.lmp.fix_external_set_vector(EXT_FIX, 2, STOP_TRIGGER)

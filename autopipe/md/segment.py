@@ -106,6 +106,13 @@ class SegmentResult:
     its argmax. ``thermo``: lists keyed step, temp (K), pe, ke, etotal (eV), press (bar),
     vol (Å³). ``trajectory``: extxyz (callback route) or LAMMPS dump (native route).
     ``walltime`` in s. ``checkpoint``: the saved final state (completed/triggered).
+    ``failure`` (failed segments): ``"blowup"`` when the dynamics ran away (lost atoms,
+    non-finite or exploding energy/forces, the blow-up limits) at ``failed_step``, ``"error"``
+    otherwise; ``last_frame``: the frame of the last gamma check before it, with per-atom gamma.
+    ``rewind_state`` (triggered segments, set by :func:`autopipe.md.walk.run_walker_segment`):
+    the state at the last check below the threshold, where the walker resumes; ``note``: how
+    the trigger was found when it was not a plain check (a blow-up probed step by step);
+    ``label_anyway``: the trigger frame blew up with low gamma, so selection must not drop it.
     ``lammps_dump``: LAMMPS's own dump when one was written. ``timings`` (s): ``run`` (the
     LAMMPS ``run`` command), and on the callback route ``callback`` (all time in the callback)
     and ``evaluate`` (ACE evaluation in it, neighbour lists included).
@@ -129,6 +136,12 @@ class SegmentResult:
     n_neighbor_builds: int = 0
     lammps_dump: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    failure: Literal["blowup", "error"] | None = None
+    failed_step: int | None = None
+    last_frame: Atoms | None = None
+    rewind_state: MDState | None = None
+    note: str | None = None
+    label_anyway: bool = False  # a confidently wrong frame: its gamma is low, label it regardless
 
 
 # ----------------------------------------------------------------------------- LAMMPS plumbing
@@ -363,7 +376,7 @@ def run_segment(
     def failed(message: str, **extra: Any) -> SegmentResult:
         fields: dict[str, Any] = dict(
             status="failed", final_state=state, start_step=start, end_step=start, max_gamma=math.nan,
-            gamma_trace=np.zeros((0, 2)), error=message, potential_version=version,
+            gamma_trace=np.zeros((0, 2)), error=message, potential_version=version, failure="error",
         )
         fields.update(extra)
         trace = np.asarray(fields["gamma_trace"], dtype=float).reshape(-1, 2)
@@ -455,13 +468,16 @@ def _run_external(lmp, state, potential, box, spec_kw, workdir, tag, limits, fai
             t_run = time.perf_counter() - t_run
         except Exception as exc:  # noqa: BLE001 - LAMMPS errors become results
             msg = cb.error or f"LAMMPS error: {str(exc).strip()}"
-            return failed(msg, gamma_trace=np.array(cb.gamma_trace, float).reshape(-1, 2), trajectory=traj_path)
+            blowup = cb.blew_up if cb.error else "lost atoms" in msg.lower()
+            return failed(msg, gamma_trace=np.array(cb.gamma_trace, float).reshape(-1, 2), trajectory=traj_path,
+                          **_blowup_fields(blowup, cb, box, atoms, version))
     extra = dict(trajectory=traj_path, potential_version=version, route="external",
                  n_neighbor_builds=evaluator.n_builds,
                  lammps_dump=Path(spec.dump_file) if spec.dump_file else None,
                  timings={"run": t_run, "callback": cb.time_callback, "evaluate": cb.time_evaluate})
     if cb.error is not None:
-        return failed(cb.error, gamma_trace=np.array(cb.gamma_trace, float).reshape(-1, 2), trajectory=traj_path)
+        return failed(cb.error, gamma_trace=np.array(cb.gamma_trace, float).reshape(-1, 2), trajectory=traj_path,
+                      **_blowup_fields(cb.blew_up, cb, box, atoms, version))
     step = int(lmp.extract_global("ntimestep"))
     thermo = _read_thermo(Path(spec.thermo_file))
     trig = cb.trigger
@@ -482,6 +498,13 @@ def _run_external(lmp, state, potential, box, spec_kw, workdir, tag, limits, fai
     if step != start + n:
         return failed(f"run stopped at step {step} before {start + n} without a trigger", trajectory=traj_path)
     return _finish("completed", final, start, cb.gamma_trace, thermo=thermo, **extra)
+
+
+def _blowup_fields(blowup: bool, cb, box, atoms, version) -> dict[str, Any]:
+    """``failure``, ``failed_step`` and ``last_frame`` of a failed callback-route segment."""
+    rec = cb.last_check
+    last = None if rec is None else _frame(box, atoms, rec.positions, rec.lo, rec.matrix, rec.gamma, rec.step, version)
+    return {"failure": "blowup" if blowup else "error", "failed_step": cb.error_step, "last_frame": last}
 
 
 def _run_native(lmp, state, potential, box, spec_kw, workdir, tag, failed) -> SegmentResult:

@@ -106,7 +106,7 @@ def next_step(db: Database, store: PotentialStore, run_config: RunConfig, templa
         return Ready(latest)
     init = run_config.initial_potential
     if init.kind == "file":
-        return Ready(import_initial_potential(store, init))
+        return Ready(import_initial_potential(db, store, run_config))
     ids = seed_initial_dataset(db, run_config, template)
     with db.session() as s:
         statuses = dict(s.execute(select(Label.structure_id, Label.status).where(Label.structure_id.in_(ids))).all())
@@ -179,20 +179,29 @@ def _run_dft_label_fn(run_config: RunConfig) -> LabelFn:
     return lambda atoms: label(atoms, run_config.dft)
 
 
-def import_initial_potential(store: PotentialStore, init: InitialPotentialFile) -> PotentialFiles:
-    """Publish the user's potential file as version 1, with its ``.asi`` (given, or computed
-    from ``training_data``) and a ``.yace``. Raises :class:`AutopipeError` on bad input."""
+def import_initial_potential(db: Database, store: PotentialStore, run_config: RunConfig) -> PotentialFiles:
+    """Publish the user's potential file as version 1 and import its training data.
+
+    Everything is checked before anything is written: the potential parses and covers the
+    run's elements, the dataset is a usable pacemaker dataset (see
+    :mod:`autopipe.potentials.imported`), the ``.asi`` (given, or computed from the
+    dataset) and ``.yace`` can be made. Then the dataset enters the database as imported
+    labels (one transaction) and version 1 is published with ``last_label_id`` at the last
+    of them, so the user's own data never count as "new". Raises :class:`AutopipeError`
+    with one line on bad input.
+    """
+    from autopipe.potentials.imported import check_training_data, insert_imported, validate_potential_file
     from autopipe.potentials.pacemaker import compute_active_set, export_yace
 
+    init = run_config.initial_potential
     src = Path(init.path)
-    if not src.exists():
-        raise AutopipeError(f"initial potential file not found: {src}")
+    validate_potential_file(src, run_config.system.elements)
     if init.asi is None and init.training_data is None:
         raise AutopipeError(
             f"initial potential {src}: give its active set (asi:) or the data it was trained on "
             "(training_data:) so the extrapolation grade can be computed"
         )
-    n_train = 0
+    dataset = check_training_data(run_config)
     with tempfile.TemporaryDirectory(prefix=".import-", dir=store.root) as tmp:
         work = Path(tmp)
         yaml = work / "potential.yaml"
@@ -204,22 +213,16 @@ def import_initial_potential(store: PotentialStore, init: InitialPotentialFile) 
                 asi = work / "potential.asi"
                 asi.write_bytes(Path(init.asi).read_bytes())
             else:
-                if not Path(init.training_data).exists():
-                    raise AutopipeError(f"training data file not found: {init.training_data}")
                 asi = compute_active_set(yaml, [init.training_data])
-                try:
-                    import pandas as pd
-
-                    n_train = len(pd.read_pickle(init.training_data, compression="gzip"))
-                except Exception:
-                    n_train = 0
             yace = export_yace(yaml)
         except RuntimeError as exc:
             raise AutopipeError(f"cannot import initial potential {src}: {exc}") from None
+        summary = insert_imported(db, dataset) if dataset is not None else None
         return store.publish(
             {"yaml": yaml, "yace": yace, "asi": asi},
             name=src.stem,
             version=1,
-            n_train=n_train,
-            metrics={"imported_from": str(src)},
+            n_train=summary.n_structures if summary else 0,
+            last_label_id=summary.last_label_id if summary else 0,
+            metrics={"imported_from": str(src), "imported_structures": summary.n_structures if summary else 0},
         )

@@ -41,6 +41,7 @@ class Context:
     args: Mapping[TaskKind, ArgsFn] = field(default_factory=dict)
     train_failures: int = 0  # consecutive failed fits in this process
     first_potential: str | None = None  # see RunView.first_potential
+    limit_problem: str | None = None  # a blow-up limit the labels show to be below physics
     t0: float = field(default_factory=time.monotonic)
 
     def new_task(self, kind: TaskKind, **fields: Any) -> Task:

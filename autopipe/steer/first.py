@@ -17,6 +17,18 @@ if TYPE_CHECKING:
     from autopipe.steer.context import Context
 
 
+def import_user_potential(ctx: Context) -> None:
+    """A ``kind: file`` potential is imported before the run writes anything else, so bad input
+    (a potential or dataset that does not parse) stops it with one line and an untouched database."""
+    from autopipe.potentials.initial import next_step
+
+    if ctx.run.initial_potential.kind == "file" and ctx.store.latest() is None:
+        pot = next_step(ctx.db, ctx.store, ctx.run).potential
+        ctx.progress.log(f"imported {pot.name} as v{pot.version} with {pot.n_train} training structures")
+        ctx.db.record_event("publish", f"imported {pot.name} as v{pot.version}", version=pot.version,
+                            n_train=pot.n_train)
+
+
 def start_first_potential(ctx: Context) -> None:
     """Bring version 1 one step closer; sets ``ctx.first_potential`` for the policies."""
     from autopipe.potentials.initial import Impossible, NeedLabels, NeedTraining, Ready, next_step
@@ -27,9 +39,6 @@ def start_first_potential(ctx: Context) -> None:
     step = next_step(ctx.db, ctx.store, ctx.run)
     if isinstance(step, Ready):
         ctx.first_potential = None
-        pot = step.potential
-        ctx.progress.log(f"imported {pot.name} as v{pot.version}")
-        ctx.db.record_event("publish", f"imported {pot.name} as v{pot.version}", version=pot.version)
     elif isinstance(step, NeedTraining):
         ctx.first_potential = "ready"
     elif isinstance(step, Impossible):

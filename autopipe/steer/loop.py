@@ -24,7 +24,7 @@ from autopipe.db import Database, TaskKind, TaskState
 from autopipe.errors import AutopipeError
 from autopipe.layout import RunLayout, write_run_files
 from autopipe.steer import tasks
-from autopipe.steer.first import start_first_potential
+from autopipe.steer.first import import_user_potential, start_first_potential
 from autopipe.steer.handlers import HANDLERS
 from autopipe.steer.stopping import stop_reason
 from autopipe.steer.training import start_training
@@ -71,6 +71,7 @@ class Steering:
         if any(e.label == STEERING for e in ctx.site.executors):
             raise AutopipeError(f"site {ctx.site.name!r}: the executor label {STEERING!r} is reserved for autopipe")
         log_to_file(ctx.layout.log_file)
+        import_user_potential(ctx)
         write_run_files(ctx.layout, ctx.run, ctx.site.name)
         ctx.db.record_event("start", f"run {ctx.run.name!r} on site {ctx.site.name!r}")
         config = ctx.site.to_parsl_config(ctx.layout.parsl, extra_executors=(steering_executor(),),
@@ -144,7 +145,7 @@ class Steering:
             result = future.result()
         except Exception as exc:  # the app itself raised (not a failed label or segment)
             msg = f"{type(exc).__name__}: {exc}".strip()
-            if tasks.should_retry(ctx.db, task_id):
+            if tasks.should_retry(ctx.db, task_id, ctx.run.faults.app_attempts):
                 ctx.progress.log(f"task {task_id} ({kind.value}) crashed, retrying: {msg}")
                 tasks.mark(ctx.db, task_id, TaskState.pending, error=msg)
                 ctx.push(task_id)

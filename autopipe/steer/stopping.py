@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from autopipe.config.run import StopConfig
     from autopipe.steer.view import RunView
 
-#: Consecutive failed fits after which the run gives up.
-MAX_TRAIN_FAILURES = 3
-
 Rule = Callable[["RunView", "StopConfig"], "str | None"]
 
 
@@ -30,9 +27,13 @@ def out_of_time(v: RunView, stop: StopConfig) -> str | None:
 
 
 def training_keeps_failing(v: RunView, stop: StopConfig) -> str | None:
-    if v.train_failures >= MAX_TRAIN_FAILURES:
+    if v.train_failures >= stop.max_train_failures:
         return f"training failed {v.train_failures} times in a row (see events and train/*/pacemaker.log)"
     return None
+
+
+def blowup_limit_below_physics(v: RunView, stop: StopConfig) -> str | None:
+    return v.limit_problem
 
 
 def dft_budget_used(v: RunView, stop: StopConfig) -> str | None:
@@ -78,7 +79,7 @@ def stalled(v: RunView, stop: StopConfig) -> str | None:
 
 
 RULES: tuple[Rule, ...] = (
-    out_of_time, training_keeps_failing, dft_budget_used, no_initial_potential,
+    out_of_time, training_keeps_failing, blowup_limit_below_physics, dft_budget_used, no_initial_potential,
     walkers_finished, converged, training_budget_used, stalled,
 )
 

@@ -19,8 +19,6 @@ from autopipe.steer.queue import PRIORITY
 
 log = logging.getLogger(__name__)
 
-#: An app that raises (a crash, not a failed label or segment) is resubmitted this often.
-MAX_TASK_ATTEMPTS = 3
 #: Kinds whose crashed app is not resubmitted as is: a fit is planned afresh instead.
 NOT_RETRIED = frozenset({TaskKind.train})
 
@@ -58,11 +56,11 @@ def kind_of(db: Database, task_id: int) -> TaskKind:
         return s.get(Task, task_id).kind
 
 
-def should_retry(db: Database, task_id: int) -> bool:
-    """True when a crashed task may be resubmitted (attempts left, kind retried)."""
+def should_retry(db: Database, task_id: int, max_attempts: int) -> bool:
+    """True when a crashed task may be resubmitted (fewer than ``max_attempts`` so far, kind retried)."""
     with db.session() as s:
         t = s.get(Task, task_id)
-        return t.kind not in NOT_RETRIED and t.attempts < MAX_TASK_ATTEMPTS
+        return t.kind not in NOT_RETRIED and t.attempts < max_attempts
 
 
 def reconcile(db: Database) -> list[int]:

@@ -2,7 +2,7 @@
 
 The policy, :func:`training_due`, is a pure function of a
 :class:`~autopipe.steer.view.RunView`: version 1 is trained once its generated dataset is
-labelled; later versions once ``train.min_new_labels`` new labels exist, or earlier when
+labelled; later versions (unless ``train.retrain`` is off) once ``train.min_new_labels`` new labels exist, or earlier when
 every walker waits and nothing else could bring more labels (the stall rule), within the
 ``stop.max_trainings`` budget; never two fits at once.
 
@@ -36,6 +36,8 @@ def training_due(v: RunView, train: TrainConfig, stop: StopConfig) -> str | None
         return None
     if v.newest_version is None:
         return "the initial dataset is labelled" if v.first_potential == "ready" else None
+    if not train.retrain:
+        return None
     if stop.max_trainings is not None and v.retrains >= stop.max_trainings:
         return None
     if v.new_labels >= train.min_new_labels:

@@ -34,7 +34,7 @@ class RunView:
     ``active``: pending or running tasks per kind (``"md"``, ``"embed"``, ``"dft"``,
     ``"train"``). ``new_labels``: successful labels newer than the newest potential's
     training snapshot. ``dft_calls``: labels of structures the loop chose (everything but
-    the generated initial dataset). ``first_potential``: ``None`` once a potential exists,
+    the generated initial dataset and the user's imported data). ``first_potential``: ``None`` once a potential exists,
     else ``"labelling"``, ``"ready"`` (train version 1 now) or why it is impossible.
     """
 
@@ -48,6 +48,7 @@ class RunView:
     train_failures: int = 0  # consecutive failed fits in this process
     first_potential: str | None = None
     idle: bool = False  # nothing queued or in flight in the dispatcher
+    limit_problem: str | None = None  # a blow-up limit below the labeller's forces (see handlers.dft)
 
     def busy(self, *kinds: str) -> bool:
         return any(self.active.get(k, 0) for k in kinds)
@@ -73,11 +74,11 @@ def read_view(ctx: Context) -> RunView:
         new_labels = s.scalar(select(func.count()).select_from(Label).where(
             Label.status == LabelStatus.done, Label.id > snapshot))
         dft_calls = s.scalar(select(func.count()).select_from(Label).join(Structure).where(
-            Structure.origin != Origin.generated))
+            Structure.origin.not_in([Origin.generated, Origin.imported])))
     return RunView(
         elapsed=time.monotonic() - ctx.t0, newest_version=newest, retrains=max(n_versions - 1, 0), walkers=walkers,
         active={k.value: int(n) for k, n in active.items()}, new_labels=int(new_labels or 0),
         dft_calls=int(dft_calls or 0), train_failures=ctx.train_failures,
         first_potential=None if newest is not None else ctx.first_potential,
-        idle=ctx.dispatcher.idle() if ctx.dispatcher is not None else True,
+        idle=ctx.dispatcher.idle() if ctx.dispatcher is not None else True, limit_problem=ctx.limit_problem,
     )

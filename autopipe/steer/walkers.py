@@ -7,9 +7,11 @@ anything with a walker's attributes, so they are tested without a database or Pa
 
 * :func:`wake`: a waiting walker resumes when a newer potential is published (hot-swap);
 * :func:`segment_due`: how many steps its next segment runs, or ``None``;
-* :func:`after_completed`, :func:`after_triggered`, :func:`after_failed`: what a finished
-  segment does to it. The rewind rule lives in :func:`after_triggered`: the walker keeps
-  its last good state (its ``checkpoint``/``step``) and waits for a better potential.
+* :func:`after_completed`, :func:`after_triggered`, :func:`after_failed`,
+  :func:`after_refused`: what a finished segment (or an uncarvable trigger frame) does to
+  it. The rewind rule lives in :func:`after_triggered`: the walker resumes from the state
+  at the segment's last gamma check below the threshold and waits for a better potential.
+  ``note`` says in words why it waits or why it stopped (``autopipe status`` shows it).
 
 :func:`ensure_walkers` and :func:`start_segments` apply them to the database.
 """
@@ -25,9 +27,6 @@ from autopipe.db import Origin, Segment, SegmentStatus, TaskKind, Walker, Walker
 if TYPE_CHECKING:
     from autopipe.steer.context import Context
 
-#: Consecutive failed segments after which a walker is retired.
-MAX_WALKER_FAILURES = 3
-
 
 class WalkerLike(Protocol):
     status: WalkerStatus
@@ -37,6 +36,7 @@ class WalkerLike(Protocol):
     segments_since_trigger: int
     failures: int
     error: str | None
+    note: str | None
 
 
 # ----------------------------------------------------------------------------- transitions
@@ -46,6 +46,7 @@ def wake(w: WalkerLike, newest_version: int) -> bool:
     """Resume a waiting walker once a potential newer than the one it waits on exists."""
     if w.status is WalkerStatus.waiting and newest_version > (w.waiting_for_version or 0):
         w.status, w.waiting_for_version = WalkerStatus.running, None
+        w.note = f"hot-swapped to v{newest_version} at step {w.step}"
         return True
     return False
 
@@ -56,6 +57,7 @@ def segment_due(w: WalkerLike, busy: bool, max_md_steps: int, segment_steps: int
         return None
     if w.step >= max_md_steps:
         w.status = WalkerStatus.finished
+        w.note = f"finished: reached {max_md_steps} MD steps"
         return None
     return min(segment_steps, max_md_steps - w.step)
 
@@ -66,21 +68,43 @@ def after_completed(w: WalkerLike, end_step: int, checkpoint: str) -> None:
     w.segments_since_trigger += 1
 
 
-def after_triggered(w: WalkerLike, version: int) -> None:
-    """The rewind rule: keep the last good state and wait for a potential newer than ``version``."""
+def after_triggered(w: WalkerLike, version: int, trigger_step: int, rewind_step: int | None = None,
+                    rewind_checkpoint: str | None = None) -> None:
+    """The rewind rule: resume from the state at the last gamma check below the threshold
+    (``rewind_step``/``rewind_checkpoint``, when the segment found it; else the walker keeps
+    its last good state, the segment's start) and wait for a potential newer than ``version``."""
+    if rewind_checkpoint is not None and rewind_step is not None and rewind_step >= w.step:
+        w.step, w.checkpoint = rewind_step, rewind_checkpoint
     w.status, w.waiting_for_version = WalkerStatus.waiting, version
     w.segments_since_trigger, w.failures = 0, 0
+    w.note = f"waits for a potential newer than v{version} (trigger at step {trigger_step}, resumes at step {w.step})"
 
 
-def after_failed(w: WalkerLike, version: int, error: str | None, max_failures: int = MAX_WALKER_FAILURES) -> bool:
+def after_failed(w: WalkerLike, version: int, error: str | None, max_failures: int) -> bool:
     """A failed segment: wait for a newer potential, or retire after ``max_failures`` in a row.
     Returns True when the walker was retired."""
     w.failures += 1
     w.error = error
     if w.failures >= max_failures:
         w.status = WalkerStatus.finished
+        w.note = f"retired after {w.failures} failed segments in a row; last: {error}"
         return True
     w.status, w.waiting_for_version = WalkerStatus.waiting, version
+    w.note = f"waits for a potential newer than v{version} after a failed segment ({w.failures} in a row)"
+    return False
+
+
+def after_refused(w: WalkerLike, reason: str, max_failures: int) -> bool:
+    """A trigger frame nothing could be labelled from: counts as a failed segment, but the walker
+    goes on at once with the same potential (no label is coming). Returns True when retired."""
+    w.failures += 1
+    w.error = reason
+    if w.failures >= max_failures:
+        w.status = WalkerStatus.finished
+        w.note = f"retired after {w.failures} failures in a row; last: {reason}"
+        return True
+    w.status, w.waiting_for_version = WalkerStatus.running, None
+    w.note = f"going on with the same potential: {reason} ({w.failures} in a row)"
     return False
 
 

@@ -10,17 +10,20 @@ declare it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 
 def md_work(checkpoint: str, potential, md_config, otf_config, workdir: str, n_steps: int,
             parsl_resource_specification: dict | None = None):
-    """Run one MD segment from a checkpoint file; returns :class:`autopipe.md.SegmentResult`."""
-    from autopipe.md import load_state, run_segment
+    """Run one walker segment from a checkpoint file (blow-ups probed into triggers, the rewind
+    state found): :func:`autopipe.md.run_walker_segment`; returns a ``SegmentResult``."""
+    from autopipe.md import BlowUpLimits, load_state, run_walker_segment
 
-    return run_segment(load_state(checkpoint), potential, md_config, otf_config, workdir=Path(workdir), n_steps=n_steps)
+    limits = BlowUpLimits(max_force=md_config.max_force, max_energy_change=md_config.max_energy_change)
+    return run_walker_segment(load_state(checkpoint), potential, md_config, otf_config, workdir=Path(workdir),
+                              n_steps=n_steps, limits=limits)
 
 
 def dft_work(atoms, dft_config, workdir: str, launcher: list[str],
@@ -33,37 +36,62 @@ def dft_work(atoms, dft_config, workdir: str, launcher: list[str],
 
 @dataclass
 class Candidate:
-    """A carved sub-cell ready for selection: ``atoms`` carries ``parent_index`` and info."""
+    """One centre of a trigger frame: the cell carved around it, or why none could be.
 
-    atoms: Any
+    ``atoms`` carries ``parent_index`` and the embedding info; ``whole_frame``: ``atoms`` is
+    the trigger frame itself (nothing masked).
+    """
+
     center: int  # index of the centre atom in the parent frame
-    masked: list[int]
-    gamma: float  # gamma of the centre atom in the parent frame
-    core_gamma_now: float | None = None  # newest potential's max gamma over unmasked atoms
+    gamma: float  # its gamma in the parent frame
+    atoms: Any = None
+    masked: list[int] = field(default_factory=list)
+    refused: str | None = None
+    whole_frame: bool = False
 
 
-def embed_work(frame, centers: list[int], embedding_config, newest_potential=None,
+#: Centres tried per trigger frame whose carving is refused before giving up on the frame.
+MAX_REFUSED = 8
+
+
+def embed_work(frame, embedding_config, threshold: float, max_extractions: int,
                parsl_resource_specification: dict | None = None) -> list[Candidate]:
-    """Carve one periodic sub-cell per centre; re-grade its core with ``newest_potential`` if given."""
+    """Carve up to ``max_extractions`` periodic sub-cells around the frame's most uncertain
+    atoms (centres at least one box apart). A centre whose cell cannot be made (a close
+    contact in its core, ...) is recorded as refused and the next one is tried. A frame
+    no bigger than the box is labelled whole instead (cheaper and exact), as is every
+    frame with ``embedding.whole_frame: always``.
+    """
     import numpy as np
 
-    from autopipe.embedding import extract_periodic_subsystem
+    from autopipe.embedding import extract_periodic_subsystem, select_centers, smaller_than_box
 
-    gamma = frame.arrays.get("gamma")
-    out = []
-    for c in centers:
-        sub, masked = extract_periodic_subsystem(
-            frame, c, embedding_config.cutoff, embedding_config.buffer, min_distance=embedding_config.min_distance
-        )
-        cand = Candidate(atoms=sub, center=int(c), masked=[int(i) for i in masked],
-                         gamma=float(gamma[c]) if gamma is not None else float("nan"))
-        if newest_potential is not None:
-            from autopipe.potentials import gamma as grade
-
-            g = grade(sub, newest_potential)
-            core = np.setdiff1d(np.arange(len(sub)), masked)
-            cand.core_gamma_now = float(g[core].max()) if len(core) else 0.0
-        out.append(cand)
+    e = embedding_config
+    gamma = np.asarray(frame.arrays["gamma"], dtype=float)
+    side = 2 * (e.cutoff + e.buffer)
+    top = int(np.argmax(gamma))
+    if e.whole_frame == "always" or smaller_than_box(frame, side):
+        whole = frame.copy()
+        for key in ("gamma",):
+            whole.arrays.pop(key, None)
+        return [Candidate(center=top, gamma=float(gamma[top]), atoms=whole, whole_frame=True)]
+    order = select_centers(frame, gamma, threshold, len(frame), 0.0)  # every atom above it, most uncertain first
+    out: list[Candidate] = []
+    chosen: list[int] = []
+    refused = 0
+    for c in order:
+        if len(chosen) >= max_extractions or refused >= MAX_REFUSED:
+            break
+        if chosen and np.min(frame.get_distances(c, chosen, mic=True)) < side:
+            continue
+        try:
+            sub, masked = extract_periodic_subsystem(frame, c, e.cutoff, e.buffer, min_distance=e.min_distance)
+        except ValueError as exc:
+            out.append(Candidate(center=int(c), gamma=float(gamma[c]), refused=str(exc)))
+            refused += 1
+            continue
+        chosen.append(int(c))
+        out.append(Candidate(center=int(c), gamma=float(gamma[c]), atoms=sub, masked=[int(i) for i in masked]))
     return out
 
 

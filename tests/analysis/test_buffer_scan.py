@@ -13,7 +13,7 @@ from ase.build import bulk
 from autopipe.analysis.buffer_scan import buffer_warnings, format_table, plot_scan, scan_buffers
 from autopipe.config.run import ASECalculatorConfig, EmbeddingConfig, EMTOracleConfig, LJOracleConfig
 from autopipe.dft import label
-from autopipe.potentials.testing import LJ_CUTOFF, LJ_EPSILON, LJ_SIGMA, lj_run_config
+from tests.lj import LJ_CUTOFF, LJ_EPSILON, LJ_SIGMA, lj_run_config
 
 CORE = 2.0  # Å
 MIN_DISTANCE = 0.5  # Å

@@ -76,3 +76,37 @@ def test_unconverged_everywhere_fails_with_reason(tmp_path, si2_run):
     assert result.status == "failed"
     assert "scf_not_converged" in result.error and "convergence NOT achieved" in result.error
     assert len(result.attempts) == 1
+
+
+def test_a_resubmitted_label_reads_finished_attempts_instead_of_running_pw_again(tmp_path, si2_run):
+    # The first submission retries once (SCF not converged) and finishes; the steering
+    # process dies before storing the label. The resubmission must not start pw.x at all.
+    config = si_config(electron_maxstep=1)
+    first = label(si2_run.atoms, config, workdir=tmp_path)
+    assert first.status == "done" and len(first.attempts) == 2
+    outputs = {p: p.stat().st_mtime_ns for p in tmp_path.glob("attempt-*/pw.out")}
+    no_pw = config.model_copy(update={"command": [str(tmp_path / "pw-must-not-run")]})
+    again = label(si2_run.atoms, no_pw, workdir=tmp_path)
+    assert again.status == "done" and [a.get("reused") for a in again.attempts] == [True, True]
+    assert [a["status"] for a in again.attempts] == ["scf_not_converged", "done"]
+    assert again.energy == first.energy and np.array_equal(again.forces, first.forces)
+    assert again.walltime > 0  # pw.x's own wall time, read from its output
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("attempt-*/pw.out")} == outputs
+
+    # A different input (another structure in the same directory) is computed afresh:
+    moved = si2_run.atoms.copy()
+    moved.positions[0, 0] += 0.05
+    fresh = label(moved, si_config(electron_maxstep=1), workdir=tmp_path)
+    assert fresh.status == "done" and not any(a.get("reused") for a in fresh.attempts)
+    assert fresh.energy != first.energy
+
+
+def test_an_interrupted_attempt_is_run_again(tmp_path, si2_run):
+    config = si_config()
+    first = label(si2_run.atoms, config, workdir=tmp_path)
+    out = tmp_path / "attempt-1" / "pw.out"
+    out.write_text(out.read_text().split("JOB DONE")[0])  # killed before the end
+    again = label(si2_run.atoms, config, workdir=tmp_path)
+    assert again.status == "done" and not again.attempts[0].get("reused")
+    assert "JOB DONE" in out.read_text()
+    assert again.energy == pytest.approx(first.energy, abs=1e-6)

@@ -22,7 +22,7 @@ from autopipe.potentials.imported import (
     read_training_data,
     validate_potential_file,
 )
-from autopipe.potentials.testing import lj_label, lj_run_config
+from tests.lj import fixture_train_dir, lj_label, lj_run_config
 
 from tests.potentials.helpers import add_labelled, lj_structures
 
@@ -33,7 +33,8 @@ def _user_frame(n: int = 4, seed: int = 0, *, weights: bool = True) -> pd.DataFr
     """A pacemaker dataset as a user has it: total ``energy``, ``energy_corrected`` = energy - n*E_REF."""
     rows = []
     for k, atoms in enumerate(lj_structures(n, seed=seed)):
-        _, e, f, _, _ = lj_label(atoms)
+        ref = lj_label(atoms)
+        e, f = ref.energy, ref.forces
         row = {"ase_atoms": atoms, "energy": e + E_REF * len(atoms), "energy_corrected": e, "forces": f}
         if weights:
             wf = np.linspace(0.0, 2.0, len(atoms))  # non-binary, one atom switched off
@@ -97,7 +98,7 @@ def test_good_dataset_imports_with_weights_and_energies_intact(db, tmp_path):
         out, info = build_dataset(db, train)
         imported = out[out["label_id"] <= summary.last_label_id]
         np.testing.assert_allclose(imported["energy_corrected"], df["energy_corrected"], atol=1e-9)
-        np.testing.assert_allclose(out["energy_corrected"].iloc[-1], lj_label(new)[1], atol=1e-9)
+        np.testing.assert_allclose(out["energy_corrected"].iloc[-1], lj_label(new).energy, atol=1e-9)
         # pacemaker sees the file's weights (force_mask still zeroes on an embedded cell).
         np.testing.assert_allclose(imported["w_energy"], w_e)
         np.testing.assert_allclose(np.concatenate(imported["w_forces"].to_list()), w_f)
@@ -223,7 +224,7 @@ def test_configured_references_must_agree_with_the_data(tmp_path):
 
 
 def test_pacemakers_own_fitting_data_info_imports(lj_potential, tmp_path):
-    info = lj_potential.directory.parent / "train" / "v0001" / "fitting_data_info.pckl.gzip"
+    info = fixture_train_dir(lj_potential) / "fitting_data_info.pckl.gzip"
     ds = read_training_data(info, ["Ar"])
     assert len(ds.rows) == 29 and ds.reference_energies == pytest.approx({"Ar": 0.0})
     # pacemaker normalised the weights to sum 1; imported they weigh like new labels again.
@@ -270,7 +271,7 @@ def test_retrain_on_imported_and_new_total_energy_labels_keeps_the_imported_ener
 
     from autopipe.potentials.pacemaker import run_pacemaker
 
-    src = pd.read_pickle(lj_potential.directory.parent / "train" / "v0001" / "fitting_data_info.pckl.gzip",
+    src = pd.read_pickle(fixture_train_dir(lj_potential) / "fitting_data_info.pckl.gzip",
                          compression="gzip")
     n = src["ase_atoms"].map(len)
     user = pd.DataFrame({"ase_atoms": src["ase_atoms"], "forces": src["forces"],

@@ -14,7 +14,7 @@ from autopipe.config.run import RunConfig
 from autopipe.db import Database, Label, LabelStatus, Origin, Structure
 from autopipe.errors import AutopipeError
 from autopipe.potentials import PotentialStore, build_initial_potential, max_gamma
-from tests.lj import lj3d_template, lj_label, lj_run_config
+from tests.lj import fixture_train_dir, lj3d_template, lj_label, lj_run_config
 from autopipe.potentials.trainer import TrainOutcome, max_label_id
 
 from tests.potentials.helpers import copy_cached_run
@@ -109,12 +109,13 @@ def _file_config(tmp_path: Path, **initial) -> RunConfig:
     cfg = lj_run_config("imported", tmp_path)
     data = cfg.model_dump(mode="json")
     data["initial_potential"] = {"kind": "file", **{k: str(v) for k, v in initial.items()}}
+    data["train"]["retrain"] = "training_data" in initial  # without its data a potential cannot be retrained
     return RunConfig.model_validate(data)
 
 
 @pytest.mark.slow
 def test_import_from_file_computes_the_active_set(lj_potential, db, tmp_path):
-    training_data = lj_potential.directory.parent.parent / "train" / "v0001" / pm.FITTING_DATA_INFO
+    training_data = fixture_train_dir(lj_potential) / pm.FITTING_DATA_INFO
     cfg = _file_config(tmp_path, path=lj_potential.yaml, training_data=training_data)
     store = PotentialStore(db, tmp_path / "potentials")
     v1 = build_initial_potential(db, store, cfg)

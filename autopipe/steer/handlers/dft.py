@@ -33,6 +33,30 @@ def done(ctx: Context, task_id: int, result: LabelResult) -> None:
     tasks.mark(ctx.db, task_id, TaskState.done, error=result.error)
     if result.status != "done":
         ctx.progress.log(f"DFT {result.status} for structure {sid}: {result.error}")
+    else:
+        check_blowup_limit(ctx, sid, result)
+
+
+def check_blowup_limit(ctx: Context, structure_id: int, result: LabelResult) -> None:
+    """A cell labelled because the MD "blew up" with low gamma, whose DFT forces exceed the
+    blow-up limit too: the limit, not the potential, is wrong. Retraining cannot help (a
+    better potential only gets closer to those forces), so the run is told to stop."""
+    import numpy as np
+
+    with ctx.db.session() as s:
+        row = s.get(Structure, structure_id)
+        frame = s.get(Structure, row.parent_id) if row.parent_id is not None else row
+        if not (frame.info or {}).get("label_anyway"):
+            return
+        trusted = np.ones(row.n_atoms, bool)
+        trusted[list(row.force_mask or [])] = False
+    fmax = float(np.linalg.norm(np.asarray(result.forces)[trusted], axis=1).max())
+    limit = ctx.run.md.max_force
+    if fmax > limit:
+        ctx.limit_problem = (f"md.max_force ({limit:g} eV/Å) is below the forces the labeller gives where the MD "
+                             f"\"blew up\" ({fmax:.3g} eV/Å on structure {structure_id}): raise it; retraining cannot "
+                             "remove forces that are physical")
+        ctx.db.record_event("blowup_limit", ctx.limit_problem, structure_id=structure_id, max_force=fmax)
 
 
 def crashed(ctx: Context, task_id: int, error: str) -> None:

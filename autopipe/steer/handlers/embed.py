@@ -1,5 +1,13 @@
-"""Carving: periodic sub-cells around a trigger frame's uncertain atoms; selection sends the
-worthwhile ones to DFT (see :mod:`autopipe.steer.selection`)."""
+"""Carving and selection: trigger frame -> candidate cells -> the ones worth DFT.
+
+Every centre tried becomes a :class:`~autopipe.db.Candidate` row: ``selected`` (a DFT task
+was made), ``covered`` (D-optimal selection found it adds nothing beyond the newest
+potential's active set and the cells already on their way, see
+:mod:`autopipe.steer.selection`) or ``refused`` (no cell could be carved; the reason is
+kept). A frame from which nothing could be carved counts as a failed segment for its
+walker, which resumes with the same potential (and is retired after
+``faults.segment_failures`` in a row) instead of waiting for a label that never comes.
+"""
 
 from __future__ import annotations
 
@@ -7,56 +15,114 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from autopipe.db import Origin, Structure, Task, TaskKind, TaskState, atoms_from_structure, structure_from_atoms
+from autopipe.db import (
+    Candidate,
+    CandidateStatus,
+    Label,
+    LabelStatus,
+    Origin,
+    Structure,
+    Task,
+    TaskKind,
+    TaskState,
+    Walker,
+    atoms_from_structure,
+    structure_from_atoms,
+)
 from autopipe.db.models import utcnow
+from autopipe.steer import walkers
 
 if TYPE_CHECKING:
     from autopipe.steer.context import Context
-    from autopipe.steer.work import Candidate
+    from autopipe.steer.work import Candidate as Carved
 
 
 def args(ctx: Context, task: Task) -> tuple:
     with ctx.db.session() as s:
         frame = atoms_from_structure(s.get(Structure, task.structure_id))
+    return (frame, ctx.run.embedding, ctx.run.otf.uncertainty_threshold, ctx.run.otf.max_extractions)
+
+
+def coming_cells(ctx: Context, newest_snapshot: int) -> list[tuple]:
+    """``[(atoms, masked)]`` of the cells that will be trained on soon: a DFT task pending or
+    running, or labelled successfully after the newest potential's training snapshot.
+    Failed labels are left out, so their environments may be chosen again."""
+    active = [TaskState.pending, TaskState.running]
+    with ctx.db.session() as s:
+        queued = select(Task.structure_id).where(Task.kind == TaskKind.dft, Task.state.in_(active))
+        fresh = select(Label.structure_id).where(Label.status == LabelStatus.done, Label.id > newest_snapshot)
+        rows = s.scalars(select(Structure).where(Structure.origin.not_in([Origin.generated, Origin.imported]),
+                                                 Structure.id.in_(queued.union(fresh))))
+        return [(atoms_from_structure(r), list(r.force_mask or [])) for r in rows]
+
+
+def decide(ctx: Context, carved: list[Carved], label_anyway: bool = False):
+    """The selection decisions for ``carved`` (see :mod:`autopipe.steer.selection`). With
+    ``label_anyway`` (a frame that blew up with low gamma) the first, most uncertain cell is
+    kept whatever its grade: a low grade is exactly what was wrong there."""
+    from autopipe.steer.selection import Decision, grade, select_d_optimal, trusted_projections
+
     newest = ctx.store.latest()
-    regrade = newest if newest is not None and newest.version != task.payload["version"] else None
-    return (frame, task.payload["centers"], ctx.run.embedding, regrade)
+    coming = coming_cells(ctx, newest.last_label_id)
+    inverses, rows = trusted_projections(coming + [(c.atoms, c.masked) for c in carved], newest)
+    coming_rows, rows = rows[:len(coming)], rows[len(coming):]
+    forced = []
+    if label_anyway:
+        forced = [Decision(True, grade(rows[0], inverses), "selected: the potential blew up here with low gamma")]
+        coming_rows, rows = [*coming_rows, rows[0]], rows[1:]
+    return forced + select_d_optimal(inverses, coming_rows, rows, ctx.run.otf.uncertainty_threshold)
 
 
-def done(ctx: Context, task_id: int, candidates: list[Candidate]) -> None:
-    from autopipe.steer.selection import select_candidates
-
+def done(ctx: Context, task_id: int, candidates: list[Carved]) -> None:
     with ctx.db.session() as s:
         frame = s.get(Structure, s.get(Task, task_id).structure_id)
-        frame_id, version = frame.id, frame.potential_version
-        existing = [atoms_from_structure(r) for r in s.scalars(
-            select(Structure).where(Structure.origin == Origin.embedded, Structure.selected.is_(True)))]
-    core_now = {id(c.atoms): c.core_gamma_now for c in candidates}
-    regamma = (lambda a: core_now[id(a)]) if any(c.core_gamma_now is not None for c in candidates) else None
-    decisions = select_candidates([c.atoms for c in candidates], [c.gamma for c in candidates],
-                                  threshold=ctx.run.otf.uncertainty_threshold, existing=existing, regamma=regamma)
-    new_tasks = []
+        info = frame.info or {}
+        frame_id, version, walker_index = frame.id, frame.potential_version, info.get("walker")
+    carved = [c for c in candidates if c.atoms is not None]
+    decisions = decide(ctx, carved, bool(info.get("label_anyway"))) if carved else []
+    new_tasks, notes = [], []
     with ctx.db.session() as s:
-        for c, d in zip(candidates, decisions):
-            row = structure_from_atoms(
-                c.atoms, Origin.embedded, parent_id=frame_id, center_index=c.center, force_mask=c.masked,
-                potential_version=version, selected=d.keep, selection_note=d.reason,
-                info={k: v for k, v in c.atoms.info.items() if k.startswith("embedding_")},
-            )
-            s.add(row)
-            s.flush()
+        for c in candidates:
+            if c.refused:
+                s.add(Candidate(frame_id=frame_id, center=c.center, gamma=c.gamma, status=CandidateStatus.refused,
+                                reason=c.refused))
+                notes.append(f"centre {c.center} refused: {c.refused.splitlines()[0]}")
+        for c, d in zip(carved, decisions):
+            if c.whole_frame:
+                sid = frame_id  # the frame itself is labelled
+            else:
+                row = structure_from_atoms(
+                    c.atoms, Origin.embedded, parent_id=frame_id, center_index=c.center, force_mask=c.masked,
+                    potential_version=version, selected=d.keep, selection_note=d.reason,
+                    info={k: v for k, v in c.atoms.info.items() if k.startswith("embedding_")},
+                )
+                s.add(row)
+                s.flush()
+                sid = row.id
+            s.add(Candidate(frame_id=frame_id, center=c.center, gamma=c.gamma, score=d.score, reason=d.reason,
+                            status=CandidateStatus.selected if d.keep else CandidateStatus.covered, structure_id=sid))
             if d.keep:
-                task = ctx.new_task(TaskKind.dft, structure_id=row.id)
+                task = ctx.new_task(TaskKind.dft, structure_id=sid)
                 s.add(task)
                 s.flush()
                 new_tasks.append(task.id)
+            else:
+                notes.append(f"centre {c.center} {d.reason}")
         t = s.get(Task, task_id)
         t.state, t.finished_at = TaskState.done, utcnow()
+        refusal = None
+        if not carved and walker_index is not None:
+            # Nothing to label: a failed segment for the walker, which goes on with the same potential.
+            refusal = candidates[0].refused.splitlines()[0] if candidates else "no centre to carve around"
+            w = s.scalars(select(Walker).where(Walker.index == walker_index)).one()
+            retired = walkers.after_refused(w, f"no sub-cell could be carved: {refusal}",
+                                            ctx.run.faults.segment_failures)
+    if refusal is not None:
+        ctx.db.record_event("carve_refused", refusal, walker=walker_index, frame=frame_id, retired=retired)
     ctx.push(*new_tasks)
-    dropped = [d.reason for d in decisions if not d.keep]
-    size = len(candidates[0].atoms) if candidates else 0
-    ctx.progress.log(f"embedded {len(candidates)} sub-cell(s) of {size} atoms: {len(new_tasks)} to DFT"
-                     + (f", dropped: {'; '.join(dropped)}" if dropped else ""))
+    what = "the whole frame" if carved and carved[0].whole_frame else f"{len(carved)} sub-cell(s)"
+    ctx.progress.log(f"trigger frame {frame_id}: {what}, {len(new_tasks)} to DFT"
+                     + (f"; {'; '.join(notes)}" if notes else ""))
 
 
 def crashed(ctx: Context, task_id: int, error: str) -> None:

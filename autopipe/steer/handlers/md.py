@@ -23,17 +23,6 @@ def args(ctx: Context, task: Task) -> tuple:
     return (checkpoint, ctx.store.get(version), ctx.run.md, ctx.run.otf, str(workdir), task.payload["n_steps"])
 
 
-def trigger_centers(ctx: Context, result: SegmentResult) -> list[int]:
-    """Most uncertain atom first, then others above the threshold at least one box apart."""
-    from autopipe.embedding import select_centers
-
-    e, otf = ctx.run.embedding, ctx.run.otf
-    gamma = result.trigger_frame.arrays["gamma"]
-    centers = select_centers(result.trigger_frame, gamma, otf.uncertainty_threshold, otf.max_extractions,
-                             2 * (e.cutoff + e.buffer))
-    return [int(c) for c in centers] or [int(result.trigger_atom)]
-
-
 def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | None = None) -> None:
     """Record the segment and move its walker (see :mod:`autopipe.steer.walkers`)."""
     embed_task = frame_id = None
@@ -55,27 +44,36 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
         elif seg.status is SegmentStatus.triggered:
             row = structure_from_atoms(result.trigger_frame, Origin.md_frame, segment_id=seg.id,
                                        potential_version=seg.potential_version,
-                                       info={"walker": w.index, "step": result.end_step})
+                                       info={"walker": w.index, "step": result.end_step, "note": result.note,
+                                             "label_anyway": result.label_anyway})
             s.add(row)
             s.flush()
             frame_id = row.id
-            embed = ctx.new_task(TaskKind.embed, structure_id=frame_id, payload={
-                "centers": trigger_centers(ctx, result), "version": seg.potential_version})
+            embed = ctx.new_task(TaskKind.embed, structure_id=frame_id, payload={"version": seg.potential_version})
             s.add(embed)
             s.flush()
             embed_task = embed.id
-            walkers.after_triggered(w, seg.potential_version)
+            rewind = result.rewind_state
+            ck = _save(ctx, w.index, seg.number, rewind) if rewind is not None and rewind.step > w.step else None
+            walkers.after_triggered(w, seg.potential_version, result.end_step,
+                                    rewind.step if ck else None, str(ck) if ck else None)
+            seg.rewind_step, seg.note = w.step, result.note
         else:
-            walkers.after_failed(w, seg.potential_version, seg.error)
+            walkers.after_failed(w, seg.potential_version, seg.error, ctx.run.faults.segment_failures)
         task.state, task.finished_at = (TaskState.done if result is not None else TaskState.failed), utcnow()
         idx, number, version, gmax, err, retired = (w.index, seg.number, seg.potential_version, seg.max_gamma,
                                                     seg.error, w.status.value == "finished")
+        rewind_step = w.step
         status = seg.status
     if status is SegmentStatus.triggered:
         thr = ctx.run.otf.uncertainty_threshold
-        ctx.progress.log(f"walker {idx} segment {number}: gamma {gmax:.1f} > {thr:g} at step {result.end_step} (v{version})")
-        ctx.db.record_event("trigger", f"walker {idx} step {result.end_step}", walker=idx, step=result.end_step,
-                            max_gamma=gmax, version=version, structure_id=frame_id)
+        lost = result.end_step - rewind_step
+        ctx.progress.log(f"walker {idx} segment {number}: gamma {gmax:.1f} > {thr:g} at step {result.end_step} "
+                         f"(v{version}); resumes at step {rewind_step} ({lost} steps discarded)"
+                         + (f"; {result.note}" if result.note else ""))
+        ctx.db.record_event("trigger", f"walker {idx} step {result.end_step}" + (f": {result.note}" if result.note else ""),
+                            walker=idx, step=result.end_step, max_gamma=gmax, version=version, structure_id=frame_id,
+                            rewind_step=rewind_step, discarded_steps=lost)
         ctx.push(embed_task)
     elif status is SegmentStatus.failed:
         ctx.progress.log(f"walker {idx} segment {number} failed: {err}" + (" (walker retired)" if retired else ""))
@@ -88,11 +86,15 @@ def crashed(ctx: Context, task_id: int, error: str) -> None:
 def _checkpoint(ctx: Context, walker_index: int, number: int, result: SegmentResult) -> Path:
     """The segment's end state on the steering side: the worker's file when this host sees it,
     else written here from the returned state (a worker on another filesystem)."""
+    ck = Path(result.checkpoint) if result.checkpoint else None
+    if ck is None or not ck.is_file():
+        ck = _save(ctx, walker_index, number, result.final_state)
+    return ck
+
+
+def _save(ctx: Context, walker_index: int, number: int, state) -> Path:
+    """Write a walker state into its segment's directory (the steering side's copy)."""
     from autopipe.layout import checkpoint_file
     from autopipe.md import save_state
 
-    ck = Path(result.checkpoint) if result.checkpoint else None
-    if ck is None or not ck.is_file():
-        ck = save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), result.end_step),
-                        result.final_state)
-    return ck
+    return save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), state.step), state)
