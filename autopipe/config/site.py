@@ -25,6 +25,11 @@ class _ExecutorBase(StrictModel):
         default_factory=list,
         description="argv prefix for pw.x on this executor, e.g. ['srun', '-n', '4'] or ['mpirun', '-np', '2'].",
     )
+    md_launcher: list[str] = Field(
+        default_factory=list,
+        description="argv prefix that runs LAMMPS (lmp, native ML-PACE route) for MD on this executor, e.g. "
+        "['mpirun', '-np', '2'] or ['srun', '-n', '4']; empty: LAMMPS runs in the worker process, one rank.",
+    )
     capacity: int | None = Field(
         default=None,
         ge=1,
@@ -87,6 +92,11 @@ class SlurmExecutor(_ExecutorBase):
     cores_per_worker: float = Field(default=1.0, gt=0, description="CPU cores per worker.")
     launcher: Literal["srun", "single", "simple"] = Field(default="srun", description="How workers start on nodes.")
     launcher_overrides: str = Field(default="", description="Extra srun options for the worker launch (srun only).")
+    md_lammps_args: list[str] = Field(
+        default_factory=list,
+        description="LAMMPS command-line switches for MD on these nodes, e.g. KOKKOS on GPUs: "
+        "['-k', 'on', 'g', '1', '-sf', 'kk', '-pk', 'kokkos', 'newton', 'on', 'neigh', 'half'].",
+    )
     worker_init: str = Field(default="", description="Shell lines run before workers start (modules, venv).")
     scheduler_options: str = Field(default="", description="Extra '#SBATCH' lines.")
 
