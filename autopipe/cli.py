@@ -87,7 +87,7 @@ def steer(
             return
         from autopipe.steer.loop import run_loop
 
-        outcome = run_loop(site_cfg, run_cfg, site_path=site, run_path=run, live=live)
+        outcome = run_loop(site_cfg, run_cfg, live=live)
         typer.echo(f"stopped: {outcome.stopped_because}")
     except AutopipeError as exc:
         _fail(exc, debug)
@@ -148,10 +148,10 @@ def replay(
 ) -> None:
     """Replay walker 0 from its first state with the first and the newest potential."""
     try:
-        from autopipe.config.run import RunConfig
+        from autopipe.config.run import load_resolved_run
         from autopipe.replay import compare, describe
 
-        run = RunConfig.model_validate_json((workdir / "run.resolved.json").read_text())
+        run = load_resolved_run(workdir)
         for r in compare(workdir, first, last):
             typer.echo(describe(r, run.otf.uncertainty_threshold))
     except (AutopipeError, ValueError, FileNotFoundError) as exc:

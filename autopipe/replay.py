@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
+from autopipe.config.run import load_resolved_run
 from autopipe.db import Database, Walker
+from autopipe.layout import RunLayout
 
 
 @dataclass
@@ -34,41 +36,25 @@ class ReplayResult:
     collision_force_rmse: float | None  # eV/Å on the run's trigger frames, None without frames
 
 
-def initial_checkpoint(workdir: Path, walker_index: int) -> Path:
-    """Where the loop wrote a walker's first state (see ``Steering._ensure_walkers``)."""
-    return Path(workdir) / "walkers" / f"w{walker_index:02d}" / f"checkpoint-{0:08d}.npz"
-
-
-def collision_frames(db: Database, dft_config):
-    """The run's trigger frames with forces from the labelling code [(atoms, forces)].
-
-    Only for analytic oracles (cheap); pw.x runs return ``None``.
-    """
-    from autopipe.report import heldout_frames
-
-    return heldout_frames(db, dft_config)
-
-
 def replay(workdir: Path | str, version: int, *, n_steps: int | None = None, frames=None) -> ReplayResult:
     """Run walker 0 from its initial checkpoint with potential ``version`` (for ``n_steps``,
     default the run's ``stop.max_md_steps``), stopping on gamma like the run did."""
-    from autopipe.config.run import RunConfig
     from autopipe.md import load_state, run_segment
     from autopipe.potentials import PotentialStore
-    from autopipe.report import force_rmse
+    from autopipe.validation import force_rmse
 
-    workdir = Path(workdir)
-    run = RunConfig.model_validate_json((workdir / "run.resolved.json").read_text())
+    layout = RunLayout(Path(workdir))
+    run = load_resolved_run(workdir)
     db = Database(run.database_url())
-    store = PotentialStore(db, workdir / "potentials")
+    store = PotentialStore(db, layout.potentials)
     pot = store.get(version)
     with db.session() as s:
         w = s.scalars(select(Walker).order_by(Walker.index)).first()
         if w is None:
             raise ValueError(f"{workdir}: the run has no walker to replay")
-        first = initial_checkpoint(workdir, w.index)
+        first = layout.initial_checkpoint(w.index)
     n = n_steps or run.stop.max_md_steps
-    res = run_segment(load_state(first), pot, run.md, run.otf, workdir=workdir / "replay" / f"v{version:04d}", n_steps=n)
+    res = run_segment(load_state(first), pot, run.md, run.otf, workdir=layout.replay_dir(version), n_steps=n)
     e = np.asarray(res.thermo.get("etotal", []), dtype=float)
     n_atoms = len(res.final_state.atoms)
     drift = float(np.max(np.abs(e - e[0])) / n_atoms) if len(e) else float("nan")
@@ -81,20 +67,20 @@ def replay(workdir: Path | str, version: int, *, n_steps: int | None = None, fra
 
 def compare(workdir: Path | str, first: int | None = None, last: int | None = None) -> list[ReplayResult]:
     """Replay with the first and the newest potential (or the versions given); writes replay.json."""
-    from autopipe.config.run import RunConfig
     from autopipe.potentials import PotentialStore
+    from autopipe.validation import trigger_frames
 
-    workdir = Path(workdir)
-    run = RunConfig.model_validate_json((workdir / "run.resolved.json").read_text())
+    layout = RunLayout(Path(workdir))
+    run = load_resolved_run(workdir)
     db = Database(run.database_url())
-    versions = PotentialStore(db, workdir / "potentials").versions()
+    versions = PotentialStore(db, layout.potentials).versions()
     if not versions:
         raise ValueError(f"{workdir}: no potential has been published")
     first = first or versions[0]
     last = last or versions[-1]
-    frames = collision_frames(db, run.dft.model_dump())
+    frames = trigger_frames(db, run.dft.model_dump())
     results = [replay(workdir, v, frames=frames) for v in dict.fromkeys([first, last])]
-    (workdir / "replay.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    layout.replay_summary.write_text(json.dumps([asdict(r) for r in results], indent=2))
     return results
 
 

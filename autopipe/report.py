@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import select
 
 from autopipe.db import Database, Event, Label, Origin, Potential, Segment, Structure, Walker
+from autopipe.layout import RunLayout
 
 
 def _mpl():
@@ -31,7 +32,7 @@ def _mpl():
 def _run_config(workdir: Path) -> dict[str, Any]:
     import json
 
-    p = workdir / "run.resolved.json"
+    p = RunLayout(workdir).resolved_config
     return json.loads(p.read_text()) if p.is_file() else {}
 
 
@@ -68,38 +69,13 @@ def plot_gamma(db: Database, out: Path, timestep_fs: float, threshold: float | N
     return path
 
 
-def heldout_frames(db: Database, dft_config: dict[str, Any] | None):
-    """Trigger frames labelled by the oracle (cheap), or ``None`` when the DFT code is pw.x."""
-    if not dft_config or dft_config.get("code") == "espresso":
-        return None
-    from autopipe.db import atoms_from_structure
-    from autopipe.dft import label
-
-    with db.session() as s:
-        frames = [atoms_from_structure(r) for r in s.scalars(
-            select(Structure).where(Structure.origin == Origin.md_frame).order_by(Structure.id))]
-    out = []
-    for a in frames:
-        res = label(a, dft_config)
-        if res.ok:
-            out.append((a, res.forces))
-    return out
-
-
-def force_rmse(potential, frames) -> float:
-    """Force RMSE (eV/Å) of a potential (``PotentialFiles``) against labelled frames [(atoms, forces)]."""
-    from autopipe.potentials.uncertainty import evaluate
-
-    err = [(evaluate(atoms, potential)["forces"] - ref).ravel() for atoms, ref in frames]
-    return float(np.sqrt(np.mean(np.concatenate(err) ** 2))) if err else float("nan")
-
-
 def learning_curve(db: Database, workdir: Path, dft_config) -> list[dict[str, Any]]:
     """Per version: train force RMSE (from pacemaker) and RMSE on held-out collision frames (eV/Å)."""
     from autopipe.potentials import PotentialStore
+    from autopipe.validation import force_rmse, trigger_frames
 
-    store = PotentialStore(db, workdir / "potentials")
-    frames = heldout_frames(db, dft_config)
+    store = PotentialStore(db, RunLayout(workdir).potentials)
+    frames = trigger_frames(db, dft_config)
     rows = []
     for v in store.versions():
         try:
@@ -193,7 +169,8 @@ def build_report(db: Database, workdir: Path | str) -> Path:
     from autopipe.status import collect_status
 
     workdir = Path(workdir)
-    out = workdir / "report"
+    layout = RunLayout(workdir)
+    out = layout.report
     out.mkdir(parents=True, exist_ok=True)
     cfg = _run_config(workdir)
     md = cfg.get("md", {})
@@ -206,7 +183,7 @@ def build_report(db: Database, workdir: Path | str) -> Path:
     costs = stage_costs(db)
 
     replay_html = ""
-    replay_file = workdir / "replay.json"
+    replay_file = layout.replay_summary
     if replay_file.is_file():
         import json
 

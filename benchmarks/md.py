@@ -61,7 +61,7 @@ class Pot:
 
 
 def potential() -> Pot:
-    from autopipe.potentials.testing import build_lj_recipe, cached_potential, lj_recipe
+    from tests.lj import build_lj_recipe, cached_potential, lj_recipe
 
     recipe = lj_recipe(3)
     p = cached_potential(ROOT / "tests" / ".cache", recipe["name"], recipe, lambda d: build_lj_recipe(d, recipe))

@@ -28,9 +28,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from autopipe.db import Database
-    from autopipe.potentials import PotentialStore, train_next_version
+    from autopipe.potentials import PotentialStore, train_round
     from autopipe.potentials.pacemaker import log_phases
-    from autopipe.potentials.testing import build_lj_recipe, cached_potential, lj_recipe, lj_run_config
+    from tests.lj import build_lj_recipe, cached_potential, lj_recipe, lj_run_config
     from tests.potentials.helpers import add_labelled, copy_cached_run, lj_structures
 
     recipe = lj_recipe(3)
@@ -42,7 +42,7 @@ def main() -> None:
         add_labelled(db, lj_structures(4, seed=101))
         train = {**recipe["train"], "retrain_iterations": args.iterations or recipe["train"]["max_iterations"]}
         cfg = lj_run_config("bench", run, train=train)
-        out = train_next_version(db, store, cfg)
+        out = train_round(db, store, cfg)
         if not out.ok:
             sys.exit(f"retrain failed: {out.error}\n{out.log_tail}")
         phases = log_phases(out.workdir / "pacemaker.log")

@@ -17,7 +17,7 @@ CACHE_DIR = Path(__file__).parent / ".cache"
 
 
 def _lj_cached(dimension: int):
-    from autopipe.potentials.testing import build_lj_recipe, cached_potential, lj_recipe
+    from tests.lj import build_lj_recipe, cached_potential, lj_recipe
 
     recipe = lj_recipe(dimension)
     return cached_potential(CACHE_DIR, recipe["name"], recipe, lambda d: build_lj_recipe(d, recipe))

@@ -303,9 +303,21 @@ class RunConfig(StrictModel):
 
     def database_url(self) -> str:
         """The SQLAlchemy URL of this run's database."""
-        return self.database or f"sqlite:///{(self.workdir / 'autopipe.db').resolve()}"
+        from autopipe.layout import RunLayout
+
+        return self.database or f"sqlite:///{RunLayout(self.workdir).database_file.resolve()}"
 
 
+
+def load_resolved_run(workdir: Path | str) -> RunConfig:
+    """The run configuration an existing run was started with (its ``run.resolved.json``)."""
+    from autopipe.errors import AutopipeError
+    from autopipe.layout import RunLayout
+
+    path = RunLayout(Path(workdir)).resolved_config
+    if not path.is_file():
+        raise AutopipeError(f"{workdir}: no autopipe run here ({path.name} is missing)")
+    return RunConfig.model_validate_json(path.read_text())
 
 
 def load_run(path: Path | str, workdir: Path | None = None) -> RunConfig:

@@ -204,8 +204,9 @@ class SiteConfig(StrictModel):
         """The executor config serving ``role``."""
         return next(e for e in self.executors if role in e.roles)
 
-    def to_parsl_config(self, run_dir: Path | str = "parsl-runinfo", **build_kwargs: Any):
-        """Build a :class:`parsl.config.Config` with one executor per entry.
+    def to_parsl_config(self, run_dir: Path | str = "parsl-runinfo", extra_executors: tuple = (), **build_kwargs: Any):
+        """Build a :class:`parsl.config.Config` with one executor per entry, plus ``extra_executors``
+        (Parsl executor objects, e.g. the steering process's own).
 
         ``build_kwargs`` reach each executor's ``build``; tests pass
         ``globus_executor_factory`` to stand in for the Globus Compute SDK.
@@ -215,7 +216,7 @@ class SiteConfig(StrictModel):
         _venv_bin_on_path()
         run_dir = Path(self.run_dir) if self.run_dir else Path(run_dir)
         return Config(
-            executors=[e.build(run_dir, **build_kwargs) for e in self.executors],
+            executors=[*(e.build(run_dir, **build_kwargs) for e in self.executors), *extra_executors],
             run_dir=str(run_dir),
             strategy="simple",
             initialize_logging=True,

@@ -12,9 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from autopipe.db.models import Base, Event
 from autopipe.errors import AutopipeError
-
-#: Written by the steering loop into the work directory: where the run's database is.
-RUN_MARKER = "autopipe-run.json"
+from autopipe.layout import RUN_MARKER, RunLayout
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -59,18 +57,17 @@ class Database:
     @classmethod
     def for_workdir(cls, workdir: Path | str, url: str | None = None) -> "Database":
         """The database of a work directory: ``url`` if given, else ``<workdir>/autopipe.db``."""
-        return cls(url or f"sqlite:///{(Path(workdir) / 'autopipe.db').resolve()}")
+        return cls(url or f"sqlite:///{RunLayout(Path(workdir)).database_file.resolve()}")
 
     @classmethod
     def for_run(cls, workdir: Path | str) -> "Database":
         """The database of an existing run: the URL in its run marker, else ``<workdir>/autopipe.db``."""
         import json
 
-        workdir = Path(workdir)
-        marker = workdir / RUN_MARKER
-        if marker.is_file():
-            return cls(json.loads(marker.read_text())["database"])
-        if (workdir / "autopipe.db").is_file():
+        layout = RunLayout(Path(workdir))
+        if layout.marker.is_file():
+            return cls(json.loads(layout.marker.read_text())["database"])
+        if layout.database_file.is_file():
             return cls.for_workdir(workdir)
         raise AutopipeError(f"{workdir}: no autopipe run here (no {RUN_MARKER} or autopipe.db)")
 

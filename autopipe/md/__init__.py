@@ -12,7 +12,7 @@ run a segment.
 from __future__ import annotations
 
 from autopipe.md.external import BlowUpLimits
-from autopipe.md.segment import PotentialLike, SegmentResult, checkpoint_path, lammps_has_ml_pace, run_segment
+from autopipe.md.segment import PotentialLike, SegmentResult, lammps_has_ml_pace, run_segment
 from autopipe.md.state import MDState, initial_state, kinetic_temperature, load_state, save_state
 
 __all__ = [
@@ -25,6 +25,5 @@ __all__ = [
     "SegmentResult",
     "PotentialLike",
     "BlowUpLimits",
-    "checkpoint_path",
     "lammps_has_ml_pace",
 ]

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence, runtime_chec
 
 import numpy as np
 
+from autopipe.layout import checkpoint_file, segment_prefix
 from autopipe.md.box import LammpsBox, frame_atoms, lammps_box
 from autopipe.md.external import BlowUpLimits
 from autopipe.md.lammps_input import (
@@ -73,7 +74,7 @@ if TYPE_CHECKING:
 
     from autopipe.config.run import MDConfig, OTFConfig
 
-__all__ = ["PotentialLike", "SegmentResult", "run_segment", "checkpoint_path", "lammps_has_ml_pace"]
+__all__ = ["PotentialLike", "SegmentResult", "run_segment", "lammps_has_ml_pace"]
 
 #: Serialises LAMMPS segments within one process (see the module docstring).
 LAMMPS_LOCK = threading.Lock()
@@ -135,11 +136,6 @@ class SegmentResult:
     lammps_dump: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     n_ranks: int = 1
-
-
-def checkpoint_path(workdir: Path | str, step: int) -> Path:
-    """Where a segment ending at ``step`` writes its checkpoint."""
-    return Path(workdir) / f"checkpoint-{int(step):08d}.npz"
 
 
 # ----------------------------------------------------------------------------- LAMMPS plumbing
@@ -394,8 +390,9 @@ def run_segment(
     if dim == 2:
         pos_l[:, 2] = 0.0
         vel_l[:, 2] = 0.0
-    tag = f"seg-{start:08d}-v{version}"
-    data_file = workdir / f"{tag}.data"
+    prefix = segment_prefix(workdir, start, version)
+    tag = prefix.name
+    data_file = prefix.with_suffix(".data")
     data_file.write_text(render_data(box, pos_l, vel_l, types, masses, elements))
     thermo_file = workdir / f"{tag}.thermo"
     thermo_file.unlink(missing_ok=True)
@@ -445,7 +442,7 @@ def run_segment(
                 except Exception:  # noqa: BLE001
                     pass
     if result.status in ("completed", "triggered"):
-        result.checkpoint = save_state(checkpoint_path(workdir, result.end_step), result.final_state)
+        result.checkpoint = save_state(checkpoint_file(workdir, result.end_step), result.final_state)
         # The data file only restates the starting checkpoint; keep it only to debug failures.
         data_file.unlink(missing_ok=True)
     result.walltime = time.perf_counter() - t0

@@ -6,7 +6,7 @@ imports neither pandas nor pyace; TensorFlow is never imported in-process at all
 
 * :class:`PotentialStore`, :class:`PotentialFiles` — versioned, checksummed potentials
 * :func:`build_dataset` — pacemaker's DataFrame from the labelled structures, with force masks
-* :func:`should_retrain`, :func:`train_next_version` — the retraining trigger and one round
+* :func:`should_retrain`, :func:`train_round` — the retraining trigger and the one training round
 * :func:`build_initial_potential` — version 1, generated or imported
 * :func:`gamma`, :func:`max_gamma` — per-atom extrapolation grade through pyace
 """
@@ -22,7 +22,7 @@ _EXPORTS = {
     "build_dataset": "autopipe.potentials.dataset",
     "DatasetInfo": "autopipe.potentials.dataset",
     "should_retrain": "autopipe.potentials.trainer",
-    "train_next_version": "autopipe.potentials.trainer",
+    "train_round": "autopipe.potentials.trainer",
     "TrainOutcome": "autopipe.potentials.trainer",
     "build_initial_potential": "autopipe.potentials.initial",
     "gamma": "autopipe.potentials.uncertainty",
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from autopipe.potentials.initial import build_initial_potential
     from autopipe.potentials.pacemaker import FitResult, run_pacemaker
     from autopipe.potentials.store import PotentialFiles, PotentialStore
-    from autopipe.potentials.trainer import TrainOutcome, should_retrain, train_next_version
+    from autopipe.potentials.trainer import TrainOutcome, should_retrain, train_round
     from autopipe.potentials.uncertainty import gamma, get_calculator, max_gamma
 
 

@@ -1,18 +1,22 @@
-"""Version 1: generated, labelled and trained from scratch, or imported from a file.
+"""Version 1: imported from the user's files, or generated, labelled and trained from scratch.
 
-Restartable: if version 1 exists it is returned as is; if generated structures exist
-from an interrupted earlier attempt they are reused, and only those without a label
-are labelled.
+One decision function, :func:`next_step`, says what version 1 still needs; the steering
+loop acts on it with Parsl tasks, :func:`build_initial_potential` with a label function in
+this process. Both generate the initial dataset with :func:`seed_initial_dataset` and
+train version 1 with the one training round of :mod:`autopipe.potentials.trainer`.
+
+Restartable: generated structures are stored before anything is labelled, so an
+interrupted attempt reuses them and labels only those still without a label; a
+version 1 that exists is returned as is.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Union
 
 from autopipe.errors import AutopipeError
 
@@ -21,81 +25,97 @@ if TYPE_CHECKING:
 
     from autopipe.config.run import InitialPotentialFile, RunConfig
     from autopipe.db import Database
+    from autopipe.dft import LabelResult
+    from autopipe.layout import RunLayout
     from autopipe.potentials.store import PotentialFiles, PotentialStore
 
 log = logging.getLogger(__name__)
 
-#: ``label_fn(atoms)`` returns either a tuple ``(status, energy eV, forces eV/Å (n, 3),
-#: stress eV/Å³ Voigt or None, extra)`` — ``extra`` may hold ``code``, ``walltime`` (s),
-#: ``error``, ``attempts``, ``parameters``; other plain keys go to ``Label.parameters`` —
-#: or an object with those attributes, such as :class:`autopipe.dft.LabelResult`.
-LabelFn = Callable[["Atoms"], Any]
+#: ``label_fn(atoms)`` labels one structure: a :class:`autopipe.dft.LabelResult`.
+LabelFn = Callable[["Atoms"], "LabelResult"]
 
 
-def _normalise(result: Any) -> dict[str, Any]:
-    """The Label fields of one ``label_fn`` result (tuple or LabelResult-like object)."""
-    if isinstance(result, tuple):
-        status, energy, forces, stress, extra = result
-        extra = dict(extra or {})
-        params = dict(extra.pop("parameters", {}) or {})
-        fields = {
-            "code": str(extra.pop("code", "unknown")),
-            "walltime": float(extra.pop("walltime", 0.0) or 0.0),
-            "error": extra.pop("error", None),
-            "attempts": extra.pop("attempts", None),
-        }
-        params.update({k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool, type(None)))})
-    else:
-        status, energy, forces, stress = result.status, result.energy, result.forces, result.stress
-        params = dict(getattr(result, "parameters", {}) or {})
-        fields = {
-            "code": str(getattr(result, "code", "unknown")),
-            "walltime": float(getattr(result, "walltime", 0.0) or 0.0),
-            "error": getattr(result, "error", None),
-            "attempts": list(getattr(result, "attempts", None) or []) or None,
-        }
-    fields.update(status=str(getattr(status, "value", status)), energy=energy, forces=forces, stress=stress,
-                  parameters=params)
-    return fields
+@dataclass(frozen=True)
+class Ready:
+    """Version 1 exists."""
+
+    potential: PotentialFiles
 
 
-def store_label(db: Database, structure_id: int, result: Any) -> int:
-    """Insert the :class:`Label` of one ``label_fn`` result; returns its id."""
-    import json
+@dataclass(frozen=True)
+class NeedLabels:
+    """These generated structures (ids) have no label yet."""
+
+    structure_ids: list[int]
+
+
+@dataclass(frozen=True)
+class NeedTraining:
+    """Every generated structure is labelled, at least one successfully: train version 1."""
+
+
+@dataclass(frozen=True)
+class Impossible:
+    """Version 1 cannot be made (``reason`` says why)."""
+
+    reason: str
+
+
+FirstStep = Union[Ready, NeedLabels, NeedTraining, Impossible]
+
+
+def seed_initial_dataset(db: Database, run_config: RunConfig, template: Atoms | None = None) -> list[int]:
+    """Generate and store the initial dataset (``Origin.generated``) unless it exists; returns its ids.
+
+    ``template`` defaults to the run's dataset template (``initial_potential.structure`` or
+    the starting structure). Raises :class:`AutopipeError` when the generator cannot meet
+    its constraints (e.g. a ``min_distance`` the template does not allow).
+    """
+    from sqlalchemy import select
+
+    from autopipe.db import Origin, Structure, structure_from_atoms
+    from autopipe.generate import dataset_template, generate_structures
+
+    with db.session() as s:
+        ids = list(s.scalars(select(Structure.id).where(Structure.origin == Origin.generated).order_by(Structure.id)))
+    if ids:
+        return ids
+    try:
+        structures = generate_structures(run_config.system.elements,
+                                         template if template is not None else dataset_template(run_config),
+                                         run_config.initial_potential)
+    except ValueError as exc:
+        raise AutopipeError(f"cannot generate the initial dataset: {exc}") from None
+    with db.session() as s:
+        rows = [structure_from_atoms(a, Origin.generated, selected=True, info={"generator": a.info.get("generator")})
+                for a in structures]
+        s.add_all(rows)
+        s.flush()
+        return [r.id for r in rows]
+
+
+def next_step(db: Database, store: PotentialStore, run_config: RunConfig, template: Atoms | None = None) -> FirstStep:
+    """What version 1 needs next. Imports a ``kind: file`` potential on the spot (seconds);
+    generates the initial dataset the first time it is asked (see :func:`seed_initial_dataset`)."""
+    from sqlalchemy import select
 
     from autopipe.db import Label, LabelStatus
 
-    f = _normalise(result)
+    latest = store.latest()
+    if latest is not None:
+        return Ready(latest)
+    init = run_config.initial_potential
+    if init.kind == "file":
+        return Ready(import_initial_potential(store, init))
+    ids = seed_initial_dataset(db, run_config, template)
     with db.session() as s:
-        label = Label(
-            structure_id=structure_id,
-            status=LabelStatus(f["status"]),
-            code=f["code"],
-            energy=None if f["energy"] is None else float(f["energy"]),
-            forces=None if f["forces"] is None else np.asarray(f["forces"], dtype=float),
-            stress=None if f["stress"] is None else np.asarray(f["stress"], dtype=float),
-            # default=str: a Path or numpy scalar in the parameters must not break the JSON column.
-            parameters=json.loads(json.dumps(f["parameters"], default=str)),
-            walltime=f["walltime"],
-            attempts=json.loads(json.dumps(f["attempts"], default=str)) if f["attempts"] else None,
-            error=f["error"],
-        )
-        s.add(label)
-        s.flush()
-        return int(label.id)
-
-
-def _generated_unlabelled(db: Database) -> tuple[int, list[tuple[int, Atoms]]]:
-    """(number of generated structures, [(id, atoms)] of those without any label)."""
-    from sqlalchemy import select
-
-    from autopipe.db import Label, Origin, Structure, atoms_from_structure
-
-    with db.session() as s:
-        rows = list(s.scalars(select(Structure).where(Structure.origin == Origin.generated).order_by(Structure.id)))
-        labelled = set(s.scalars(select(Label.structure_id)))
-        todo = [(r.id, atoms_from_structure(r)) for r in rows if r.id not in labelled]
-    return len(rows), todo
+        statuses = dict(s.execute(select(Label.structure_id, Label.status).where(Label.structure_id.in_(ids))).all())
+    todo = [i for i in ids if i not in statuses]
+    if todo:
+        return NeedLabels(todo)
+    if not any(st is LabelStatus.done for st in statuses.values()):
+        return Impossible(f"none of the {len(ids)} generated structures could be labelled")
+    return NeedTraining()
 
 
 def build_initial_potential(
@@ -105,77 +125,63 @@ def build_initial_potential(
     label_fn: LabelFn | None = None,
     *,
     template: Atoms | None = None,
+    layout: RunLayout | None = None,
 ) -> PotentialFiles:
-    """Make sure version 1 exists and return it.
+    """Make sure version 1 exists, in this process, and return it.
 
-    ``initial_potential.kind == "generate"``: structures from
-    :func:`autopipe.generate.generate_structures` (template: ``template`` or the run's
-    starting structure) are stored (``Origin.generated``), labelled with ``label_fn`` and
-    a fresh fit is published as version 1 named ``initial_potential.name``.
-
-    ``kind == "file"``: the given potential is copied in as version 1, with its ``.asi``
-    (computed from ``training_data`` when not given) and a ``.yace``.
-
-    Raises :class:`~autopipe.errors.AutopipeError` when version 1 cannot be made.
+    ``kind: generate``: the generated structures are labelled one by one with ``label_fn``
+    (default: the run's own DFT code) and version 1, named ``initial_potential.name``, is
+    trained from scratch. ``kind: file``: the given potential is imported.
+    Raises :class:`AutopipeError` when version 1 cannot be made.
     """
-    try:
-        return store.get(1)
-    except KeyError:
-        pass
-    init = run_config.initial_potential
-    if init.kind == "file":
-        return _import_file(store, init)
+    from autopipe.dft import LabelResult, store_label
+    from autopipe.potentials.trainer import train_round
+
     if label_fn is None:
         label_fn = _run_dft_label_fn(run_config)
+    while True:
+        step = next_step(db, store, run_config, template)
+        if isinstance(step, Ready):
+            return step.potential
+        if isinstance(step, Impossible):
+            raise AutopipeError(f"no initial potential: {step.reason}")
+        if isinstance(step, NeedLabels):
+            failed = 0
+            for sid in step.structure_ids:
+                atoms = _structure(db, sid)
+                try:
+                    result = label_fn(atoms)
+                except Exception as exc:  # one bad structure must not sink the initial dataset
+                    result = LabelResult(status="failed", code=str(run_config.dft.code),
+                                         error=f"{type(exc).__name__}: {exc}")
+                failed += result.status != "done"
+                store_label(db, sid, result)
+            if failed:
+                log.warning("%d of %d initial structures could not be labelled", failed, len(step.structure_ids))
+            continue
+        outcome = train_round(db, store, run_config, layout, version=1, name=run_config.initial_potential.name,
+                              fresh=True)
+        if not outcome.ok:
+            raise AutopipeError(f"training the initial potential failed: {outcome.error}\n{outcome.log_tail}".rstrip())
 
-    from autopipe.db import LabelStatus, structure_from_atoms
-    from autopipe.generate import dataset_template, generate_structures
-    from autopipe.potentials.trainer import max_label_id, train_version
 
-    n_existing, todo = _generated_unlabelled(db)
-    if n_existing == 0:
-        tmpl = template if template is not None else dataset_template(run_config)
-        structures = generate_structures(run_config.system.elements, tmpl, init)
-        with db.session() as s:
-            rows = [structure_from_atoms(a, "generated", info={"generator": a.info.get("generator")}) for a in structures]
-            s.add_all(rows)
-            s.flush()
-            ids = [r.id for r in rows]
-        todo = list(zip(ids, structures))
-    n_failed = 0
-    for sid, atoms in todo:
-        try:
-            result = label_fn(atoms)
-        except Exception as exc:  # one bad structure must not sink the initial dataset
-            result = (LabelStatus.failed, None, None, None, {"error": f"{type(exc).__name__}: {exc}"})
-        if _normalise(result)["status"] != LabelStatus.done.value:
-            n_failed += 1
-        store_label(db, sid, result)
-    if n_failed:
-        log.warning("%d of %d initial structures could not be labelled", n_failed, len(todo))
+def _structure(db: Database, structure_id: int) -> Atoms:
+    from autopipe.db import Structure, atoms_from_structure
 
-    outcome = train_version(
-        db, store, run_config.train, run_config.system.elements,
-        name=init.name, version=1, parent=None, label_snapshot=max_label_id(db), continue_fit=False,
-    )
-    if not outcome.ok:
-        raise AutopipeError(
-            f"training the initial potential failed: {outcome.error}\n{outcome.log_tail}".rstrip()
-        )
-    assert outcome.potential is not None
-    return outcome.potential
+    with db.session() as s:
+        return atoms_from_structure(s.get(Structure, structure_id))
 
 
 def _run_dft_label_fn(run_config: RunConfig) -> LabelFn:
     """The run's own DFT code (``autopipe.dft.label``) as a label function."""
-    try:
-        from autopipe.dft import label
-    except ImportError as exc:  # pragma: no cover - the dft package ships with autopipe
-        raise AutopipeError(f"no labelling function given and autopipe.dft is unavailable: {exc}") from None
+    from autopipe.dft import label
+
     return lambda atoms: label(atoms, run_config.dft)
 
 
-def _import_file(store: PotentialStore, init: InitialPotentialFile) -> PotentialFiles:
+def import_initial_potential(store: PotentialStore, init: InitialPotentialFile) -> PotentialFiles:
+    """Publish the user's potential file as version 1, with its ``.asi`` (given, or computed
+    from ``training_data``) and a ``.yace``. Raises :class:`AutopipeError` on bad input."""
     from autopipe.potentials.pacemaker import compute_active_set, export_yace
 
     src = Path(init.path)

@@ -1,6 +1,13 @@
-"""The retraining trigger and one training round: dataset → pacemaker → yace + asi → publish.
+"""One training round, used by the steering loop, the tests and every command:
 
-Bookkeeping of labels: a training round snapshots the newest label id when it starts
+    plan_round (steering side: snapshot, parent, version, iterations -> a TrainRequest)
+      -> fit_round (any worker: dataset from the snapshot -> pacemaker -> .yace + .asi)
+      -> publish_round (steering side: the store's atomic publish)
+
+:func:`train_round` runs the three in this process. The steering loop runs
+:func:`fit_round` as a Parsl app and publishes when it returns.
+
+Bookkeeping of labels: a round snapshots the newest label id when it is planned
 (``max(Label.id)``), trains on every successful label up to that id, and publishes the
 potential with ``last_label_id`` set to the snapshot. Labels that arrive while the fit
 runs have larger ids, so they count toward the next round: none is skipped, none is
@@ -14,11 +21,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from autopipe.config.run import RunConfig, TrainConfig
     from autopipe.db import Database
+    from autopipe.layout import RunLayout
     from autopipe.potentials.store import PotentialFiles, PotentialStore
 
 log = logging.getLogger(__name__)
@@ -89,16 +97,6 @@ def should_retrain(db: Database, train_config: TrainConfig) -> bool:
     return new_label_count(db) >= train_config.min_new_labels
 
 
-def _fresh_workdir(base: Path) -> Path:
-    """``base`` itself, or ``base-2``, ``base-3``, ... if an earlier attempt left it behind."""
-    candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    candidate.mkdir(parents=True)
-    return candidate
-
-
 @dataclass
 class FitOutput:
     """A finished pacemaker fit, not yet published: files by role, metrics, status."""
@@ -110,7 +108,8 @@ class FitOutput:
     argv: list[str] = field(default_factory=list)
     error: str | None = None
     log_tail: str = ""
-    timings: dict[str, float] = field(default_factory=dict)  # s: pacemaker, export
+    timings: dict[str, float] = field(default_factory=dict)  # s: dataset, pacemaker, export
+    n_train: int = 0  # structures in the training set
 
     @property
     def ok(self) -> bool:
@@ -156,126 +155,138 @@ def fit_and_export(
     return out
 
 
-def train_version(
-    db: Database,
-    store: PotentialStore,
-    train_config: TrainConfig,
-    elements: Sequence[str],
-    *,
-    name: str,
-    version: int,
-    parent: PotentialFiles | None,
-    label_snapshot: int,
-    continue_fit: bool = True,
-    iterations: int | None = None,
-    workdir: Path | None = None,
-    reference_energies: Mapping[str, float] | None = None,
-) -> TrainOutcome:
-    """Train on every label up to ``label_snapshot`` and publish the result as ``version``.
+@dataclass(frozen=True)
+class TrainRequest:
+    """Everything one training round needs; picklable, so :func:`fit_round` runs on any
+    worker that can open the run's database.
 
-    ``parent`` is the version this one succeeds; with ``continue_fit`` the fit starts
-    from the parent's coefficients (``pacemaker -p``), otherwise from scratch.
-    Runs in ``workdir`` (default ``<store root>/train/vNNNN``), which keeps pacemaker's
-    input, log and data for inspection. ``reference_energies`` (eV per atom of each
-    element, e.g. isolated-atom DFT energies) are subtracted from the labels' energies;
-    without them raw energies are fitted, which suits analytic oracles (LJ, EMT).
+    ``snapshot``: the newest label id to train on. ``parent_yaml``: continue from this
+    potential (``pacemaker -p``), ``None`` for a fresh fit. ``workdir``: where pacemaker's
+    input, log and outputs go.
     """
-    from autopipe.potentials.dataset import build_dataset, write_dataset
 
-    t0 = time.perf_counter()
-    workdir = _fresh_workdir(workdir or store.root / "train" / f"v{version:04d}")
-    outcome = TrainOutcome(
-        status="failed", workdir=workdir, parent_version=parent.version if parent else None,
-        last_label_id=label_snapshot,
-    )
-    t_phase = time.perf_counter()
-    try:
-        df, info = build_dataset(db, train_config, max_label_id=label_snapshot,
-                                 reference_energies=reference_energies)
-    except ValueError as exc:
-        outcome.error = f"cannot build the training set: {exc}"
-        return outcome
-    if info.n_structures == 0:
-        outcome.error = "no successful labels to train on"
-        return outcome
-    outcome.n_train = info.n_structures
-    data_file = write_dataset(df, workdir / "dataset.pckl.gzip")
-    outcome.timings["dataset"] = time.perf_counter() - t_phase
-
-    fit = fit_and_export(
-        workdir, train_config, elements, data_file,
-        parent_yaml=parent.yaml if (parent is not None and continue_fit) else None,
-        iterations=iterations,
-    )
-    outcome.argv = fit.argv
-    outcome.metrics = dict(fit.metrics)
-    outcome.timings.update(fit.timings)
-    if not fit.ok:
-        outcome.error, outcome.log_tail = fit.error, fit.log_tail
-        outcome.walltime = time.perf_counter() - t0
-        log.warning("training v%d failed: %s", version, fit.error)
-        return outcome
-
-    t_phase = time.perf_counter()
-    metrics = {
-        **fit.metrics,
-        "n_structures": info.n_structures,
-        "n_atoms": info.n_atoms,
-        "n_embedded": info.n_embedded,
-        "n_masked_atoms": info.n_masked_atoms,
-        "continued_from": parent.version if (parent is not None and continue_fit) else None,
-    }
-    outcome.walltime = time.perf_counter() - t0
-    try:
-        pot = store.publish(
-            {role: Path(path) for role, path in fit.files.items()},
-            name=name,
-            parent_version=parent.version if parent else None,
-            version=version,
-            n_train=info.n_structures,
-            last_label_id=label_snapshot,
-            metrics=metrics,
-            walltime=outcome.walltime,
-        )
-    except Exception as exc:  # e.g. another trainer took this version number meanwhile
-        outcome.error = f"publishing v{version} failed: {exc}"
-        return outcome
-    outcome.timings["publish"] = time.perf_counter() - t_phase
-    outcome.walltime = time.perf_counter() - t0
-    outcome.status = "done"
-    outcome.potential = pot
-    outcome.version = pot.version
-    outcome.metrics = pot.metrics
-    return outcome
+    version: int
+    name: str
+    parent_version: int | None
+    parent_yaml: str | None
+    snapshot: int
+    iterations: int
+    train_config: TrainConfig
+    elements: tuple[str, ...]
+    database_url: str
+    workdir: str
 
 
-def train_next_version(
+def plan_round(
     db: Database,
     store: PotentialStore,
     run_config: RunConfig,
+    layout: RunLayout,
     *,
+    version: int | None = None,
     name: str | None = None,
-    reference_energies: Mapping[str, float] | None = None,
-) -> TrainOutcome:
-    """Retrain on every successful label so far, continuing from the latest potential.
-
-    The new version is named ``name`` or ``<run name>_v<N>``. Labels created after this
-    call started are not included; they count toward the next round (see module doc).
-    """
+    fresh: bool = False,
+) -> TrainRequest:
+    """The next round: every successful label so far, continuing from the latest potential
+    unless ``fresh`` (or ``train.continue_from_parent`` is off). The new version is named
+    ``name`` or ``<run name>_v<N>``; its work directory is created under ``layout``."""
     tc = run_config.train
     snapshot = max_label_id(db)  # first: anything newer belongs to the next round
     parent = store.latest()
-    version = store.next_version()
-    continuing = parent is not None and tc.continue_from_parent
-    iterations = (tc.retrain_iterations or tc.max_iterations) if continuing else tc.max_iterations
-    outcome = train_version(
-        db, store, tc, run_config.system.elements,
-        name=name or f"{run_config.name}_v{version}",
+    version = store.next_version() if version is None else int(version)
+    continuing = parent is not None and tc.continue_from_parent and not fresh
+    return TrainRequest(
         version=version,
-        parent=parent,
-        label_snapshot=snapshot,
-        continue_fit=continuing,
-        iterations=iterations,
-        reference_energies=reference_energies,
+        name=name or f"{run_config.name}_v{version}",
+        parent_version=parent.version if parent is not None else None,
+        parent_yaml=str(parent.yaml) if continuing else None,
+        snapshot=snapshot,
+        iterations=(tc.retrain_iterations or tc.max_iterations) if continuing else tc.max_iterations,
+        train_config=tc,
+        elements=tuple(run_config.system.elements),
+        database_url=db.url,
+        workdir=str(layout.fresh_train_dir(version)),
     )
+
+
+def fit_round(request: TrainRequest) -> FitOutput:
+    """Build the training set up to the request's snapshot, fit, export and compute the
+    active set in ``request.workdir``. Touches the database read-only; never raises for a
+    bad dataset or a failed fit (the result's ``status`` says)."""
+    from autopipe.db import Database
+    from autopipe.potentials.dataset import build_dataset, write_dataset
+
+    t0 = time.perf_counter()
+    workdir = Path(request.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = Database(request.database_url, create=False)
+    try:
+        df, info = build_dataset(db, request.train_config, max_label_id=request.snapshot)
+    except ValueError as exc:
+        return FitOutput(status="failed", error=f"cannot build the training set: {exc}")
+    finally:
+        db.dispose()
+    if info.n_structures == 0:
+        return FitOutput(status="failed", error="no successful labels to train on")
+    data_file = write_dataset(df, workdir / "dataset.pckl.gzip")
+    t_data = time.perf_counter() - t0
+    out = fit_and_export(workdir, request.train_config, request.elements, data_file,
+                         parent_yaml=request.parent_yaml, iterations=request.iterations)
+    out.n_train = info.n_structures
+    out.timings = {"dataset": t_data, **out.timings}
+    out.metrics.update(n_structures=info.n_structures, n_atoms=info.n_atoms, n_embedded=info.n_embedded,
+                       n_masked_atoms=info.n_masked_atoms,
+                       continued_from=request.parent_version if request.parent_yaml else None)
+    out.walltime = time.perf_counter() - t0
+    return out
+
+
+def publish_round(store: PotentialStore, request: TrainRequest, fit: FitOutput) -> PotentialFiles:
+    """Publish a successful fit of ``request`` as its version (atomic; see the store)."""
+    if not fit.ok:
+        raise ValueError(f"cannot publish a failed fit: {fit.error}")
+    return store.publish(
+        {role: Path(path) for role, path in fit.files.items()},
+        name=request.name,
+        parent_version=request.parent_version,
+        version=request.version,
+        n_train=fit.n_train,
+        last_label_id=request.snapshot,
+        metrics=fit.metrics,
+        walltime=fit.walltime,
+    )
+
+
+def train_round(
+    db: Database,
+    store: PotentialStore,
+    run_config: RunConfig,
+    layout: RunLayout | None = None,
+    **plan: Any,
+) -> TrainOutcome:
+    """Plan, fit and publish one round in this process (see the module docstring);
+    ``plan`` goes to :func:`plan_round` (``version``, ``name``, ``fresh``)."""
+    from autopipe.layout import RunLayout
+
+    t0 = time.perf_counter()
+    request = plan_round(db, store, run_config, layout or RunLayout(store.root.parent), **plan)
+    fit = fit_round(request)
+    outcome = TrainOutcome(
+        status="failed", parent_version=request.parent_version, last_label_id=request.snapshot,
+        workdir=Path(request.workdir), argv=list(fit.argv), metrics=dict(fit.metrics), n_train=fit.n_train,
+        timings=dict(fit.timings), error=fit.error, log_tail=fit.log_tail,
+    )
+    if not fit.ok:
+        log.warning("training v%d failed: %s", request.version, fit.error)
+    else:
+        t_publish = time.perf_counter()
+        try:
+            pot = publish_round(store, request, fit)
+        except Exception as exc:  # e.g. another trainer took this version number meanwhile
+            outcome.error = f"publishing v{request.version} failed: {exc}"
+        else:
+            outcome.status, outcome.potential, outcome.version = "done", pot, pot.version
+            outcome.metrics = pot.metrics
+            outcome.timings["publish"] = time.perf_counter() - t_publish
+    outcome.walltime = time.perf_counter() - t0
     return outcome

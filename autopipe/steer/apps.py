@@ -1,4 +1,10 @@
-"""Parsl apps: the worker functions of :mod:`autopipe.steer.work`, routed by role."""
+"""Parsl apps: the worker functions of :mod:`autopipe.steer.work`, routed by role.
+
+MD and training go to the executor serving ``md``/``train`` (GPU nodes at a site), DFT to
+the one serving ``dft``. Carving a sub-cell is milliseconds of numpy on the critical path
+of every trigger, so it runs on :data:`STEERING`, a one-thread executor inside the
+steering process that every site gets: it never waits for a batch job to start.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from autopipe.steer import work
+
+#: Label of the steering process's own one-thread executor.
+STEERING = "steering"
 
 
 @dataclass(frozen=True)
@@ -16,7 +25,14 @@ class Apps:
     dft: Callable
     train: Callable
     embed: Callable
-    executors: dict[str, str]  # role or kind -> executor label
+    executors: dict[str, str]  # kind -> executor label
+
+
+def steering_executor():
+    """The one-thread executor of the steering process (added to every site's Parsl config)."""
+    from parsl.executors.threads import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(label=STEERING, max_threads=1)
 
 
 def build_apps(site) -> Apps:
@@ -30,7 +46,6 @@ def build_apps(site) -> Apps:
         md=python_app(work.md_work, executors=[md]),
         dft=python_app(work.dft_work, executors=[dft]),
         train=python_app(work.fit_work, executors=[train]),
-        # Carving is milliseconds of numpy next to the frame it came from: the md executor.
-        embed=python_app(work.embed_work, executors=[md]),
-        executors={"md": md, "dft": dft, "train": train, "embed": md},
+        embed=python_app(work.embed_work, executors=[STEERING]),
+        executors={"md": md, "dft": dft, "train": train, "embed": STEERING},
     )

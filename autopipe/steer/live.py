@@ -1,12 +1,59 @@
-"""Progress while the loop runs: a Rich live table on a terminal, plain log lines elsewhere."""
+"""Progress while the loop runs: a Rich live table on a terminal, plain log lines elsewhere,
+and the run's log file."""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autopipe.steer.context import Context
 
 log = logging.getLogger("autopipe")
+
+
+def log_to_file(path: Path) -> None:
+    """Log to ``path`` (the run's log); keep library chatter off the terminal.
+
+    pyace calls logging.basicConfig at import, which would print every INFO line of every
+    library (Parsl's included) on stderr: a root handler installed first stops that.
+    """
+    root = logging.getLogger()
+    if not any(getattr(h, "_autopipe", False) for h in root.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler._autopipe = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    logging.getLogger("parsl").propagate = False  # Parsl keeps its own parsl.log in the run dir
+
+
+def snapshot(ctx: Context) -> dict[str, Any]:
+    """What the live table shows, read from the database."""
+    from sqlalchemy import func, select
+
+    from autopipe.db import Label, Segment, Task, Walker
+
+    with ctx.db.session() as s:
+        walkers = [(w.index, w.status.value, w.step, w.waiting_for_version)
+                   for w in s.scalars(select(Walker).order_by(Walker.index))]
+        last_gamma = dict(s.execute(select(Segment.walker_id, Segment.max_gamma)
+                                    .where(Segment.max_gamma.is_not(None)).order_by(Segment.id)).all())
+        wid = dict(s.execute(select(Walker.index, Walker.id)).all())
+        labels = dict(s.execute(select(Label.status, func.count()).group_by(Label.status)).all())
+        tasks = s.execute(select(Task.kind, Task.state, func.count()).group_by(Task.kind, Task.state)).all()
+    latest = ctx.store.latest()
+    return {
+        "walkers": [(i, st, step, last_gamma.get(wid[i]), wv) for i, st, step, wv in walkers],
+        "labels": {k.value: v for k, v in labels.items()},
+        "tasks": {(k.value, st.value): n for k, st, n in tasks},
+        "version": latest.version if latest else None,
+        "elapsed": ctx.elapsed(),
+        "max_md_steps": ctx.run.stop.max_md_steps,
+        "threshold": ctx.run.otf.uncertainty_threshold,
+    }
 
 
 class Progress:

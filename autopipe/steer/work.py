@@ -67,10 +67,9 @@ def embed_work(frame, centers: list[int], embedding_config, newest_potential=Non
     return out
 
 
-def fit_work(dataset_file: str, train_config, elements: list[str], workdir: str, parent_yaml: str | None,
-             iterations: int, parsl_resource_specification: dict | None = None):
-    """Fit with pacemaker, export .yace, compute .asi: :func:`autopipe.potentials.trainer.fit_and_export`."""
-    from autopipe.potentials.trainer import fit_and_export
+def fit_work(request, parsl_resource_specification: dict | None = None):
+    """One training round's fit: dataset from the label snapshot, pacemaker, .yace, .asi
+    (:func:`autopipe.potentials.trainer.fit_round`); returns a ``FitOutput``."""
+    from autopipe.potentials.trainer import fit_round
 
-    return fit_and_export(workdir, train_config, elements, dataset_file, parent_yaml=parent_yaml,
-                          iterations=iterations)
+    return fit_round(request)

@@ -184,7 +184,7 @@ def test_npt_changes_the_volume_towards_the_target_pressure(pot, tmp_path, route
 
 def test_2d_layer_stays_in_the_plane(pot, tmp_path, route):
     """Geometry, not physics: the 3D potential drives a layer (gamma is not the point here)."""
-    from autopipe.potentials.testing import lj2d_template
+    from tests.lj import lj2d_template
 
     layer = lj2d_template()
     layer.positions[:, 2] = 3.0  # the layer may sit at any z

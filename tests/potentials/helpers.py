@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from autopipe.db import Database, Label, LabelStatus, structure_from_atoms
-from autopipe.potentials.testing import lj3d_template, lj_label
+from tests.lj import lj3d_template, lj_label
 
 
 def lj_structures(n: int, seed: int = 0, rattle: float = 0.1):
@@ -30,9 +30,9 @@ def add_labelled(db: Database, atoms_list, origin: str = "generated", status: st
             st = structure_from_atoms(atoms, origin, **fields)
             s.add(st)
             s.flush()
-            _, e, f, stress, extra = lj_label(atoms)
+            ref = lj_label(atoms)
             lab = Label(structure_id=st.id, status=LabelStatus(status), code="lj",
-                        energy=e if status == "done" else None, forces=f if status == "done" else None)
+                        energy=ref.energy if status == "done" else None, forces=ref.forces if status == "done" else None)
             s.add(lab)
             s.flush()
             ids.append(lab.id)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from autopipe.config.run import InitialPotentialGenerate, SystemConfig
 from autopipe.generate import generate_structures, is_2d, min_pair_distance, template_atoms
-from autopipe.potentials.testing import lj2d_template, lj3d_template
+from tests.lj import lj2d_template, lj3d_template
 
 
 def _cfg(**kw) -> InitialPotentialGenerate:

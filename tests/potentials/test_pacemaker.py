@@ -41,7 +41,7 @@ def test_render_input_puts_cutoff_in_bonds_and_has_backend(tmp_path):
 
 @pytest.mark.slow
 def test_metrics_of_the_fixture_fit(lj_potential):
-    workdir = lj_potential.directory.parent / "train" / "v0001"
+    workdir = lj_potential.directory.parent.parent / "train" / "v0001"
     m = parse_metrics(workdir)
     assert m["train_forces_rmse"] == pytest.approx(lj_potential.metrics["train_forces_rmse"])
     assert m["n_train"] + m["n_test"] == 32 and m["iterations"] >= 50

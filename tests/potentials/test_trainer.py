@@ -8,9 +8,9 @@ import pytest
 
 import autopipe.potentials.pacemaker as pm
 from autopipe.db import Database
-from autopipe.potentials import PotentialStore, should_retrain, train_next_version
+from autopipe.potentials import PotentialStore, should_retrain, train_round
 from autopipe.potentials.pacemaker import FitResult
-from autopipe.potentials.testing import lj_recipe, lj_run_config
+from tests.lj import lj_recipe, lj_run_config
 from autopipe.potentials.trainer import max_label_id, new_label_count
 
 from tests.potentials.helpers import add_labelled, copy_cached_run, lj_structures
@@ -49,7 +49,7 @@ def test_failed_fit_publishes_nothing(db, tmp_path, monkeypatch):
                          log_tail="Traceback ...\nValueError: boom")
 
     monkeypatch.setattr(pm, "run_pacemaker", failing)
-    out = train_next_version(db, store, cfg)
+    out = train_round(db, store, cfg)
     assert out.status == "failed" and "code 1" in out.error and "boom" in out.log_tail
     assert store.latest() is None and store.versions() == []
     assert should_retrain(db, cfg.train.model_copy(update={"min_new_labels": 3}))
@@ -80,7 +80,7 @@ def test_retrain_continues_from_parent_and_snapshots_labels(lj_potential, tmp_pa
         return real_run(*args, **kwargs)
 
     monkeypatch.setattr(pm, "run_pacemaker", run_and_label_meanwhile)
-    out = train_next_version(db, store, cfg)
+    out = train_round(db, store, cfg)
     assert out.ok, f"{out.error}\n{out.log_tail}"
 
     new = store.latest()
@@ -114,7 +114,7 @@ def test_retrain_passes_parent_and_iterations_to_pacemaker(db, tmp_path, monkeyp
         return FitResult(status="failed", workdir=Path(workdir), error="stop")
 
     monkeypatch.setattr(pm, "run_pacemaker", record)
-    out = train_next_version(db, store, cfg)
+    out = train_round(db, store, cfg)
     assert out.status == "failed" and out.parent_version == 1 and out.last_label_id == ids[-1]
     if continue_from_parent:
         assert seen == {"initial_potential": parent.yaml, "iterations": 7, "elements": ["Ar"]}

@@ -7,7 +7,7 @@ import pytest
 
 from autopipe.generate import is_2d
 from autopipe.potentials import gamma, get_calculator, max_gamma
-from autopipe.potentials.testing import lj2d_template, lj3d_template, lj_label
+from tests.lj import lj2d_template, lj3d_template, lj_label
 from autopipe.potentials.uncertainty import evaluate
 
 from tests.potentials.helpers import lj_structures
@@ -29,7 +29,8 @@ def test_potential_reproduces_lj_on_training_like_cells(lj_potential):
     err_f, f_ref_all = [], []
     for atoms in lj_structures(5, seed=11, rattle=0.08):
         out = evaluate(atoms, lj_potential)
-        _, e_ref, f_ref, _, _ = lj_label(atoms)
+        ref = lj_label(atoms)
+        e_ref, f_ref = ref.energy, ref.forces
         assert np.isfinite(out["energy"]) and np.all(np.isfinite(out["forces"]))
         assert abs(out["energy"] - e_ref) / len(atoms) < 0.03  # eV/atom
         err_f.append(out["forces"] - f_ref)

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from ase import Atoms
 
-from autopipe.config import load_run, load_site
-from autopipe.db import Label, LabelStatus, Origin, Task, TaskKind, TaskState, structure_from_atoms
-from autopipe.steer.apps import Apps
-from autopipe.steer.loop import Steering
-from autopipe.steer.queue import Dispatcher
-from tests.steer.test_loop import short_run
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _never_called(*args, **kwargs):
-    raise AssertionError("reconciliation must only queue work, not run it")
+from autopipe.db import Database, Label, LabelStatus, Origin, Task, TaskKind, TaskState, structure_from_atoms
+from autopipe.steer.tasks import reconcile
 
 
 def test_labelled_tasks_are_done_unlabelled_ones_requeued_and_fits_restarted(tmp_path):
-    steering = Steering(load_site(ROOT / "configs/local.yaml"), load_run(short_run(tmp_path)))
-    steering.apps = Apps(md=_never_called, dft=_never_called, train=_never_called, embed=_never_called,
-                         executors={"md": "local", "dft": "local", "train": "local", "embed": "local"})
-    steering.dispatcher = Dispatcher({"local": 2})
+    db = Database(f"sqlite:///{tmp_path / 'autopipe.db'}")
     atoms = Atoms("Ar2", positions=[[0, 0, 0], [2.5, 0, 0]], cell=[10, 10, 10], pbc=True)
-    with steering.db.session() as s:
+    with db.session() as s:
         rows = [structure_from_atoms(atoms, Origin.generated, selected=True) for _ in range(3)]
         s.add_all(rows)
         s.flush()
@@ -40,8 +25,10 @@ def test_labelled_tasks_are_done_unlabelled_ones_requeued_and_fits_restarted(tmp
         s.add_all(tasks)
         s.flush()
         ids = [t.id for t in tasks]
-    steering._reconcile()
-    with steering.db.session() as s:
+    requeue = reconcile(db)
+    with db.session() as s:
         states = [s.get(Task, i).state for i in ids]
     assert states == [TaskState.done, TaskState.pending, TaskState.pending, TaskState.failed]
-    assert sorted(q.key for q in steering.dispatcher.queued()) == ids[1:3]  # labelled work is not redone
+    assert requeue == ids[1:3]  # labelled work is not redone
+    assert db.last_event("resume").message.startswith("requeued 2 task(s)")
+    assert reconcile(db) == ids[1:3]  # pending ones are requeued again on the next start, nothing else

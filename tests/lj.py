@@ -1,4 +1,4 @@
-"""Small Lennard-Jones recipes shared by the tests and benchmarks.
+"""Small Lennard-Jones recipes shared by the tests and benchmarks (test-only: not part of the package).
 
 The reference system: argon-like LJ with sigma 2.0 Å, epsilon 0.1 eV, a smooth cutoff at
 5 Å (ASE's ``LennardJones(smooth=True)``), 32-atom cells at about 0.1 atoms/Å³ (3D) or a
@@ -36,7 +36,7 @@ LJ_CUTOFF = 5.0  # Å
 
 #: Bump when the meaning of a recipe changes without its fields changing
 #: (2: packed cells honour the packing distance in dense 2D layers).
-RECIPE_FORMAT = 3  # 3: active sets over every trusted atom (autopipe.potentials.activeset)
+RECIPE_FORMAT = 4  # 3: active sets over every trusted atom (autopipe.potentials.activeset); 4: train/ at the top
 
 
 def lj_calculator(sigma: float = LJ_SIGMA, epsilon: float = LJ_EPSILON, rc: float = LJ_CUTOFF):
@@ -46,14 +46,15 @@ def lj_calculator(sigma: float = LJ_SIGMA, epsilon: float = LJ_EPSILON, rc: floa
 
 
 def lj_label(atoms: Atoms, sigma: float = LJ_SIGMA, epsilon: float = LJ_EPSILON, rc: float = LJ_CUTOFF):
-    """A ``label_fn`` result for ``atoms`` under LJ: (status, energy eV, forces eV/Å, stress or None, extra)."""
+    """A ``label_fn`` result for ``atoms`` under LJ: a done :class:`autopipe.dft.LabelResult`
+    (energy eV, forces eV/Å, stress eV/Å³ in ASE's Voigt order when fully periodic)."""
+    from autopipe.dft import LabelResult
+
     a = atoms.copy()
     a.calc = lj_calculator(sigma, epsilon, rc)
-    energy = float(a.get_potential_energy())
-    forces = np.array(a.get_forces())
-    stress = np.array(a.get_stress(voigt=True)) if all(a.pbc) else None
-    # ASE's Voigt order is xx yy zz yz xz xy, as the Label model expects.
-    return "done", energy, forces, stress, {"code": "lj", "parameters": {"sigma": sigma, "epsilon": epsilon, "rc": rc}}
+    return LabelResult(status="done", code="lj", energy=float(a.get_potential_energy()), forces=np.array(a.get_forces()),
+                       stress=np.array(a.get_stress(voigt=True)) if all(a.pbc) else None,
+                       parameters={"sigma": sigma, "epsilon": epsilon, "rc": rc})
 
 
 def lj3d_template(a: float = 3.4, repeat: int = 2) -> Atoms:

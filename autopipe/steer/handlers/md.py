@@ -1,0 +1,98 @@
+"""MD segments: run one from the walker's checkpoint; a trigger becomes a frame and an embed task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autopipe.db import Origin, Segment, SegmentStatus, Task, TaskKind, TaskState, Walker, structure_from_atoms
+from autopipe.db.models import utcnow
+from autopipe.steer import walkers
+
+if TYPE_CHECKING:
+    from autopipe.md import SegmentResult
+    from autopipe.steer.context import Context
+
+
+def args(ctx: Context, task: Task) -> tuple:
+    with ctx.db.session() as s:
+        seg = s.get(Segment, task.segment_id)
+        walker = s.get(Walker, seg.walker_id)
+        workdir = ctx.layout.segment_dir(walker.index, seg.number)
+        checkpoint, version = seg.start_checkpoint, seg.potential_version
+    return (checkpoint, ctx.store.get(version), ctx.run.md, ctx.run.otf, str(workdir), task.payload["n_steps"])
+
+
+def trigger_centers(ctx: Context, result: SegmentResult) -> list[int]:
+    """Most uncertain atom first, then others above the threshold at least one box apart."""
+    from autopipe.embedding import select_centers
+
+    e, otf = ctx.run.embedding, ctx.run.otf
+    gamma = result.trigger_frame.arrays["gamma"]
+    centers = select_centers(result.trigger_frame, gamma, otf.uncertainty_threshold, otf.max_extractions,
+                             2 * (e.cutoff + e.buffer))
+    return [int(c) for c in centers] or [int(result.trigger_atom)]
+
+
+def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | None = None) -> None:
+    """Record the segment and move its walker (see :mod:`autopipe.steer.walkers`)."""
+    embed_task = frame_id = None
+    with ctx.db.session() as s:
+        task = s.get(Task, task_id)
+        seg = s.get(Segment, task.segment_id)
+        w = s.get(Walker, seg.walker_id)
+        if result is None:
+            seg.status, seg.error = SegmentStatus.failed, error
+        else:
+            seg.status = SegmentStatus(result.status)
+            seg.end_step, seg.max_gamma = result.end_step, result.max_gamma
+            seg.gamma_trace, seg.thermo = result.gamma_trace, result.thermo
+            seg.trajectory = str(result.trajectory) if result.trajectory else None
+            seg.walltime, seg.error = result.walltime, result.error
+        if seg.status is SegmentStatus.completed:
+            walkers.after_completed(w, result.end_step, str(_checkpoint(ctx, w.index, seg.number, result)))
+            seg.end_checkpoint = w.checkpoint
+        elif seg.status is SegmentStatus.triggered:
+            row = structure_from_atoms(result.trigger_frame, Origin.md_frame, segment_id=seg.id,
+                                       potential_version=seg.potential_version,
+                                       info={"walker": w.index, "step": result.end_step})
+            s.add(row)
+            s.flush()
+            frame_id = row.id
+            embed = ctx.new_task(TaskKind.embed, structure_id=frame_id, payload={
+                "centers": trigger_centers(ctx, result), "version": seg.potential_version})
+            s.add(embed)
+            s.flush()
+            embed_task = embed.id
+            walkers.after_triggered(w, seg.potential_version)
+        else:
+            walkers.after_failed(w, seg.potential_version, seg.error)
+        task.state, task.finished_at = (TaskState.done if result is not None else TaskState.failed), utcnow()
+        idx, number, version, gmax, err, retired = (w.index, seg.number, seg.potential_version, seg.max_gamma,
+                                                    seg.error, w.status.value == "finished")
+        status = seg.status
+    if status is SegmentStatus.triggered:
+        thr = ctx.run.otf.uncertainty_threshold
+        ctx.progress.log(f"walker {idx} segment {number}: gamma {gmax:.1f} > {thr:g} at step {result.end_step} (v{version})")
+        ctx.db.record_event("trigger", f"walker {idx} step {result.end_step}", walker=idx, step=result.end_step,
+                            max_gamma=gmax, version=version, structure_id=frame_id)
+        ctx.push(embed_task)
+    elif status is SegmentStatus.failed:
+        ctx.progress.log(f"walker {idx} segment {number} failed: {err}" + (" (walker retired)" if retired else ""))
+
+
+def crashed(ctx: Context, task_id: int, error: str) -> None:
+    done(ctx, task_id, None, error=error)
+
+
+def _checkpoint(ctx: Context, walker_index: int, number: int, result: SegmentResult) -> Path:
+    """The segment's end state on the steering side: the worker's file when this host sees it,
+    else written here from the returned state (a worker on another filesystem)."""
+    from autopipe.layout import checkpoint_file
+    from autopipe.md import save_state
+
+    ck = Path(result.checkpoint) if result.checkpoint else None
+    if ck is None or not ck.is_file():
+        ck = save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), result.end_step),
+                        result.final_state)
+    return ck

@@ -1,0 +1,91 @@
+"""The stopping rules: each a small named function of a :class:`~autopipe.steer.view.RunView`
+and the run's ``stop`` settings that returns the message to stop with, or ``None``.
+
+They are tried in the order of :data:`RULES`; the first message wins. Budgets come first
+(they hold whatever the walkers do), then what the walkers say (done, retired,
+converged), then the rules for a run that can no longer move (training budget used,
+stalled).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from autopipe.db import WalkerStatus
+
+if TYPE_CHECKING:
+    from autopipe.config.run import StopConfig
+    from autopipe.steer.view import RunView
+
+#: Consecutive failed fits after which the run gives up.
+MAX_TRAIN_FAILURES = 3
+
+Rule = Callable[["RunView", "StopConfig"], "str | None"]
+
+
+def out_of_time(v: RunView, stop: StopConfig) -> str | None:
+    if stop.max_walltime is not None and v.elapsed >= stop.max_walltime:
+        return f"wall-time budget of {stop.max_walltime:g} s used"
+    return None
+
+
+def training_keeps_failing(v: RunView, stop: StopConfig) -> str | None:
+    if v.train_failures >= MAX_TRAIN_FAILURES:
+        return f"training failed {v.train_failures} times in a row (see events and train/*/pacemaker.log)"
+    return None
+
+
+def dft_budget_used(v: RunView, stop: StopConfig) -> str | None:
+    # A fit already running on those labels may finish first: its potential is worth having.
+    if stop.max_dft_calls is not None and v.dft_calls >= stop.max_dft_calls and not v.busy("train"):
+        return f"DFT budget of {stop.max_dft_calls} calls used"
+    return None
+
+
+def no_initial_potential(v: RunView, stop: StopConfig) -> str | None:
+    fp = v.first_potential
+    if v.newest_version is None and fp not in (None, "labelling", "ready") and v.idle:
+        return f"no initial potential: {fp}"
+    return None
+
+
+def walkers_finished(v: RunView, stop: StopConfig) -> str | None:
+    if not v.walkers or any(w.status is not WalkerStatus.finished for w in v.walkers):
+        return None
+    if any(w.step < stop.max_md_steps for w in v.walkers):
+        return "every walker was retired after repeated failed segments"
+    return f"every walker reached {stop.max_md_steps} MD steps"
+
+
+def converged(v: RunView, stop: StopConfig) -> str | None:
+    n = stop.converged_segments
+    if n and v.walkers and all(w.segments_since_trigger >= n for w in v.walkers):
+        return f"converged: {n} consecutive segments without a trigger on every walker"
+    return None
+
+
+def training_budget_used(v: RunView, stop: StopConfig) -> str | None:
+    if (stop.max_trainings is not None and v.retrains >= stop.max_trainings and v.all_waiting
+            and not v.busy("dft", "embed", "train")):
+        return f"training budget of {stop.max_trainings} retrains used; walkers wait for a better potential"
+    return None
+
+
+def stalled(v: RunView, stop: StopConfig) -> str | None:
+    if v.all_waiting and not v.busy("dft", "embed", "train") and v.new_labels == 0 and v.idle:
+        return "stalled: walkers wait for a new potential but no new labels could be made"
+    return None
+
+
+RULES: tuple[Rule, ...] = (
+    out_of_time, training_keeps_failing, dft_budget_used, no_initial_potential,
+    walkers_finished, converged, training_budget_used, stalled,
+)
+
+
+def stop_reason(v: RunView, stop: StopConfig) -> str | None:
+    """The first rule's message, or ``None`` to go on."""
+    for rule in RULES:
+        if (msg := rule(v, stop)) is not None:
+            return msg
+    return None

@@ -1,0 +1,94 @@
+"""Task rows: creating them, moving them through their states, reconciling after a restart.
+
+Every unit of work is a :class:`~autopipe.db.Task` row that moves ``pending -> running ->
+done | failed``. A row is created in the same transaction as the rows it refers to (a
+segment, a structure), so a process killed in between never leaves work nothing will pick
+up; it is marked done in the transaction that stores its output, or right after (a DFT
+task whose label was committed counts as done on restart).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, select
+
+from autopipe.db import Database, Label, Segment, SegmentStatus, Task, TaskKind, TaskState
+from autopipe.db.models import utcnow
+from autopipe.steer.queue import PRIORITY
+
+log = logging.getLogger(__name__)
+
+#: An app that raises (a crash, not a failed label or segment) is resubmitted this often.
+MAX_TASK_ATTEMPTS = 3
+#: Kinds whose crashed app is not resubmitted as is: a fit is planned afresh instead.
+NOT_RETRIED = frozenset({TaskKind.train})
+
+
+def new_row(kind: TaskKind, executor: str, **fields) -> Task:
+    """A pending task row for ``executor``; add it in the transaction that adds its inputs."""
+    return Task(kind=kind, executor=executor, priority=PRIORITY[kind.value], state=TaskState.pending, **fields)
+
+
+def mark(db: Database, task_id: int, state: TaskState, error: str | None = None) -> None:
+    """Move a task to ``state``: ``running`` counts an attempt, ``done``/``failed`` stamp the end."""
+    with db.session() as s:
+        t = s.get(Task, task_id)
+        t.state = state
+        if state is TaskState.running:
+            t.started_at, t.attempts = utcnow(), t.attempts + 1
+            if t.segment_id is not None:
+                s.get(Segment, t.segment_id).status = SegmentStatus.running
+        if state in (TaskState.done, TaskState.failed):
+            t.finished_at = utcnow()
+        t.error = error
+
+
+def count_active(db: Database, *kinds: TaskKind) -> int:
+    """Tasks of these kinds (all kinds when none given) that are pending or running."""
+    q = select(func.count()).select_from(Task).where(Task.state.in_([TaskState.pending, TaskState.running]))
+    if kinds:
+        q = q.where(Task.kind.in_(kinds))
+    with db.session() as s:
+        return int(s.scalar(q) or 0)
+
+
+def kind_of(db: Database, task_id: int) -> TaskKind:
+    with db.session() as s:
+        return s.get(Task, task_id).kind
+
+
+def should_retry(db: Database, task_id: int) -> bool:
+    """True when a crashed task may be resubmitted (attempts left, kind retried)."""
+    with db.session() as s:
+        t = s.get(Task, task_id)
+        return t.kind not in NOT_RETRIED and t.attempts < MAX_TASK_ATTEMPTS
+
+
+def reconcile(db: Database) -> list[int]:
+    """Tidy what a killed process left ``pending``/``running``; returns the ids to resubmit.
+
+    A DFT task whose label was committed is done (its work is never redone); a fit cut off
+    mid-way is failed (the training policy plans a new round with a new snapshot); every
+    other task goes back to pending, and so do segments left running.
+    """
+    with db.session() as s:
+        stale = list(s.scalars(select(Task).where(Task.state.in_([TaskState.pending, TaskState.running]))
+                               .order_by(Task.id)))
+        labelled = set(s.scalars(select(Label.structure_id)))
+        requeue = []
+        for t in stale:
+            if t.kind is TaskKind.dft and t.structure_id in labelled:
+                t.state, t.finished_at = TaskState.done, utcnow()
+            elif t.kind is TaskKind.train:
+                t.state, t.error, t.finished_at = TaskState.failed, "interrupted by a restart", utcnow()
+            else:
+                if t.state is TaskState.running:
+                    log.info("resubmitting task %d (%s) left running", t.id, t.kind.value)
+                t.state = TaskState.pending
+                requeue.append(t.id)
+        for seg in s.scalars(select(Segment).where(Segment.status == SegmentStatus.running)):
+            seg.status = SegmentStatus.pending
+    if stale:
+        db.record_event("resume", f"requeued {len(requeue)} task(s) left by an earlier process")
+    return requeue

@@ -1,0 +1,83 @@
+"""One read of the run's state, for the policies that decide what to do next.
+
+The training policy (:mod:`autopipe.steer.training`) and the stopping rules
+(:mod:`autopipe.steer.stopping`) are pure functions of a :class:`RunView`, so each rule is
+tested by building a view by hand; :func:`read_view` fills one from the database.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+
+from autopipe.db import Label, LabelStatus, Origin, Potential, Structure, Task, TaskState, Walker, WalkerStatus
+
+if TYPE_CHECKING:
+    from autopipe.steer.context import Context
+
+
+@dataclass(frozen=True)
+class WalkerView:
+    status: WalkerStatus
+    step: int
+    segments_since_trigger: int = 0
+    waiting_for_version: int | None = None
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What the policies look at (counts are over the whole run, all restarts included).
+
+    ``active``: pending or running tasks per kind (``"md"``, ``"embed"``, ``"dft"``,
+    ``"train"``). ``new_labels``: successful labels newer than the newest potential's
+    training snapshot. ``dft_calls``: labels of structures the loop chose (everything but
+    the generated initial dataset). ``first_potential``: ``None`` once a potential exists,
+    else ``"labelling"``, ``"ready"`` (train version 1 now) or why it is impossible.
+    """
+
+    elapsed: float = 0.0  # s since this process started
+    newest_version: int | None = None
+    retrains: int = 0  # published versions after the first
+    walkers: tuple[WalkerView, ...] = ()
+    active: dict[str, int] = field(default_factory=dict)
+    new_labels: int = 0
+    dft_calls: int = 0
+    train_failures: int = 0  # consecutive failed fits in this process
+    first_potential: str | None = None
+    idle: bool = False  # nothing queued or in flight in the dispatcher
+
+    def busy(self, *kinds: str) -> bool:
+        return any(self.active.get(k, 0) for k in kinds)
+
+    @property
+    def all_waiting(self) -> bool:
+        """Every walker still going waits for a potential newer than the newest one."""
+        from autopipe.steer.walkers import all_waiting
+
+        return all_waiting(self.walkers, self.newest_version)
+
+
+def read_view(ctx: Context) -> RunView:
+    """Fill a :class:`RunView` from the database and the loop's context."""
+    with ctx.db.session() as s:
+        newest = s.scalar(select(func.max(Potential.version)))
+        n_versions = int(s.scalar(select(func.count()).select_from(Potential)) or 0)
+        snapshot = s.scalar(select(Potential.last_label_id).order_by(Potential.version.desc()).limit(1)) or 0
+        walkers = tuple(WalkerView(w.status, w.step, w.segments_since_trigger, w.waiting_for_version)
+                        for w in s.scalars(select(Walker).order_by(Walker.index)))
+        active = dict(s.execute(select(Task.kind, func.count()).where(
+            Task.state.in_([TaskState.pending, TaskState.running])).group_by(Task.kind)).all())
+        new_labels = s.scalar(select(func.count()).select_from(Label).where(
+            Label.status == LabelStatus.done, Label.id > snapshot))
+        dft_calls = s.scalar(select(func.count()).select_from(Label).join(Structure).where(
+            Structure.origin != Origin.generated))
+    return RunView(
+        elapsed=time.monotonic() - ctx.t0, newest_version=newest, retrains=max(n_versions - 1, 0), walkers=walkers,
+        active={k.value: int(n) for k, n in active.items()}, new_labels=int(new_labels or 0),
+        dft_calls=int(dft_calls or 0), train_failures=ctx.train_failures,
+        first_potential=None if newest is not None else ctx.first_potential,
+        idle=ctx.dispatcher.idle() if ctx.dispatcher is not None else True,
+    )
