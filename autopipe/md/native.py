@@ -145,7 +145,7 @@ def _log_facts(*texts: str) -> tuple[str | None, float, int]:
         loops += [(int(s), float(t), int(p)) for t, p, s in _LOOP.findall(text)]
     if not loops:
         return error, float("nan"), 0
-    steps, loop_time, ranks = max(loops)
+    _, loop_time, ranks = max(loops)
     return error, loop_time, ranks
 
 
