@@ -24,9 +24,10 @@ Gamma is checked at the segment's first step and at every step that is a multipl
 Routes: with ML-PACE compiled into LAMMPS (``"ML-PACE" in lmp.installed_packages``; the
 installer builds it) the native ``pair_style pace/extrapolation`` runs everything in C++,
 as an ``lmp`` process of its own, one rank or under an MPI launcher
-(``launcher=["mpirun", "-np", "2"]``), see :mod:`autopipe.md.native`; otherwise (e.g. the PyPI wheel) forces come from pyace through
-``fix external``, in this process, one rank (see :mod:`autopipe.md.external`). Both routes
-check gamma at the same steps, stop at the same check and return the same kind of result.
+(``launcher=["mpirun", "-np", "2"]``), see :mod:`autopipe.md.native`; otherwise (e.g. the
+PyPI wheel) forces come from pyace through ``fix external``, in this process, one rank
+(see :mod:`autopipe.md.external`). Both routes check gamma at the same steps, stop at the
+same check and return the same kind of result.
 
 Concurrency: every input is picklable and each call creates and closes its own LAMMPS
 instance (or process), so segments can run one after another in one process or in separate

@@ -56,8 +56,8 @@ def test_native_route_input():
     assert "timestep 0.002" in lines  # 2 fs in ps
     assert "external" not in text  # no callback on this route
     assert 'print 10 "${ap_step} ${ap_maxgamma}" append /w/g.dat' in text
-    assert any(l.startswith("dump ap_traj all custom 100 /w/t.lammpstrj id element x y z") and l.endswith("f_pace_gamma")
-               for l in lines)
+    assert any(l.startswith("dump ap_traj all custom 100 /w/t.lammpstrj id element x y z")
+               and l.endswith("f_pace_gamma") for l in lines)
     # the gamma of a run's first step goes unchecked by fix halt: a run of 0 steps checks it first,
     # before the thermostat exists (no noise drawn), and a trigger there leaves 0 steps to run
     start = _index(lines, "fix ap_gamma_start all pair 1 pace/extrapolation gamma 1")

@@ -117,7 +117,8 @@ def test_compressed_start_triggers_at_the_start(pot, tmp_path, route):
 
 def test_nve_conserves_energy(pot, tmp_path, route):
     md = md_config(temperature=300.0, timestep=1.0, segment_steps=400, thermo_every=5)
-    res = run_segment(initial_state(fcc(), md), pot, md, otf_config(uncertainty_threshold=50.0), workdir=tmp_path, route=route)
+    res = run_segment(initial_state(fcc(), md), pot, md, otf_config(uncertainty_threshold=50.0), workdir=tmp_path,
+                      route=route)
     assert res.status == "completed", res.error
     e = np.array(res.thermo["etotal"])
     ke = np.array(res.thermo["ke"])
@@ -160,7 +161,8 @@ def test_pressure_includes_the_ace_virial(pot, tmp_path, route):
 def test_thermostats_reach_roughly_the_target(pot, tmp_path, ensemble, route):
     md = md_config(ensemble=ensemble, temperature=150.0, initial_temperature=20.0, thermostat_damping=50.0,
                    segment_steps=500)
-    res = run_segment(initial_state(fcc(), md), pot, md, otf_config(uncertainty_threshold=50.0), workdir=tmp_path, route=route)
+    res = run_segment(initial_state(fcc(), md), pot, md, otf_config(uncertainty_threshold=50.0), workdir=tmp_path,
+                      route=route)
     assert res.status == "completed", res.error
     t = np.array(res.thermo["temp"])
     late = t[len(t) // 2:].mean()
@@ -170,7 +172,8 @@ def test_thermostats_reach_roughly_the_target(pot, tmp_path, ensemble, route):
 def test_npt_changes_the_volume_towards_the_target_pressure(pot, tmp_path, route):
     a = fcc()  # at a = 3.4 Å the crystal is under strong tension (about -100 kbar)
     md = md_config(ensemble="npt", temperature=50.0, pressure=0.0, barostat_damping=200.0, segment_steps=300)
-    res = run_segment(initial_state(a, md), pot, md, otf_config(uncertainty_threshold=1e3), workdir=tmp_path, route=route)
+    res = run_segment(initial_state(a, md), pot, md, otf_config(uncertainty_threshold=1e3), workdir=tmp_path,
+                      route=route)
     assert res.status == "completed", res.error
     vol = np.array(res.thermo["vol"])
     assert vol[0] == pytest.approx(a.get_volume())
@@ -218,7 +221,8 @@ def test_triclinic_box_round_trips_and_segments_resume_exactly(pot, tmp_path, le
     state = initial_state(a, md)
     one = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "one", route=route)
     first = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "two", n_steps=40, route=route)
-    second = run_segment(load_state(first.checkpoint), pot, md, otf_config(), workdir=tmp_path / "two", n_steps=40, route=route)
+    second = run_segment(load_state(first.checkpoint), pot, md, otf_config(), workdir=tmp_path / "two", n_steps=40,
+                         route=route)
     assert (one.status, first.status, second.status) == ("completed",) * 3
     assert second.start_step == first.end_step == 40 and second.end_step == 80
     f1, f2 = one.final_state.atoms, second.final_state.atoms
@@ -302,7 +306,8 @@ def test_errors_inside_the_callback_fail_the_segment(pot, tmp_path, monkeypatch,
     assert "step 6" in res.error  # stopped right at the failing step
     monkeypatch.undo()
     # the process is fine afterwards
-    assert run_segment(state, pot, md, otf_config(), workdir=tmp_path / "again", n_steps=10, route="external").status == "completed"
+    again = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "again", n_steps=10, route="external")
+    assert again.status == "completed"
 
 
 def test_lammps_errors_are_failed_results(pot, tmp_path, route):
@@ -321,7 +326,8 @@ def test_invalid_inputs_raise(pot, tmp_path):
     from ase.build import bulk
 
     with pytest.raises(ValueError, match="does not cover"):
-        run_segment(initial_state(bulk("Cu", "fcc", a=3.6, cubic=True), md), pot, md, otf_config(), workdir=tmp_path, route="external")
+        run_segment(initial_state(bulk("Cu", "fcc", a=3.6, cubic=True), md), pot, md, otf_config(), workdir=tmp_path,
+                    route="external")
 
 
 def test_unwrapped_positions_far_outside_the_cell_keep_their_offsets(pot, tmp_path, route):
