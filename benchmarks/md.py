@@ -101,6 +101,20 @@ def segment_rate(state: MDState, pot: Pot, steps: int, check_frequency: int, wor
     return steps / res.timings["run"], steps / res.walltime, res
 
 
+def cpu_use(res) -> str:
+    """LAMMPS's own "% CPU use" of a native segment's main run: below 100 % a rank waited for a core."""
+    import re
+
+    runs, steps = [], 0
+    for line in res.trajectory.with_suffix(".log").read_text().splitlines():
+        if m := re.match(r"Loop time of \S+ on \d+ procs for (\d+) steps", line):
+            steps = int(m.group(1))
+        elif m := re.match(r"([\d.]+)% CPU use with (\d+) MPI", line):
+            runs.append((steps, float(m.group(1)), m.group(2)))
+    _, pct, ranks = max(runs)
+    return f"{pct:.0f}% x {ranks}"
+
+
 def pyace_times(atoms, pot: Pot, repeats: int) -> tuple[float, float]:
     """(s per PyACECalculator.calculate, s per bare ACECalculator.compute on a prebuilt environment)."""
     from pyace import PyACECalculator
@@ -180,7 +194,7 @@ def main() -> int:
             n = len(atoms)
             cb, cb_e2e, res = segment_rate(state, pot, steps, 10, tmp / f"cb{n}")
             cb_unmon, _, _ = segment_rate(state, pot, steps, 10**9, tmp / f"cbu{n}")
-            nat, nat_e2e, _ = segment_rate(state, pot, nsteps, 10, tmp / f"nat{n}", route="native")
+            nat, nat_e2e, res1 = segment_rate(state, pot, nsteps, 10, tmp / f"nat{n}", route="native")
             nat_unmon, _, _ = segment_rate(state, pot, nsteps, 10**9, tmp / f"natu{n}", route="native")
             nat2, _, res2 = segment_rate(state, pot, nsteps, 10, tmp / f"nat2-{n}", route="native",
                                          launcher=["mpirun", "-np", "2"])
@@ -192,7 +206,8 @@ def main() -> int:
             print(f"  {n} atoms: callback {steps} steps, {res.n_neighbor_builds} neighbour-list builds, "
                   f"callback {res.timings['callback']:.2f} s of run {res.timings['run']:.2f} s, "
                   f"ACE {res.timings['evaluate'] / steps / n * 1e6:.1f} µs/atom/step; native {nsteps} steps "
-                  f"{1e6 / nat / n:.1f} µs/atom/step; PyACECalculator {t_calc / n * 1e6:.1f} µs/atom, "
+                  f"{1e6 / nat / n:.1f} µs/atom/step (LAMMPS CPU use: 1 rank {cpu_use(res1)}, "
+                  f"2 ranks {cpu_use(res2)}); PyACECalculator {t_calc / n * 1e6:.1f} µs/atom, "
                   f"kernel {t_kernel / n * 1e6:.1f} µs/atom", flush=True)
         print()
         print("steps per second")
