@@ -55,6 +55,7 @@ tools() {
     command -v ninja >/dev/null || command -v make >/dev/null || need+=(make)
     if [ ${#need[@]} -gt 0 ]; then
         if [ "$(id -u)" = "0" ]; then
+            apt-get update -qq >>"$LOG" 2>&1
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >>"$LOG" 2>&1
         else
             echo "build-lammps: missing ${need[*]} (e.g. 'sudo apt-get install ${need[*]}')" >&2

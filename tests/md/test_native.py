@@ -9,7 +9,6 @@ fail, not skip, when it has not.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import subprocess
 import time
 from dataclasses import replace
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from autopipe.md import MDState, initial_state, lammps_has_ml_pace, load_state, run_segment
+from autopipe.md import initial_state, lammps_has_ml_pace, load_state, run_segment
 from autopipe.md.native import lmp_executable
 from tests.md.conftest import fcc, md_config, otf_config, pyace_results
 
