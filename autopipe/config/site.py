@@ -28,7 +28,7 @@ class _ExecutorBase(StrictModel):
     md_launcher: list[str] = Field(
         default_factory=list,
         description="argv prefix that runs LAMMPS (lmp, native ML-PACE route) for MD on this executor, e.g. "
-        "['mpirun', '-np', '2'] or ['srun', '-n', '4']; empty: LAMMPS runs in the worker process, one rank.",
+        "['mpirun', '-np', '2'] or ['srun', '-n', '4']; empty: lmp runs alone, one MPI rank.",
     )
     capacity: int | None = Field(
         default=None,
