@@ -1,24 +1,30 @@
-"""MD segment throughput: LAMMPS + pyace through fix external, with and without gamma checks.
+"""MD segment throughput: the callback route (LAMMPS + pyace through fix external), the
+native route (LAMMPS's own ML-PACE, one MPI rank and two), and ASE.
 
 System: LJ-argon-like liquid with the test suite's trained ACE potential (element Ar,
 cutoff 5 Å, ~40 functions; ``tests/.cache``, trained on first use). A 256-atom fcc cell
-(a = 3.4 Å) is melted with a Langevin thermostat at 1200 K, then repeated to 2048 and
-16384 atoms with fresh 900 K velocities.
+(a = 3.4 Å) is melted with a Langevin thermostat at 1200 K, then repeated to 1024, 4096
+and 16384 atoms with fresh 900 K velocities.
 
 Per size, all in one process and one run:
 
-* ``monitored``: ``run_segment`` NVE, 2 fs, gamma checked every 10 steps (threshold out of
-  reach, so the run never stops);
-* ``unmonitored``: the same with ``check_frequency`` = 10⁹ (only the start is checked);
+* ``callback``: ``run_segment(route="external")`` NVE, 2 fs, gamma checked every 10 steps
+  (threshold out of reach, so the run never stops); ``cb-unmon``: the same with
+  ``check_frequency`` = 10⁹ (only the start is checked);
+* ``native``: ``run_segment(route="native")`` in this process (one rank), gamma every 10
+  steps; ``nat-unmon``: the same without checks; ``native x2``: the same under
+  ``mpirun -np 2`` (``launcher``);
 * ``pyace limit``: one ``PyACECalculator.calculate`` on the same atoms (active set loaded):
   pyace's own cost of one force evaluation, i.e. the best one step could cost through it;
   ``kernel`` is the bare C++ ``ACECalculator.compute`` on a prebuilt neighbour environment;
 * ``ASE``: ``VelocityVerlet`` with ``PyACECalculator`` (active set loaded: gamma every step),
   what a user would write instead.
 
-Steps per second of the segments count only LAMMPS's ``run`` (``end-to-end`` includes
-LAMMPS start-up, input files, the first neighbour list and the checkpoint). Ratios:
-monitored/limit (goal ≥ 0.8) and monitored/ASE (goal ≥ 1.5).
+Steps per second of the segments count only LAMMPS's ``run`` (the callback route's
+``timings["run"]``, the native route's LAMMPS loop time); ``end-to-end`` includes LAMMPS
+start-up, input files, the first neighbour list and the checkpoint. Goals: callback/limit
+≥ 0.8, callback/ASE ≥ 1.5; native/callback ≥ 2 from 1k atoms on; checks every 10 steps
+cost < 10 % (nat-unmon/native ≤ 1.1); native x2 / native ≥ 1.6 at 16k atoms.
 
 Memory: a longer monitored 256-atom segment with the resident set size (VmRSS) sampled
 by a thread while it runs; a leak per step would show as growth between the samples.
@@ -84,14 +90,29 @@ def liquid(pot: Pot, workdir: Path) -> MDState:
     return res.final_state
 
 
-def segment_rate(state: MDState, pot: Pot, steps: int, check_frequency: int, workdir: Path):
+def segment_rate(state: MDState, pot: Pot, steps: int, check_frequency: int, workdir: Path,
+                 route: str = "external", launcher: list[str] | None = None):
     md = MDConfig(ensemble="nve", temperature=900.0, timestep=2.0, segment_steps=steps, thermo_every=max(steps, 1),
                   dump_every=10**6, seed=1)
     otf = OTFConfig(uncertainty_threshold=1e9, check_frequency=check_frequency)
-    res = run_segment(state, pot, md, otf, workdir=workdir)
+    res = run_segment(state, pot, md, otf, workdir=workdir, route=route, launcher=launcher)
     if res.status != "completed":
-        raise SystemExit(f"segment failed: {res.error}")
+        raise SystemExit(f"segment failed ({route}, {launcher}): {res.error}")
     return steps / res.timings["run"], steps / res.walltime, res
+
+
+def cpu_use(res) -> str:
+    """LAMMPS's own "% CPU use" of a native segment's main run: below 100 % a rank waited for a core."""
+    import re
+
+    runs, steps = [], 0
+    for line in res.trajectory.with_suffix(".log").read_text().splitlines():
+        if m := re.match(r"Loop time of \S+ on \d+ procs for (\d+) steps", line):
+            steps = int(m.group(1))
+        elif m := re.match(r"([\d.]+)% CPU use with (\d+) MPI", line):
+            runs.append((steps, float(m.group(1)), m.group(2)))
+    _, pct, ranks = max(runs)
+    return f"{pct:.0f}% x {ranks}"
 
 
 def pyace_times(atoms, pot: Pot, repeats: int) -> tuple[float, float]:
@@ -151,11 +172,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run, noisier numbers)")
     args = parser.parse_args()
-    # (repeat of the 256-atom liquid, segment steps, ASE steps, pyace repeats)
-    plan = [(1, 200, 40, 5), (2, 60, 6, 2), (4, 12, 2, 1)]
+    # (repeat of the 256-atom liquid, callback steps, native steps, ASE steps, pyace repeats)
+    plan = [((1, 1, 1), 200, 2000, 40, 5), ((2, 2, 1), 60, 600, 10, 2), ((4, 4, 1), 20, 200, 3, 1),
+            ((4, 4, 4), 8, 60, 2, 1)]
     mem_steps = 3000
     if args.quick:
-        plan = [(1, 60, 10, 2), (2, 20, 2, 1)]
+        plan = [((1, 1, 1), 60, 400, 10, 2), ((2, 2, 1), 20, 100, 2, 1)]
         mem_steps = 600
     print(f"load average before: {os.getloadavg()}  (2 shared cores: numbers can be noisy)")
     pot = potential()
@@ -164,31 +186,45 @@ def main() -> int:
         rss0 = rss_mb()
         base = liquid(pot, tmp / "melt")
         print(f"liquid ready: {len(base.atoms)} atoms, RSS {rss0:.0f} -> {rss_mb():.0f} MB")
-        header = (f"{'atoms':>6} {'monitored':>10} {'unmon.':>8} {'end2end':>8} {'limit':>8} {'kernel':>8} {'ASE':>8}"
-                  f" {'mon/limit':>9} {'mon/kernel':>10} {'mon/ASE':>8} {'mon/unmon':>9}")
         rows = []
-        for rep, steps, ase_steps, repeats in plan:
-            atoms = base.atoms.repeat((rep, rep, rep))
-            md = MDConfig(ensemble="nve", temperature=900.0, seed=rep)
+        for rep, steps, nsteps, ase_steps, repeats in plan:
+            atoms = base.atoms.repeat(rep)
+            md = MDConfig(ensemble="nve", temperature=900.0, seed=sum(rep))
             state = initial_state(atoms, md)
             n = len(atoms)
-            mon, mon_e2e, res = segment_rate(state, pot, steps, 10, tmp / f"mon{n}")
-            unmon, _, _ = segment_rate(state, pot, steps, 10**9, tmp / f"unmon{n}")
+            cb, cb_e2e, res = segment_rate(state, pot, steps, 10, tmp / f"cb{n}")
+            cb_unmon, _, _ = segment_rate(state, pot, steps, 10**9, tmp / f"cbu{n}")
+            nat, nat_e2e, res1 = segment_rate(state, pot, nsteps, 10, tmp / f"nat{n}", route="native")
+            nat_unmon, _, _ = segment_rate(state, pot, nsteps, 10**9, tmp / f"natu{n}", route="native")
+            nat2, _, res2 = segment_rate(state, pot, nsteps, 10, tmp / f"nat2-{n}", route="native",
+                                         launcher=["mpirun", "-np", "2"])
+            assert res2.n_ranks == 2, res2.n_ranks
             t_calc, t_kernel = pyace_times(atoms, pot, repeats)
             ase = ase_rate(atoms, pot, ase_steps)
             limit, kernel = 1.0 / t_calc, 1.0 / t_kernel
-            rows.append((n, mon, unmon, mon_e2e, limit, kernel, ase))
-            print(f"  {n} atoms: {steps} steps, {res.n_neighbor_builds} neighbour-list builds, "
+            rows.append((n, cb, cb_unmon, cb_e2e, nat, nat_unmon, nat2, nat_e2e, limit, kernel, ase))
+            print(f"  {n} atoms: callback {steps} steps, {res.n_neighbor_builds} neighbour-list builds, "
                   f"callback {res.timings['callback']:.2f} s of run {res.timings['run']:.2f} s, "
-                  f"ACE {res.timings['evaluate'] / steps / n * 1e6:.1f} µs/atom/step; "
-                  f"PyACECalculator {t_calc / n * 1e6:.1f} µs/atom, kernel {t_kernel / n * 1e6:.1f} µs/atom")
+                  f"ACE {res.timings['evaluate'] / steps / n * 1e6:.1f} µs/atom/step; native {nsteps} steps "
+                  f"{1e6 / nat / n:.1f} µs/atom/step (LAMMPS CPU use: 1 rank {cpu_use(res1)}, "
+                  f"2 ranks {cpu_use(res2)}); PyACECalculator {t_calc / n * 1e6:.1f} µs/atom, "
+                  f"kernel {t_kernel / n * 1e6:.1f} µs/atom", flush=True)
         print()
         print("steps per second")
-        print(header)
-        for n, mon, unmon, e2e, limit, kernel, ase in rows:
-            print(f"{n:>6} {mon:>10.2f} {unmon:>8.2f} {e2e:>8.2f} {limit:>8.2f} {kernel:>8.2f} {ase:>8.2f}"
-                  f" {mon / limit:>9.2f} {mon / kernel:>10.2f} {mon / ase:>8.2f} {mon / unmon:>9.2f}")
-        print("goals: mon/limit >= 0.8, mon/ASE >= 1.5")
+        print(f"{'atoms':>6} {'callback':>9} {'cb-unmon':>9} {'cb-e2e':>8} {'native':>8} {'nat-unmon':>9}"
+              f" {'native x2':>9} {'nat-e2e':>8} {'limit':>8} {'kernel':>8} {'ASE':>8}")
+        for n, cb, cbu, cbe, nat, natu, nat2, nate, limit, kernel, ase in rows:
+            print(f"{n:>6} {cb:>9.2f} {cbu:>9.2f} {cbe:>8.2f} {nat:>8.2f} {natu:>9.2f} {nat2:>9.2f} {nate:>8.2f}"
+                  f" {limit:>8.2f} {kernel:>8.2f} {ase:>8.2f}")
+        print()
+        print("ratios")
+        print(f"{'atoms':>6} {'cb/limit':>9} {'cb/ASE':>7} {'nat/cb':>7} {'nat/ASE':>8} {'check cost':>10}"
+              f" {'x2/x1':>6} {'cb check cost':>13}")
+        for n, cb, cbu, cbe, nat, natu, nat2, nate, limit, kernel, ase in rows:
+            print(f"{n:>6} {cb / limit:>9.2f} {cb / ase:>7.2f} {nat / cb:>7.2f} {nat / ase:>8.2f}"
+                  f" {natu / nat - 1:>10.1%} {nat2 / nat:>6.2f} {cbu / cb - 1:>13.1%}")
+        print("goals: cb/limit >= 0.8, cb/ASE >= 1.5, nat/cb >= 2 from 1k atoms, check cost < 10 %, "
+              "x2/x1 >= 1.6 at 16k atoms")
         print()
         state = initial_state(base.atoms, MDConfig(ensemble="nve", temperature=900.0, seed=9))
         before = rss_mb()

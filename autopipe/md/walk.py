@@ -72,7 +72,8 @@ def _probe(state, potential, md_config, otf_config, workdir: Path, failed: Segme
     at = failed.failed_step
     n = (at - failed.start_step + 1) if at is not None else None
     every_step = otf_config.model_copy(update={"check_frequency": 1})
-    probe = run_segment(state, potential, md_config, every_step, workdir=workdir / "probe", n_steps=n, **kwargs)
+    frames = md_config.model_copy(update={"dump_every": 1})  # the native route's last frame comes from its dump
+    probe = run_segment(state, potential, frames, every_step, workdir=workdir / "probe", n_steps=n, **kwargs)
     where = f"step {at}" if at is not None else "a step"
     if probe.status == "triggered":
         probe.note = (f"blew up at {where} between two checks ({failed.error.splitlines()[0]}); re-run with a check "

