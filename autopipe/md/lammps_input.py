@@ -300,7 +300,9 @@ def render_native_input(spec: SegmentInput) -> list[str]:
             "variable ap_fnorm atom sqrt(fx*fx+fy*fy+fz*fz)",
             "compute ap_fmax all reduce max v_ap_fnorm",
             "variable ap_fmax equal c_ap_fmax",
-            f"fix ap_halt_force all halt {n} v_ap_fmax > {_g(spec.max_force)} error hard message yes",
+            # Every step, as on the callback route: a run-away between two gamma checks is a
+            # blow-up found where it happens (forces cost nothing extra; the energy needs a tally).
+            f"fix ap_halt_force all halt 1 v_ap_fmax > {_g(spec.max_force)} error hard message yes",
         ]
     if spec.max_energy_change is not None:
         out += [

@@ -221,8 +221,15 @@ def _parse_frame(text: str, where: str) -> tuple[int, dict[str, np.ndarray]]:
     body = lines[head + 1 : head + 1 + n]
     if len(body) != n:
         raise ValueError(f"{where}: {len(body)} atom lines, expected {n}")
-    data = np.loadtxt(body, ndmin=2) if n else np.zeros((0, len(names)))
-    return step, {name: data[:, i] for i, name in enumerate(names)}
+    rows = [line.split() for line in body]
+    columns: dict[str, np.ndarray] = {}
+    for i, name in enumerate(names):
+        values = [r[i] for r in rows]
+        try:
+            columns[name] = np.array(values, dtype=float)
+        except ValueError:  # e.g. the element column of a trajectory dump
+            columns[name] = np.array(values)
+    return step, columns
 
 
 def read_dump_frame(path: Path) -> tuple[int, dict[str, np.ndarray]]:

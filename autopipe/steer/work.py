@@ -16,14 +16,17 @@ from typing import Any
 
 
 def md_work(checkpoint: str, potential, md_config, otf_config, workdir: str, n_steps: int,
+            launcher: list[str] | None = None, lammps_args: list[str] | None = None,
             parsl_resource_specification: dict | None = None):
     """Run one walker segment from a checkpoint file (blow-ups probed into triggers, the rewind
-    state found): :func:`autopipe.md.run_walker_segment`; returns a ``SegmentResult``."""
+    state found): :func:`autopipe.md.run_walker_segment`; returns a ``SegmentResult``.
+    ``launcher``/``lammps_args``: the MD executor's MPI launcher and LAMMPS switches (native route)."""
     from autopipe.md import BlowUpLimits, load_state, run_walker_segment
 
     limits = BlowUpLimits(max_force=md_config.max_force, max_energy_change=md_config.max_energy_change)
     return run_walker_segment(load_state(checkpoint), potential, md_config, otf_config, workdir=Path(workdir),
-                              n_steps=n_steps, limits=limits)
+                              n_steps=n_steps, limits=limits, launcher=launcher or None,
+                              lammps_args=lammps_args or None)
 
 
 def dft_work(atoms, dft_config, workdir: str, launcher: list[str],

@@ -90,7 +90,7 @@ def test_native_route_input():
 
 def test_native_route_blow_up_bounds():
     lines = render_native_input(_native_spec(max_force=100.0, max_energy_change=2.0))
-    assert "fix ap_halt_force all halt 10 v_ap_fmax > 100.0 error hard message yes" in lines
+    assert "fix ap_halt_force all halt 1 v_ap_fmax > 100.0 error hard message yes" in lines  # every step
     assert "fix ap_halt_energy all halt 10 v_ap_de > 2.0 error hard message yes" in lines
     assert "variable ap_pe0 equal $(pe:%.17g)" in lines  # the reference: the first step's energy
     assert not any("ap_halt_force" in l for l in render_native_input(_native_spec()))

@@ -224,10 +224,11 @@ def test_a_blow_up_mid_run_is_a_failed_result(pot, tmp_path, launcher):
     state = initial_state(fcc(), md)
     res = run_segment(state, pot, md, otf_config(uncertainty_threshold=1e9), workdir=tmp_path, route="native",
                       launcher=launcher, limits=BlowUpLimits(max_force=1e-3))
-    assert res.status == "failed" and res.final_state is state, res.error
-    # stopped at the first check, with LAMMPS's own line
-    assert res.error.startswith("step 10: force") and "blown up" in res.error, res.error
-    assert "ERROR: Fix halt condition for fix-id ap_halt_force met on step 10" in res.error
+    assert res.status == "failed" and res.final_state is state and res.failure == "blowup", res.error
+    # stopped at the first step (forces are bounded every step, as on the callback route), with LAMMPS's own line
+    assert res.error.startswith("step 1: force") and "blown up" in res.error, res.error
+    assert "ERROR: Fix halt condition for fix-id ap_halt_force met on step 1" in res.error
+    assert res.failed_step == 1
     assert res.checkpoint is None and not list(tmp_path.glob("checkpoint-*.npz"))
 
 

@@ -20,7 +20,9 @@ def args(ctx: Context, task: Task) -> tuple:
         walker = s.get(Walker, seg.walker_id)
         workdir = ctx.layout.segment_dir(walker.index, seg.number)
         checkpoint, version = seg.start_checkpoint, seg.potential_version
-    return (checkpoint, ctx.store.get(version), ctx.run.md, ctx.run.otf, str(workdir), task.payload["n_steps"])
+    executor = ctx.site.executor_for("md")
+    return (checkpoint, ctx.store.get(version), ctx.run.md, ctx.run.otf, str(workdir), task.payload["n_steps"],
+            list(executor.md_launcher), list(getattr(executor, "md_lammps_args", [])))
 
 
 def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | None = None) -> None:
