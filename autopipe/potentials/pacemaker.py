@@ -438,6 +438,9 @@ PHASES = (
     ("data_preparation", "tensorpot_version", "Fitting dataset size"),  # load, neighbour lists, weights, plots
     ("tf_graph_build", "Fitting dataset size", "Initial state:"),  # tracing + first loss/gradient evaluation
     ("optimisation", "Initial state:", "Fitting cycle finished"),
+    # Inside "optimisation", with a test set: the first test evaluation, which traces the
+    # prediction graph (a fresh process pays it; the warm trainer reuses its trace).
+    ("first_test_evaluation", "Initial state:", "Initial(TEST)"),
     ("predictions", "Fitting cycle finished", "[autopipe] exit"),  # save, predict train/test, plots
 )
 
@@ -445,9 +448,9 @@ PHASES = (
 def log_phases(log_path: Path | str) -> dict[str, float]:
     """Seconds spent in each phase of a pacemaker run, from the timestamps of its log.
 
-    Needs the combined log written by :func:`run_pacemaker` (pacemaker's lines plus
-    autopipe's start/exit markers). Phases whose markers are missing (e.g. the TensorFlow
-    ones with the pyace backend) are left out.
+    Needs the combined log written by :func:`run_pacemaker` or the warm trainer
+    (pacemaker's lines plus autopipe's start/exit markers). Phases whose markers are missing
+    (e.g. the TensorFlow ones with the pyace backend) are left out.
     """
     import datetime as dt
 
