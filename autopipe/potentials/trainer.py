@@ -132,7 +132,8 @@ def fit_and_export(
 
     ``warm`` (default ``train_config.warm_trainer``): fit in this process's long-lived trainer
     (:func:`autopipe.potentials.warm.warm_fit_and_export`) instead of a fresh ``pacemaker``."""
-    if train_config.warm_trainer if warm is None else warm:
+    use_warm = train_config.warm_trainer if warm is None else warm
+    if use_warm:
         from autopipe.potentials.warm import warm_fit_and_export
 
         return warm_fit_and_export(workdir, train_config, elements, data_file, parent_yaml=parent_yaml,

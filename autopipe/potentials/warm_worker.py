@@ -24,7 +24,6 @@ here: autopipe reads none of them and they cost about a second each per fit.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -54,10 +53,10 @@ def basis_shape_key(bbasisconfig) -> str:
     Two configurations with the same key give the same TensorFlow graph in tensorpotential's
     ``ACE``: the coefficients live in a ``tf.Variable`` that is assigned, never traced, and
     everything else (species, radial basis, cutoffs, embedding, function list) is baked in.
+    Hashes pyace's own YAML text with the coefficients zeroed and the top-level ``metadata``
+    block dropped (text, not parsed YAML: a large basis is megabytes of it).
     """
     import tempfile
-
-    import yaml
 
     shape = bbasisconfig.copy()
     shape.set_all_coeffs([0.0] * len(shape.get_all_coeffs()))
@@ -65,9 +64,14 @@ def basis_shape_key(bbasisconfig) -> str:
         path = os.path.join(tmp, "shape.yaml")
         shape.save(path)
         with open(path) as fh:
-            doc = yaml.safe_load(fh)
-    doc.pop("metadata", None)
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+            lines = fh.read().splitlines()
+    kept, in_metadata = [], False
+    for line in lines:
+        if line and not line[0].isspace():  # a top-level key starts a new block
+            in_metadata = line.startswith("metadata:")
+        if not in_metadata:
+            kept.append(line)
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()
 
 
 class GraphCache:
@@ -211,7 +215,6 @@ class Trainer:
 
     def load(self) -> None:
         """Import pacemaker (as its CLI does at start-up) and install the graph cache."""
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import pyace.cli.pacemaker  # noqa: F401  (logging set-up, pandas, pyace: the CLI's start-up)
         import pyace.generalfit
 
