@@ -6,6 +6,7 @@ with ``-p``) → ``.yace`` + active set → publish. Each route starts from the 
 cached LJ potential (``tests/.cache``; trained here first if absent, ≈1.5 min) and adds the
 same 4 labelled cells before each of its three retrains, so both routes fit the same data
 from the same parents: their losses must agree, and the table shows where the time goes.
+The routes take turns (cold 1, warm 1, cold 2, ...) so a change of machine load hits both.
 Phases come from the timestamps of pacemaker's log:
 
 * start-up: Python, pyace and TensorFlow imports (the warm trainer pays them once);
@@ -22,6 +23,7 @@ Phases come from the timestamps of pacemaker's log:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -55,30 +57,34 @@ def phases_of(outcome) -> dict[str, float]:
     return row
 
 
-def retrain_three_times(parent, recipe: dict, workdir: Path, *, warm: bool, iterations: int | None):
-    """Copy the cached run to ``workdir`` and retrain it three times; returns the outcomes."""
-    from autopipe.db import Database
-    from autopipe.potentials import PotentialStore, train_next_version
-    from autopipe.potentials.testing import lj_run_config
-    from tests.potentials.helpers import add_labelled, copy_cached_run, lj_structures
+class Route:
+    """One copy of the cached run, retrained again and again by one route (cold or warm)."""
 
-    run = copy_cached_run(parent, workdir)
-    db = Database(f"sqlite:///{run / 'autopipe.db'}")
-    store = PotentialStore(db, run / "potentials")
-    train = {**recipe["train"], "retrain_iterations": iterations or recipe["train"]["max_iterations"],
-             "warm_trainer": warm}
-    cfg = lj_run_config("bench", run, train=train)
-    outcomes = []
-    try:
-        for i in range(N_RETRAINS):
-            add_labelled(db, lj_structures(4, seed=101 + i))
-            out = train_next_version(db, store, cfg)
-            if not out.ok:
-                sys.exit(f"{'warm' if warm else 'cold'} retrain {i + 1} failed: {out.error}\n{out.log_tail}")
-            outcomes.append(out)
-    finally:
-        db.dispose()
-    return outcomes
+    def __init__(self, parent, recipe: dict, workdir: Path, *, warm: bool, iterations: int | None):
+        from autopipe.db import Database
+        from autopipe.potentials import PotentialStore
+        from autopipe.potentials.testing import lj_run_config
+        from tests.potentials.helpers import copy_cached_run
+
+        run = copy_cached_run(parent, workdir)
+        self.name = "warm" if warm else "cold"
+        self.db = Database(f"sqlite:///{run / 'autopipe.db'}")
+        self.store = PotentialStore(self.db, run / "potentials")
+        train = {**recipe["train"], "retrain_iterations": iterations or recipe["train"]["max_iterations"],
+                 "warm_trainer": warm}
+        self.cfg = lj_run_config("bench", run, train=train)
+        self.outcomes: list = []
+
+    def retrain(self, i: int) -> None:
+        """Add the same 4 labelled cells as the other route, then retrain."""
+        from autopipe.potentials import train_next_version
+        from tests.potentials.helpers import add_labelled, lj_structures
+
+        add_labelled(self.db, lj_structures(4, seed=101 + i))
+        out = train_next_version(self.db, self.store, self.cfg)
+        if not out.ok:
+            sys.exit(f"{self.name} retrain {i + 1} failed: {out.error}\n{out.log_tail}")
+        self.outcomes.append(out)
 
 
 def main() -> None:
@@ -91,10 +97,18 @@ def main() -> None:
 
     recipe = lj_recipe(3)
     parent = cached_potential(ROOT / "tests" / ".cache", recipe["name"], recipe, lambda d: build_lj_recipe(d, recipe))
+    shutdown()  # building the cached potential may have started a trainer: the warm route starts cold
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        cold = retrain_three_times(parent, recipe, Path(tmp) / "cold", warm=False, iterations=args.iterations)
-        shutdown()  # building the cached potential may have started a trainer: the warm route starts cold
-        warm = retrain_three_times(parent, recipe, Path(tmp) / "warm", warm=True, iterations=args.iterations)
+        routes = [Route(parent, recipe, Path(tmp) / name, warm=name == "warm", iterations=args.iterations)
+                  for name in ("cold", "warm")]
+        # Interleaved (cold 1, warm 1, cold 2, ...), so a change of machine load hits both routes alike.
+        for i in range(N_RETRAINS):
+            for route in routes:
+                route.retrain(i)
+        for route in routes:
+            route.db.dispose()
+        cold, warm = (route.outcomes for route in routes)
         pids = {o.metrics.get("trainer_pid") for o in warm}
         graphs = [o.metrics.get("trainer_graph") for o in warm]
         shutdown()
@@ -127,6 +141,8 @@ def main() -> None:
     worst = max(abs(c.metrics["final_loss"] - w.metrics["final_loss"]) / abs(c.metrics["final_loss"])
                 for c, w in zip(cold, warm))
     print(f"same fits: largest relative difference of the final loss, cold vs warm: {worst:.1e}")
+    print(f"machine load (1-min average) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores (this benchmark alone makes about 2)")
 
 
 if __name__ == "__main__":
