@@ -1,0 +1,129 @@
+"""The healing demo judged on fresh seeds: does the newest potential hold on trajectories the loop never saw?
+
+Runs the demo (``configs/runs/lj2d-heal.yaml`` through the real loop,
+:func:`autopipe.steer.loop.run_loop` on ``configs/local.yaml``) in a temporary directory,
+then the fresh-trajectory validation of ``autopipe replay`` with 4 new seeds
+(:func:`autopipe.replay.compare_fresh`), and prints: the demo's wall time, how many of the
+fresh trajectories of v1 and of the newest version trigger, and the close-contact force
+RMSE of v1 over the newest version's on the fresh frames (with the in-sample ratio on the
+run's own trigger frames next to it, for contrast).
+
+Goal (issue 13, item 5): the newest version triggers on at most 1 of 4 fresh seeds and
+its close-contact force error is at least 5x below v1's.
+
+Variants of the demo's configuration, for finding out what moves these numbers, are given
+as dotted overrides of the run file (values parsed as YAML)::
+
+    .venv/bin/python benchmarks/demo_fresh_seeds.py
+    .venv/bin/python benchmarks/demo_fresh_seeds.py --set otf.max_extractions=4 --set train.retrain_iterations=60
+    .venv/bin/python benchmarks/demo_fresh_seeds.py --keep /tmp/demo-x     # keep the run directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RUN_FILE = ROOT / "configs" / "runs" / "lj2d-heal.yaml"
+GOAL_MAX_TRIGGERS = 1  # of 4 fresh seeds, newest version
+GOAL_RATIO = 5.0  # close-contact force RMSE, v1 / newest
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set ``a.b.c=value`` entries (value parsed as YAML) in a nested mapping; returns it."""
+    import yaml
+
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set wants key.path=value, not {item!r}")
+        *parents, leaf = key.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return data
+
+
+def run_demo(workdir: Path, overrides: list[str]):
+    from autopipe.config import load_site
+    from autopipe.config.base import read_yaml
+    from autopipe.config.run import RunConfig
+    from autopipe.steer.loop import run_loop
+
+    data = apply_overrides(read_yaml(RUN_FILE), overrides)
+    run = RunConfig.model_validate(data, context={"base_dir": RUN_FILE.parent})
+    run.workdir = workdir
+    site = load_site(ROOT / "configs" / "local.yaml")
+    t = time.perf_counter()
+    outcome = run_loop(site, run, live=False)
+    return run, outcome, time.perf_counter() - t
+
+
+def in_sample_ratio(run, first: int, last: int) -> float:
+    """v1 / newest force RMSE on the run's own trigger frames (oracle labels): the in-sample number."""
+    from autopipe.db import Database
+    from autopipe.layout import RunLayout
+    from autopipe.potentials import PotentialStore
+    from autopipe.validation import force_rmse, trigger_frames
+
+    db = Database(run.database_url())
+    store = PotentialStore(db, RunLayout(run.workdir).potentials)
+    frames = trigger_frames(db, run.dft.model_dump())
+    return force_rmse(store.get(first), frames) / force_rmse(store.get(last), frames) if frames else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the demo's run file (dotted path, YAML value); repeatable")
+    ap.add_argument("--seeds", type=int, default=4, help="fresh seeds (default 4)")
+    ap.add_argument("--contact-frames", type=int, default=3, help="closest-contact frames per fresh trajectory")
+    ap.add_argument("--seed-base", type=int, default=None, help="first fresh seed (default: autopipe's)")
+    ap.add_argument("--keep", type=Path, default=None, help="run in this directory and keep it")
+    ap.add_argument("--json", type=Path, default=None, help="append one JSON line with the numbers to this file")
+    args = ap.parse_args()
+
+    from autopipe.replay import compare_fresh
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = (args.keep or Path(tmp) / "run").resolve()
+        print(f"demo in {workdir}" + (f" with {' '.join(args.overrides)}" if args.overrides else ""), flush=True)
+        run, outcome, demo_time = run_demo(workdir, args.overrides)
+        print(f"demo: {outcome.stopped_because} after {demo_time:.0f} s", flush=True)
+        t = time.perf_counter()
+        fresh = compare_fresh(workdir, n_seeds=args.seeds, frames_per_trajectory=args.contact_frames,
+                              seed_base=args.seed_base, progress=lambda line: print("  " + line, flush=True))
+        fresh_time = time.perf_counter() - t
+        first, newest = fresh.scores[0], fresh.scores[-1]
+        insample = in_sample_ratio(run, first.version, newest.version)
+
+    print("\n" + "\n".join(fresh.describe()))
+    ratio = fresh.ratio()
+    met = newest.triggers <= GOAL_MAX_TRIGGERS * args.seeds / 4 and ratio >= GOAL_RATIO
+    print(f"\ndemo wall time {demo_time:.0f} s ({outcome.stopped_because}); fresh validation {fresh_time:.0f} s")
+    print(f"triggers on {args.seeds} fresh seeds: v{first.version} {first.triggers}, v{newest.version} {newest.triggers}")
+    print(f"close-contact force RMSE v{first.version}/v{newest.version}: {ratio:.1f}x on fresh frames "
+          f"({1000 * first.force_rmse:.0f} -> {1000 * newest.force_rmse:.0f} meV/Å, {newest.n_frames} frames); "
+          f"in-sample on the run's trigger frames: {insample:.1f}x")
+    print(f"goal (newest triggers on <= {GOAL_MAX_TRIGGERS} of 4, ratio >= {GOAL_RATIO:g}x): "
+          f"{'met' if met else 'NOT met'}")
+    if args.json:
+        with open(args.json, "a") as fh:
+            fh.write(json.dumps({
+                "overrides": args.overrides, "demo_s": round(demo_time, 1), "stopped": outcome.stopped_because,
+                "newest": newest.version, "v1_triggers": first.triggers, "newest_triggers": newest.triggers,
+                "seeds": args.seeds, "v1_rmse": first.force_rmse, "newest_rmse": newest.force_rmse,
+                "ratio": ratio, "in_sample_ratio": insample, "frames": newest.n_frames,
+                "newest_mean_steps": newest.mean_steps, "fresh_s": round(fresh_time, 1)}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
