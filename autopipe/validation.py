@@ -328,13 +328,13 @@ def closest_contact_frames(frames: Sequence[Atoms], k: int) -> list[Atoms]:
     return out
 
 
-def unique_frames(frames: Iterable[Atoms]) -> list[Atoms]:
-    """Drop repeats of the same structure (e.g. the shared first frame of two runs from one start)."""
-    seen, out = set(), []
+def unique_frames(frames: Iterable[Atoms], tolerance: float = 1e-4) -> list[Atoms]:
+    """Drop repeats of a structure (positions within ``tolerance`` Å): the shared first frame of
+    two runs from one start, a trigger frame also written to the trajectory (at lower precision)."""
+    out: list[Atoms] = []
     for a in frames:
-        key = (len(a), np.round(a.positions, 6).tobytes(), np.round(a.cell.array, 6).tobytes())
-        if key not in seen:
-            seen.add(key)
+        if not any(len(a) == len(b) and np.allclose(a.cell.array, b.cell.array, atol=tolerance)
+                   and np.allclose(a.positions, b.positions, atol=tolerance) for b in out):
             out.append(a)
     return out
 

@@ -62,9 +62,18 @@ def run_demo(workdir: Path, overrides: list[str]):
     run = RunConfig.model_validate(data, context={"base_dir": RUN_FILE.parent})
     run.workdir = workdir
     site = load_site(ROOT / "configs" / "local.yaml")
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds()
     outcome = run_loop(site, run, live=False)
-    return run, outcome, time.perf_counter() - t
+    return run, outcome, time.perf_counter() - t, cpu_seconds() - cpu
+
+
+def cpu_seconds() -> float:
+    """CPU time (s) of this process and its finished children (pacemaker runs as a child):
+    less sensitive than wall time to other work on a shared machine."""
+    import resource
+
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                   resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def in_sample_ratio(run, first: int, last: int) -> float:
@@ -96,7 +105,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.keep or Path(tmp) / "run").resolve()
         print(f"demo in {workdir}" + (f" with {' '.join(args.overrides)}" if args.overrides else ""), flush=True)
-        run, outcome, demo_time = run_demo(workdir, args.overrides)
+        run, outcome, demo_time, demo_cpu = run_demo(workdir, args.overrides)
         print(f"demo: {outcome.stopped_because} after {demo_time:.0f} s", flush=True)
         t = time.perf_counter()
         fresh = compare_fresh(workdir, n_seeds=args.seeds, frames_per_trajectory=args.contact_frames,
@@ -108,7 +117,8 @@ def main() -> None:
     print("\n" + "\n".join(fresh.describe()))
     ratio = fresh.ratio()
     met = newest.triggers <= GOAL_MAX_TRIGGERS * args.seeds / 4 and ratio >= GOAL_RATIO
-    print(f"\ndemo wall time {demo_time:.0f} s ({outcome.stopped_because}); fresh validation {fresh_time:.0f} s")
+    print(f"\ndemo wall time {demo_time:.0f} s, CPU {demo_cpu:.0f} s ({outcome.stopped_because}; newest v{newest.version});"
+          f" fresh validation {fresh_time:.0f} s")
     print(f"triggers on {args.seeds} fresh seeds: v{first.version} {first.triggers}, v{newest.version} {newest.triggers}")
     print(f"close-contact force RMSE v{first.version}/v{newest.version}: {ratio:.1f}x on fresh frames "
           f"({1000 * first.force_rmse:.0f} -> {1000 * newest.force_rmse:.0f} meV/Å, {newest.n_frames} frames); "
@@ -118,7 +128,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "a") as fh:
             fh.write(json.dumps({
-                "overrides": args.overrides, "demo_s": round(demo_time, 1), "stopped": outcome.stopped_because,
+                "overrides": args.overrides, "demo_s": round(demo_time, 1), "demo_cpu_s": round(demo_cpu, 1), "stopped": outcome.stopped_because,
                 "newest": newest.version, "v1_triggers": first.triggers, "newest_triggers": newest.triggers,
                 "seeds": args.seeds, "v1_rmse": first.force_rmse, "newest_rmse": newest.force_rmse,
                 "ratio": ratio, "in_sample_ratio": insample, "frames": newest.n_frames,

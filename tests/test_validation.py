@@ -133,7 +133,8 @@ def test_closest_contact_frames_are_the_k_smallest_pair_distances_under_periodic
 
 def test_unique_frames_drops_the_shared_first_frame_of_two_runs():
     a, b = _pair(2.0, 0), _pair(2.0, 0)
-    assert len(unique_frames([a, b, _pair(2.1, 10)])) == 2
+    b.positions += 1e-6  # the same frame written at a lower precision
+    assert len(unique_frames([a, b, _pair(2.1, 10), _pair(2.0, 10, shift=0.1)])) == 3
 
 
 # ----------------------------------------------------------------------------- texts
@@ -226,11 +227,14 @@ def test_compare_fresh_runs_both_potentials_from_the_same_new_starts_and_scores_
 
     own = _walker_start(run)
     for seed in (1000, 1002):
-        firsts = [read_frames(t.trajectory, own.atoms, 2)[0] for t in rep.trajectories if t.seed == seed]
-        # Both potentials start from the same fresh state, which is not the run's own start.
-        assert firsts[0].info["step"] == firsts[1].info["step"] == 0
-        assert np.array_equal(firsts[0].positions, firsts[1].positions)
-        assert not np.allclose(np.sort(firsts[0].positions[:, 0]), np.sort(own.atoms.positions[:, 0]))
+        (a0, a1), (b0, b1) = [read_frames(t.trajectory, own.atoms, 2)[:2] for t in rep.trajectories if t.seed == seed]
+        # Both potentials start from the same fresh state, which is not the run's own start ...
+        assert a0.info["step"] == b0.info["step"] == 0 and a1.info["step"] == b1.info["step"] == 10
+        assert np.array_equal(a0.positions, b0.positions)
+        assert not np.allclose(np.sort(a0.positions[:, 0]), np.sort(own.atoms.positions[:, 0]))
+        # ... with the same velocities: 10 fs later the atoms have moved alike (forces differ by 10 %).
+        moved, apart = _displacement(a0, a1), _displacement(a1, b1)
+        assert moved > 0.05 and apart < 0.1 * moved
     for t in rep.trajectories:
         assert t.status in ("completed", "triggered") and t.planned_steps == 100
         if t.status == "triggered":
@@ -254,6 +258,14 @@ def test_compare_fresh_runs_both_potentials_from_the_same_new_starts_and_scores_
     assert rep.scores[0].n_frames == rep.scores[1].n_frames == len(labelled)
     assert rep.scores[0].force_rmse != rep.scores[1].force_rmse
     assert read_fresh(run.workdir) == FreshReport.from_json(json.loads(layout.fresh_summary.read_text()))
+
+
+def _displacement(a: Atoms, b: Atoms) -> float:
+    """Largest minimum-image displacement of an atom between two frames of one periodic layer (Å)."""
+    from ase.geometry import find_mic
+
+    _, lengths = find_mic(b.positions - a.positions, a.cell, a.pbc)
+    return float(lengths.max())
 
 
 def _store_get(layout, version):
