@@ -132,6 +132,7 @@ def compare_fresh(
         fresh_initial_state,
         fresh_starts,
         frame_errors,
+        frames_to_label,
         label_frames,
         run_fresh,
         score,
@@ -148,6 +149,7 @@ def compare_fresh(
     pots = [store.get(v) for v in _versions(store, first, last, workdir)]
     starts = fresh_starts(run, n_seeds, DEFAULT_SEED_BASE if seed_base is None else seed_base)
     n = int(n_steps or run.stop.max_md_steps)
+    layout.fresh_summary.unlink(missing_ok=True)  # never a summary of other files than those on disk
     shutil.rmtree(layout.fresh_dir, ignore_errors=True)
 
     trajectories, candidates = [], []
@@ -167,9 +169,7 @@ def compare_fresh(
             say(f"fresh {i * len(pots) + j + 1}/{total}: v{pot.version} seed {start.seed}: {end} "
                 f"[{traj.walltime:.0f} s]")
 
-    pool = sorted(unique_frames(candidates), key=lambda a: a.info["min_distance"])
-    if run.dft.code == "espresso":
-        pool = pool[:max(dft_frames, 0)]
+    pool = frames_to_label(unique_frames(candidates), run.dft.code, dft_frames)
     say(f"labelling {len(pool)} close-contact frame(s) with {run.dft.code}"
         + (f" (closest pair {pool[0].info['min_distance']:.2f} Å)" if pool else ""))
     labelled = label_frames(pool, run.dft, workdir=layout.fresh_dft_dir, launcher=launcher)

@@ -210,9 +210,12 @@ def run_fresh(state: MDState, potential, run: RunConfig, workdir: Path, start: F
     md = run.md.model_copy(update={"seed": start.seed})  # the thermostat's noise is fresh too
     res = run_segment(state, potential, md, run.otf, workdir=Path(workdir), n_steps=n)
     triggered = res.status == "triggered"
+    steps = res.end_step - res.start_step
+    if res.status == "failed" and len(res.gamma_trace):  # a failed segment reports no end: its last check
+        steps = int(res.gamma_trace[-1, 0]) - res.start_step
     traj = FreshTrajectory(
         version=int(potential.version), seed=start.seed, structure_seed=start.structure_seed, status=res.status,
-        steps=res.end_step - res.start_step, planned_steps=n, max_gamma=float(res.max_gamma),
+        steps=steps, planned_steps=n, max_gamma=float(res.max_gamma),
         energy_drift_per_atom=energy_drift(res.thermo, len(state.atoms)), walltime=float(res.walltime),
         trigger_step=res.end_step if triggered else None,
         trigger_gamma=float(res.trigger_frame.info["max_gamma"]) if triggered and res.trigger_frame is not None else None,
@@ -302,6 +305,13 @@ def read_lammps_dump(path: Path | str, template: Atoms, dimension: int) -> list[
         frames.append(atoms)
         i += 9 + n
     return frames
+
+
+def frames_to_label(frames: Sequence[Atoms], dft_code: str, dft_frames: int) -> list[Atoms]:
+    """The frames worth labelling, closest contact first: all of them for an analytic oracle,
+    the ``dft_frames`` closest for pw.x (each one a DFT calculation of a whole MD cell)."""
+    ordered = sorted(frames, key=min_pair_distance)
+    return ordered[:max(int(dft_frames), 0)] if dft_code == "espresso" else ordered
 
 
 def min_pair_distance(atoms: Atoms) -> float:

@@ -325,3 +325,33 @@ def test_lammps_dump_frames_match_the_extxyz_frames_of_the_same_segment(tmp_path
         frac = np.linalg.solve(a.cell.array.T, diff.T).T
         frac[:, :2] -= np.round(frac[:, :2])
         assert np.allclose(frac @ a.cell.array, 0, atol=1e-5)
+
+
+def test_pwx_labels_only_the_closest_frames_and_oracles_label_all():
+    from autopipe.validation import frames_to_label
+
+    frames = [_pair(d, i) for i, d in enumerate((2.4, 1.6, 2.0, 1.8))]
+    assert [a.info["step"] for a in frames_to_label(frames, "espresso", 2)] == [1, 3]
+    assert [a.info["step"] for a in frames_to_label(frames, "lj", 2)] == [1, 3, 2, 0]
+    assert frames_to_label(frames, "espresso", 0) == []
+
+
+@pytest.mark.slow
+def test_fresh_frames_are_labelled_by_pwx_in_their_own_directories_with_the_sites_launcher(tmp_path):
+    from tests.dft.conftest import HAVE_PWX, si2, si_config
+
+    if not HAVE_PWX:
+        pytest.skip("pw.x or Si.pz-vbc.UPF not installed")
+    from autopipe.dft import label
+    from autopipe.validation import label_frames
+
+    frames = [si2(seed=3), si2(seed=4)]
+    # A launcher as a site's dft_launcher would be (srun ...): it leaves a mark, then starts pw.x.
+    launcher = ["sh", "-c", 'touch launched && exec "$@"', "launcher"]
+    labelled = label_frames(frames, si_config(), workdir=lambda i: tmp_path / f"f{i:03d}", launcher=launcher)
+    assert [a for a, _ in labelled] == frames
+    for i, (atoms, forces) in enumerate(labelled):
+        attempt = tmp_path / f"f{i:03d}" / "attempt-1"
+        assert "ATOMIC_POSITIONS" in (attempt / "pw.in").read_text() and (attempt / "launched").is_file()
+        direct = label(atoms, si_config())
+        assert np.allclose(forces, direct.forces, atol=1e-4) and np.abs(forces).max() > 0.01
