@@ -124,8 +124,6 @@ def compare_fresh(
     ``arrays["ref_forces"]``) for the report; files of earlier fresh runs are replaced.
     ``progress`` receives one line per finished piece of work.
     """
-    from ase.io import write
-
     from autopipe.potentials import PotentialStore
     from autopipe.validation import (
         closest_contact_frames,
@@ -138,6 +136,7 @@ def compare_fresh(
         score,
         segment_frames,
         unique_frames,
+        write_labelled_frames,
     )
 
     say = progress or (lambda _msg: None)
@@ -177,12 +176,7 @@ def compare_fresh(
     frames_out = [{"source_version": a.info["source_version"], "seed": a.info["seed"], "step": a.info["step"],
                    "min_distance": a.info["min_distance"], "errors": errs} for (a, _), errs in zip(labelled, per_frame)]
     if labelled:
-        out = []
-        for a, ref in labelled:
-            b = a.copy()
-            b.arrays["ref_forces"] = ref
-            out.append(b)
-        write(layout.fresh_frames, out, format="extxyz")
+        write_labelled_frames(layout.fresh_frames, labelled)
     report = FreshReport(
         n_steps=n, threshold=float(run.otf.uncertainty_threshold), labeller=run.dft.code,
         frames_per_trajectory=frames_per_trajectory, starts=starts, trajectories=trajectories, frames=frames_out,

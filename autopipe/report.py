@@ -75,12 +75,12 @@ def learning_curve(db: Database, workdir: Path, dft_config) -> list[dict[str, An
     """Per version: force RMSE (eV/Å) on its training set (from pacemaker), on the run's trigger
     frames (``in_sample``) and on the labelled fresh close-contact frames (``fresh``, if any)."""
     from autopipe.potentials import PotentialStore
-    from autopipe.validation import force_rmse, trigger_frames
+    from autopipe.validation import force_rmse, read_labelled_frames, trigger_frames
 
     layout = RunLayout(workdir)
     store = PotentialStore(db, layout.potentials)
     frames = trigger_frames(db, dft_config)
-    fresh = _fresh_frames(layout.fresh_frames)
+    fresh = read_labelled_frames(layout.fresh_frames)
     rows = []
     for v in store.versions():
         try:
@@ -95,15 +95,6 @@ def learning_curve(db: Database, workdir: Path, dft_config) -> list[dict[str, An
                      "fresh": force_rmse(pot, fresh) if fresh else None,
                      "n_frames": len(frames) if frames else 0, "n_fresh": len(fresh)})
     return rows
-
-
-def _fresh_frames(path: Path) -> list:
-    """The labelled close-contact frames ``autopipe replay`` wrote: ``[(atoms, reference forces)]``."""
-    if not path.is_file():
-        return []
-    from ase.io import read
-
-    return [(a, a.arrays["ref_forces"]) for a in read(path, index=":", format="extxyz")]
 
 
 def plot_learning(rows: list[dict[str, Any]], out: Path) -> Path | None:
@@ -296,8 +287,6 @@ def build_report(db: Database, workdir: Path | str) -> Path:
 
     fresh_html = fresh_section(read_fresh(workdir), out)
 
-    img = _img
-
     def fmt(x, scale=1.0, unit=""):
         return "–" if x is None else f"{x * scale:.2f}{unit}"
 
@@ -320,13 +309,13 @@ Stopped because: <b>{html.escape(str(st['stopped_because'] or 'not stopped (runn
 segments {st['segments']}, triggers {st['triggers']}.</p>
 {replay_html}
 {fresh_html}
-<h2>Uncertainty during MD</h2>{img(gamma_png, 'max gamma against MD time')}
-<div class="grid"><div><h2>Learning curve</h2>{img(learn_png, 'force RMSE per version')}
+<h2>Uncertainty during MD</h2>{_img(gamma_png, 'max gamma against MD time')}
+<div class="grid"><div><h2>Learning curve</h2>{_img(learn_png, 'force RMSE per version')}
 <table><tr><th>version</th><th>name</th><th>parent</th><th>train F RMSE (meV/Å)</th><th>trigger frames (in-sample) F RMSE (meV/Å)</th><th>fresh close-contact frames F RMSE (meV/Å)</th></tr>{rows}</table>
 <p>In-sample: the run's MD frames at each trigger, labelled by the oracle for this report (pw.x runs are not
 relabelled); the loop carved and trained on the environments around their trigger atoms. Fresh: the labelled
 close-contact frames of the fresh trajectories of <code>autopipe replay</code>, which the loop never saw.</p></div>
-<div><h2>A carved sub-cell</h2>{img(sub_png, 'carved sub-cell')}
+<div><h2>A carved sub-cell</h2>{_img(sub_png, 'carved sub-cell')}
 <p>Grey atoms lie in the buffer: their forces are masked (weight 0) in training.</p></div></div>
 <h2>Where the wall time went</h2>
 <table><tr><th>stage</th><th>wall time (s)</th><th>of elapsed</th></tr>{cost_rows}

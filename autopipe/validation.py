@@ -314,6 +314,27 @@ def frames_to_label(frames: Sequence[Atoms], dft_code: str, dft_frames: int) -> 
     return ordered[:max(int(dft_frames), 0)] if dft_code == "espresso" else ordered
 
 
+def write_labelled_frames(path: Path | str, frames: Sequence[LabelledFrame]) -> None:
+    """Write labelled frames as extxyz, the reference forces (eV/Å) in ``arrays["ref_forces"]``."""
+    from ase.io import write
+
+    out = []
+    for atoms, ref in frames:
+        a = atoms.copy()
+        a.arrays["ref_forces"] = np.asarray(ref, dtype=float)
+        out.append(a)
+    write(Path(path), out, format="extxyz")
+
+
+def read_labelled_frames(path: Path | str) -> list[LabelledFrame]:
+    """Frames written by :func:`write_labelled_frames`; empty if the file does not exist."""
+    if not Path(path).is_file():
+        return []
+    from ase.io import read
+
+    return [(a, a.arrays["ref_forces"]) for a in read(Path(path), index=":", format="extxyz")]
+
+
 def min_pair_distance(atoms: Atoms) -> float:
     """Smallest interatomic distance (Å) under the minimum-image convention; inf for fewer than 2 atoms."""
     from autopipe.generate import min_pair_distance as mpd

@@ -258,6 +258,12 @@ def test_compare_fresh_runs_both_potentials_from_the_same_new_starts_and_scores_
     assert rep.scores[0].n_frames == rep.scores[1].n_frames == len(labelled)
     assert rep.scores[0].force_rmse != rep.scores[1].force_rmse
     assert read_fresh(run.workdir) == FreshReport.from_json(json.loads(layout.fresh_summary.read_text()))
+    # The report's learning curve scores every version on the same fresh frames.
+    from autopipe.db import Database
+    from autopipe.report import learning_curve
+
+    rows = learning_curve(Database(run.database_url()), run.workdir, run.dft.model_dump())
+    assert [r["fresh"] for r in rows] == pytest.approx([s.force_rmse for s in rep.scores], rel=1e-6)
 
 
 def _displacement(a: Atoms, b: Atoms) -> float:
