@@ -29,6 +29,7 @@ import numpy as np
 from sqlalchemy import select
 
 from autopipe.db import Database, Origin, Structure
+from autopipe.generate import min_pair_distance  # smallest pair distance under minimum image (Å)
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -333,13 +334,6 @@ def read_labelled_frames(path: Path | str) -> list[LabelledFrame]:
     from ase.io import read
 
     return [(a, a.arrays["ref_forces"]) for a in read(Path(path), index=":", format="extxyz")]
-
-
-def min_pair_distance(atoms: Atoms) -> float:
-    """Smallest interatomic distance (Å) under the minimum-image convention; inf for fewer than 2 atoms."""
-    from autopipe.generate import min_pair_distance as mpd
-
-    return mpd(atoms)
 
 
 def closest_contact_frames(frames: Sequence[Atoms], k: int) -> list[Atoms]:
