@@ -113,6 +113,7 @@ def main() -> None:
                     help="override a key of the demo's run file (dotted path, YAML value); repeatable")
     ap.add_argument("--seeds", type=int, default=4, help="fresh seeds (default 4)")
     ap.add_argument("--contact-frames", type=int, default=3, help="closest-contact frames per fresh trajectory")
+    ap.add_argument("--steps", type=int, default=None, help="steps per fresh trajectory (default: the run's max_md_steps)")
     ap.add_argument("--seed-base", type=int, default=None, help="first fresh seed (default: autopipe's)")
     ap.add_argument("--keep", type=Path, default=None, help="run in this directory and keep it")
     ap.add_argument("--reference-frames", type=Path, default=None,
@@ -129,7 +130,7 @@ def main() -> None:
         print(f"demo: {outcome.stopped_because} after {demo_time:.0f} s", flush=True)
         t = time.perf_counter()
         fresh = compare_fresh(workdir, n_seeds=args.seeds, frames_per_trajectory=args.contact_frames,
-                              seed_base=args.seed_base, progress=lambda line: print("  " + line, flush=True))
+                              seed_base=args.seed_base, n_steps=args.steps, progress=lambda line: print("  " + line, flush=True))
         fresh_time = time.perf_counter() - t
         first, newest = fresh.scores[0], fresh.scores[-1]
         insample = in_sample_ratio(run, first.version, newest.version)
