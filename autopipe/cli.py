@@ -144,16 +144,34 @@ def replay(
     workdir: Path = typer.Option(..., "--workdir", help="Work directory of the run."),
     first: Optional[int] = typer.Option(None, help="Version to replay first (default: 1)."),
     last: Optional[int] = typer.Option(None, help="Version to compare with (default: newest)."),
+    fresh_seeds: int = typer.Option(4, "--fresh-seeds", min=0,
+                                    help="Fresh starts (new seeds) run with both potentials; 0 skips them."),
+    contact_frames: int = typer.Option(3, "--contact-frames", min=0,
+                                       help="Closest-contact frames taken from each fresh trajectory."),
+    dft_frames: int = typer.Option(2, "--dft-frames", min=0,
+                                   help="pw.x runs: how many of those frames to label (full MD cells); oracles label all."),
+    seed_base: Optional[int] = typer.Option(None, "--seed-base", min=1,
+                                            help="First fresh seed, default 1000 (seeds the run used are skipped)."),
+    site: Optional[Path] = typer.Option(None, "--site", help="Site file whose dft_launcher runs pw.x (default: none)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
-    """Replay walker 0 from its first state with the first and the newest potential."""
+    """First vs newest potential: walker 0's own trajectory again (in-sample), then fresh trajectories
+    from new seeds the loop never saw (held-out), with force errors on their closest contacts."""
     try:
+        from autopipe.config import load_site
         from autopipe.config.run import load_resolved_run
-        from autopipe.replay import compare, describe
+        from autopipe.replay import compare, compare_fresh, describe
 
         run = load_resolved_run(workdir)
+        typer.echo("in-sample replay (walker 0 from its first state: the trajectory the loop learnt from):")
         for r in compare(workdir, first, last):
-            typer.echo(describe(r, run.otf.uncertainty_threshold))
+            typer.echo("  " + describe(r, run.otf.uncertainty_threshold))
+        if fresh_seeds:
+            launcher = list(load_site(site).executor_for("dft").dft_launcher) if site else []
+            fresh = compare_fresh(workdir, first, last, n_seeds=fresh_seeds, frames_per_trajectory=contact_frames,
+                                  dft_frames=dft_frames, seed_base=seed_base, launcher=launcher,
+                                  progress=lambda line: typer.echo("  " + line, err=True))
+            typer.echo("\n".join(fresh.describe()))
     except (AutopipeError, ValueError, FileNotFoundError) as exc:
         _fail(exc, debug)
 

@@ -13,7 +13,9 @@ Everything else asks this module for a path instead of spelling one out::
       walkers/wNN/segNNNN/     one MD segment: LAMMPS records, trajectory, checkpoint-<step>.npz
       dft/sNNNNNN/             pw.x attempts of structure NNNNNN (attempt-N/)
       parsl/                   Parsl's run directory
-      replay/vNNNN/            `autopipe replay` segments; replay.json their summary
+      replay/vNNNN/            `autopipe replay` segments (in-sample); replay.json their summary
+      replay/fresh/            fresh trajectories (vNNNN-sSEED/), their labelled close-contact
+                               frames (frames.extxyz, dft/fNNN/ for pw.x); fresh.json the summary
       report/                  `autopipe report`: index.html and its plots
 
 Nothing here creates files except :meth:`RunLayout.fresh_train_dir` and
@@ -82,6 +84,20 @@ class RunLayout:
     def replay_summary(self) -> Path:
         return self.root / "replay.json"
 
+    @property
+    def fresh_summary(self) -> Path:
+        """Fresh-trajectory validation of ``autopipe replay`` (held-out), next to replay.json."""
+        return self.root / "fresh.json"
+
+    @property
+    def fresh_dir(self) -> Path:
+        return self.root / "replay" / "fresh"
+
+    @property
+    def fresh_frames(self) -> Path:
+        """The labelled close-contact frames of the fresh trajectories (extxyz, ``ref_forces``)."""
+        return self.fresh_dir / "frames.extxyz"
+
     # ------------------------------------------------------------------ per unit of work
     def walker_dir(self, walker_index: int) -> Path:
         return self.root / "walkers" / f"w{int(walker_index):02d}"
@@ -98,6 +114,12 @@ class RunLayout:
 
     def replay_dir(self, version: int, tag: str = "") -> Path:
         return self.root / "replay" / (f"v{int(version):04d}" + (f"-{tag}" if tag else ""))
+
+    def fresh_run_dir(self, version: int, seed: int) -> Path:
+        return self.fresh_dir / f"v{int(version):04d}-s{int(seed)}"
+
+    def fresh_dft_dir(self, index: int) -> Path:
+        return self.fresh_dir / "dft" / f"f{int(index):03d}"
 
     def train_dir(self, version: int) -> Path:
         return self.root / "train" / f"v{int(version):04d}"

@@ -2,7 +2,9 @@
 
 ``autopipe report --workdir DIR`` writes ``DIR/report/index.html`` with:
 max gamma against MD time coloured by potential version; the learning curve (force
-RMSE per version on its training set and on held-out collision frames); one carved
+RMSE per version on its training set, on the run's trigger frames (in-sample: their
+environments were trained on) and, once ``autopipe replay`` has run, on the close-contact
+frames of fresh trajectories (held-out)); the fresh-trajectory table and plot; one carved
 sub-cell with its masked atoms marked; a table of wall time per stage.
 """
 
@@ -70,24 +72,28 @@ def plot_gamma(db: Database, out: Path, timestep_fs: float, threshold: float | N
 
 
 def learning_curve(db: Database, workdir: Path, dft_config) -> list[dict[str, Any]]:
-    """Per version: train force RMSE (from pacemaker) and RMSE on held-out collision frames (eV/Å)."""
+    """Per version: force RMSE (eV/Å) on its training set (from pacemaker), on the run's trigger
+    frames (``in_sample``) and on the labelled fresh close-contact frames (``fresh``, if any)."""
     from autopipe.potentials import PotentialStore
-    from autopipe.validation import force_rmse, trigger_frames
+    from autopipe.validation import force_rmse, read_labelled_frames, trigger_frames
 
-    store = PotentialStore(db, RunLayout(workdir).potentials)
+    layout = RunLayout(workdir)
+    store = PotentialStore(db, layout.potentials)
     frames = trigger_frames(db, dft_config)
+    fresh = read_labelled_frames(layout.fresh_frames)
     rows = []
     for v in store.versions():
         try:
             pot = store.get(v)
         except Exception:  # corrupted: the store refuses it, the report says so
-            rows.append({"version": v, "name": "(corrupted)", "train": None, "heldout": None})
+            rows.append({"version": v, "name": "(corrupted)", "train": None, "in_sample": None, "fresh": None})
             continue
         m = pot.metrics or {}
-        train = m.get("train_forces_rmse")
         rows.append({"version": v, "name": pot.name, "parent": pot.parent_version,
-                     "train": train, "heldout": force_rmse(pot, frames) if frames else None,
-                     "n_frames": len(frames) if frames else 0})
+                     "train": m.get("train_forces_rmse"),
+                     "in_sample": force_rmse(pot, frames) if frames else None,
+                     "fresh": force_rmse(pot, fresh) if fresh else None,
+                     "n_frames": len(frames) if frames else 0, "n_fresh": len(fresh)})
     return rows
 
 
@@ -97,7 +103,9 @@ def plot_learning(rows: list[dict[str, Any]], out: Path) -> Path | None:
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     v = [r["version"] for r in rows]
-    for key, label, marker in (("train", "training set", "o"), ("heldout", "held-out collision frames", "s")):
+    series = (("train", "training set", "o"), ("in_sample", "run's trigger frames (in-sample)", "s"),
+              ("fresh", "fresh close-contact frames (held-out)", "D"))
+    for key, label, marker in series:
         y = [r[key] * 1000 if r.get(key) is not None else np.nan for r in rows]
         if not np.all(np.isnan(y)):
             ax.plot(v, y, marker=marker, label=label)
@@ -112,6 +120,63 @@ def plot_learning(rows: list[dict[str, Any]], out: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_fresh(fresh, out: Path) -> Path | None:
+    """Fresh trajectories: max gamma against MD step per potential (left), and each potential's
+    force error on every close-contact frame against that frame's closest pair distance (right)."""
+    if fresh is None or not fresh.trajectories:
+        return None
+    plt = _mpl()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = {s.version: c for s, c in zip(fresh.scores, ("tab:red", "tab:blue", "tab:green", "tab:purple"))}
+    seen: set[int] = set()
+    for t in fresh.trajectories:
+        trace = np.asarray(t.gamma_trace, dtype=float).reshape(-1, 2)
+        if not len(trace):
+            continue
+        c = colors.get(t.version, "gray")
+        left.plot(trace[:, 0], trace[:, 1], "-", color=c, lw=1, alpha=0.8,
+                  label=f"v{t.version}" if t.version not in seen else None)
+        if t.status == "triggered":
+            left.plot(trace[-1, 0], trace[-1, 1], "x", color=c, ms=8)
+        seen.add(t.version)
+    left.axhline(fresh.threshold, color="crimson", ls="--", lw=1, label=f"threshold {fresh.threshold:g}")
+    left.set_yscale("log")
+    left.set_xlabel("MD step")
+    left.set_ylabel("max extrapolation grade γ")
+    left.set_title(f"{len(fresh.starts)} fresh starts per potential (x: trigger)")
+    left.legend(fontsize=8)
+    for s in fresh.scores:
+        pts = [(f["min_distance"], 1000 * f["errors"][s.version]) for f in fresh.frames if s.version in f["errors"]]
+        if pts:
+            d, e = zip(*pts)
+            right.scatter(d, e, s=18, color=colors.get(s.version, "gray"),
+                          label=f"v{s.version}: {1000 * s.force_rmse:.0f} meV/Å overall")
+    right.set_yscale("log")
+    right.set_xlabel("closest pair distance in the frame (Å)")
+    right.set_ylabel("force RMSE (meV/Å)")
+    right.set_title(f"Close-contact frames vs {fresh.labeller}")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "fresh.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fresh_table(fresh) -> str:
+    """The fresh-trajectory scores as an HTML table (drift meV/atom, force RMSE meV/Å)."""
+    def num(x, scale=1.0, digits=1):
+        return "–" if x is None or not np.isfinite(x) else f"{x * scale:.{digits}f}"
+
+    rows = "".join(
+        f"<tr><td>v{s.version}</td><td>{html.escape(s.name)}</td><td>{s.trajectories}</td><td>{s.triggers}</td>"
+        f"<td>{num(s.mean_steps, 1, 0)} / {fresh.n_steps}</td><td>{num(s.max_drift, 1000, 2)}</td>"
+        f"<td>{num(s.force_rmse, 1000)} ({s.n_frames})</td></tr>" for s in fresh.scores)
+    return ("<table><tr><th>version</th><th>name</th><th>trajectories</th><th>triggered</th><th>mean steps run</th>"
+            "<th>largest energy drift (meV/atom)</th><th>close-contact F RMSE (meV/Å) (frames)</th></tr>"
+            f"{rows}</table>")
 
 
 def plot_subcell(db: Database, out: Path) -> Path | None:
@@ -172,6 +237,28 @@ def _rewinds(st: dict[str, Any]) -> str:
     return f", {sum(lost) / len(lost):.0f} MD steps discarded per trigger on average (max {max(lost)})"
 
 
+def _img(path: Path | None, alt: str) -> str:
+    return f'<img src="{path.name}" alt="{alt}">' if path else f"<p><em>{alt}: nothing to show yet</em></p>"
+
+
+def fresh_section(fresh, out: Path) -> str:
+    """The report's fresh-trajectory section (text, table, plot); empty before ``autopipe replay`` ran."""
+    if fresh is None:
+        return ""
+    ratio = fresh.ratio()
+    structures = any(x.structure_seed is not None for x in fresh.starts)
+    return (
+        "<h2>Fresh trajectories (held-out)</h2>"
+        f"<p>{len(fresh.starts)} new starts the loop never saw (seeds {', '.join(str(x.seed) for x in fresh.starts)}: "
+        f"new velocities{', new starting structures' if structures else ''}), each run with every potential for "
+        f"up to {fresh.n_steps} steps; a trigger (γ &gt; {fresh.threshold:g}) ends a trajectory. Force errors "
+        f"against {html.escape(fresh.labeller)} on the {len(fresh.frames)} closest-contact frames of these "
+        "trajectories (the same frames for every potential)"
+        + (f": v{fresh.scores[0].version}/v{fresh.scores[-1].version} = <b>{ratio:.1f}x</b>"
+           if np.isfinite(ratio) else "") + ".</p>"
+        + fresh_table(fresh) + _img(plot_fresh(fresh, out), "fresh trajectories"))
+
+
 def build_report(db: Database, workdir: Path | str) -> Path:
     """Write ``<workdir>/report/index.html`` (and its PNGs); returns its path."""
     from autopipe.status import collect_status
@@ -199,19 +286,22 @@ def build_report(db: Database, workdir: Path | str) -> Path:
 
         thr = otf.get("uncertainty_threshold", float("nan"))
         items = [describe(ReplayResult(**r), thr) for r in json.loads(replay_file.read_text())]
-        replay_html = ("<h2>The proof: replaying the same collisions</h2><p>Walker 0 from its first state, "
-                       "same NVE settings, with the first and the newest potential:</p><ul>"
+        replay_html = ("<h2>In-sample replay: the trajectory the loop learnt from</h2><p>Walker 0 from its first "
+                       "state, same MD settings, with the first and the newest potential. In-sample: the loop "
+                       "carved and trained on the environments of this trajectory's triggers, so this shows the "
+                       "fit took, not that it generalises (see the fresh trajectories below).</p><ul>"
                        + "".join(f"<li>{html.escape(x)}</li>" for x in items) + "</ul>")
+    from autopipe.replay import read_fresh
 
-    def img(p, alt):
-        return f'<img src="{p.name}" alt="{alt}">' if p else f"<p><em>{alt}: nothing to show yet</em></p>"
+    fresh_html = fresh_section(read_fresh(workdir), out)
 
     def fmt(x, scale=1.0, unit=""):
         return "–" if x is None else f"{x * scale:.2f}{unit}"
 
     rows = "".join(
         f"<tr><td>v{r['version']}</td><td>{html.escape(str(r['name']))}</td><td>{r.get('parent') or '–'}</td>"
-        f"<td>{fmt(r['train'], 1000)}</td><td>{fmt(r['heldout'], 1000)}</td></tr>" for r in curve)
+        f"<td>{fmt(r['train'], 1000)}</td><td>{fmt(r['in_sample'], 1000)}</td><td>{fmt(r.get('fresh'), 1000)}</td></tr>"
+        for r in curve)
     total = costs["elapsed"] or 1.0
     cost_rows = "".join(
         f"<tr><td>{k}</td><td>{v:.1f}</td><td>{100 * v / total:.0f}%</td></tr>"
@@ -226,11 +316,14 @@ Stopped because: <b>{html.escape(str(st['stopped_because'] or 'not stopped (runn
 <p>Structures {st['structures'].get('total', 0)} (embedded sub-cells {st['embedded']}), labels {st['labels']},
 segments {st['segments']}, triggers {st['triggers']}{_rewinds(st)}.</p>
 {replay_html}
-<h2>Uncertainty during MD</h2>{img(gamma_png, 'max gamma against MD time')}
-<div class="grid"><div><h2>Learning curve</h2>{img(learn_png, 'force RMSE per version')}
-<table><tr><th>version</th><th>name</th><th>parent</th><th>train F RMSE (meV/Å)</th><th>held-out collision frames F RMSE (meV/Å)</th></tr>{rows}</table>
-<p>Held-out frames: the MD frames at each trigger, labelled by the oracle for this report (not trained on; pw.x runs are not relabelled).</p></div>
-<div><h2>A carved sub-cell</h2>{img(sub_png, 'carved sub-cell')}
+{fresh_html}
+<h2>Uncertainty during MD</h2>{_img(gamma_png, 'max gamma against MD time')}
+<div class="grid"><div><h2>Learning curve</h2>{_img(learn_png, 'force RMSE per version')}
+<table><tr><th>version</th><th>name</th><th>parent</th><th>train F RMSE (meV/Å)</th><th>trigger frames (in-sample) F RMSE (meV/Å)</th><th>fresh close-contact frames F RMSE (meV/Å)</th></tr>{rows}</table>
+<p>In-sample: the run's MD frames at each trigger, labelled by the oracle for this report (pw.x runs are not
+relabelled); the loop carved and trained on the environments around their trigger atoms. Fresh: the labelled
+close-contact frames of the fresh trajectories of <code>autopipe replay</code>, which the loop never saw.</p></div>
+<div><h2>A carved sub-cell</h2>{_img(sub_png, 'carved sub-cell')}
 <p>Grey atoms lie in the buffer: their forces are masked (weight 0) in training.</p></div></div>
 <h2>Where the wall time went</h2>
 <table><tr><th>stage</th><th>wall time (s)</th><th>of elapsed</th></tr>{cost_rows}
