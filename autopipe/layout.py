@@ -93,6 +93,22 @@ class RunLayout:
     def segment_dir(self, walker_index: int, number: int) -> Path:
         return self.walker_dir(walker_index) / f"seg{int(number):04d}"
 
+    def on_worker(self, scratch: str | None, run_name: str) -> str:
+        """This run's directory on a worker: the work directory itself when ``scratch`` is None
+        (workers share this filesystem), else ``<scratch>/<run name>-<8 hex digits of the work
+        directory's path>`` (expanded on the worker; the same for every task of the run, so
+        a task resubmitted to the same worker finds what an earlier try left there)."""
+        import hashlib
+
+        if scratch is None:
+            return str(self.root.resolve())
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+        return f"{scratch.rstrip('/')}/{run_name}-{digest}"
+
+    def relative(self, path: Path | str) -> str:
+        """``path`` (inside the work directory) relative to it: the same place on a worker."""
+        return str(Path(path).resolve().relative_to(self.root.resolve()))
+
     def dft_dir(self, structure_id: int) -> Path:
         return self.root / "dft" / f"s{int(structure_id):06d}"
 
