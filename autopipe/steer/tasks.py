@@ -96,9 +96,11 @@ def reconcile(db: Database) -> list[int]:
 
 def received(db: Database, task_id: int, future) -> Any:
     """The value a finished app returned; where and when it ran goes into the task's
-    ``payload["ran"]`` (host, Slurm job and partition, worker start/end as UTC ISO times, and
-    Parsl's ``tries`` with the errors of the tries lost with their block). Raises what the app
-    raised, or :class:`~autopipe.transfer.PayloadTooLarge` when its result exceeded the bound."""
+    ``payload["ran"]`` (host, Slurm job and partition, worker start/end as UTC ISO times,
+    Parsl's ``tries`` and why the earlier ones were lost: their worker or block went away).
+    Raises what the app raised, or :class:`~autopipe.transfer.PayloadTooLarge` when its result
+    exceeded the bound."""
+    from autopipe.scheduler import LOST_TRIES
     from autopipe.steer.work import Ran
     from autopipe.transfer import PayloadTooLarge
 
@@ -111,7 +113,7 @@ def received(db: Database, task_id: int, future) -> Any:
             "started": dt.datetime.fromtimestamp(ran.started, utc).isoformat(),
             "finished": dt.datetime.fromtimestamp(ran.finished, utc).isoformat(),
             "tries": int(record.get("fail_count", 0)) + 1,
-            "lost": [str(e).splitlines()[0][:300] for e in record.get("fail_history", [])]}
+            "lost": [str(e).splitlines()[0][:300] for e in record.get(LOST_TRIES, [])]}
     with db.session() as s:
         t = s.get(Task, task_id)
         t.payload = {**(t.payload or {}), "ran": info}
