@@ -50,12 +50,17 @@ def pickled_size(obj: object) -> int:
     return len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def human(n: int) -> str:
+    """A size in bytes as kB or MB (1 kB = 1024 bytes)."""
+    return f"{n / 1024:.0f} kB" if n < MB else f"{n / MB:.1f} MB"
+
+
 def check_size(obj: object, limit: int, what: str) -> int:
     """The pickled size of ``obj``; :class:`PayloadTooLarge` (one line) when above ``limit`` bytes."""
     n = pickled_size(obj)
     if n > limit:
-        raise PayloadTooLarge(f"{what} is {n / MB:.1f} MB pickled, above the {limit / MB:g} MB bound of its "
-                              "executor (max_payload_mb in the site file)")
+        raise PayloadTooLarge(f"{what} is {human(n)} pickled, above the {human(limit)} bound of its executor "
+                              "(max_payload_mb in the site file)")
     return n
 
 
