@@ -12,9 +12,15 @@ Everything else asks this module for a path instead of spelling one out::
       walkers/wNN/             checkpoint-00000000.npz: the walker's first state
       walkers/wNN/segNNNN/     one MD segment: LAMMPS records, trajectory, checkpoint-<step>.npz
       dft/sNNNNNN/             pw.x attempts of structure NNNNNN (attempt-N/)
+      cache/                   potentials and UPF files received by value, by checksum (workers)
       parsl/                   Parsl's run directory
       replay/vNNNN/            `autopipe replay` segments; replay.json their summary
       report/                  `autopipe report`: index.html and its plots
+
+Workers use the same layout under their own root (:meth:`RunLayout.on_worker`): the run's
+work directory when they share it, else a directory per run under their executor's
+``scratch``; the files the loop keeps (checkpoints, published potentials) are written here
+from what the tasks return.
 
 Nothing here creates files except :meth:`RunLayout.fresh_train_dir` and
 :func:`write_run_files`; the functions are pure path arithmetic otherwise.
