@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from sqlalchemy import func, select
 
-from autopipe.db import Database, Event, Label, LabelStatus, Potential, Segment, SegmentStatus, Task, TaskKind, TaskState
+from autopipe.db import (
+    Database,
+    Event,
+    Label,
+    LabelStatus,
+    Potential,
+    Segment,
+    SegmentStatus,
+    Task,
+    TaskKind,
+    TaskState,
+)
 from tests.hpc.conftest import (
     SLURM_SITE,
     SlurmWatch,
