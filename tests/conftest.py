@@ -27,7 +27,7 @@ def _lj_cached(dimension: int):
 def lj_potential():
     """A trained ACE potential for 3D LJ argon (element "Ar", cutoff 5 Å): ``PotentialFiles``.
 
-    LJ: sigma 2.0 Å, epsilon 0.1 eV, smooth cutoff 5 Å (``autopipe.potentials.testing``).
+    LJ: sigma 2.0 Å, epsilon 0.1 eV, smooth cutoff 5 Å (``tests/lj.py``).
     Trained on 32 rattled/strained/randomly packed 32-atom cells at ≈0.1 atoms/Å³;
     ``.yaml``, ``.yace`` and ``.asi`` are all present.
     """

@@ -279,6 +279,11 @@ class TrainConfig(StrictModel):
     )
     continue_from_parent: bool = Field(default=True, description="Start a retrain from the previous potential (-p).")
     timeout: float = Field(default=3600.0, gt=0, description="Wall time of one pacemaker run (s).")
+    warm_trainer: bool = Field(
+        default=True,
+        description="Run fits in a long-lived trainer process that keeps TensorFlow and the traced graphs "
+        "loaded between fits (autopipe.potentials.warm); false: a fresh pacemaker program per fit.",
+    )
     seed: int = Field(default=42, description="Random seed of the fit.")
 
 

@@ -2,7 +2,8 @@
 
 The public names below are resolved lazily (PEP 562) so that ``import autopipe.potentials``
 imports neither pandas nor pyace; TensorFlow is never imported in-process at all
-(pacemaker runs as a subprocess).
+(pacemaker runs as a subprocess, or in the long-lived trainer process of
+:mod:`autopipe.potentials.warm`).
 
 * :class:`PotentialStore`, :class:`PotentialFiles` — versioned, checksummed potentials
 * :func:`build_dataset` — pacemaker's DataFrame from the labelled structures, with force masks

@@ -5,7 +5,8 @@ Shape (the same for every external program in autopipe): :func:`render_input` â†
 with a status. A failed or timed-out run returns ``status="failed"`` and the tail of
 the log; it does not raise.
 
-TensorFlow is only ever imported by the pacemaker subprocess, never here.
+TensorFlow is only ever imported by pacemaker's own process (the CLI subprocess here, or
+the long-lived trainer of :mod:`autopipe.potentials.warm`), never by the caller.
 
 Metrics (see :func:`parse_metrics`) come from pacemaker's prediction pickles
 ``train_pred.pckl.gzip`` / ``test_pred.pckl.gzip``: they hold reference and predicted
@@ -160,31 +161,41 @@ def run_command(argv: list[str], cwd: Path, log_path: Path, timeout: float, env:
     gets its own process group so a timeout kills it and anything it started.
     """
     t0 = time.perf_counter()
+    log_marker(log_path, f"start: {' '.join(argv)}")
     with open(log_path, "ab") as fh:
-        # Same timestamp format as pacemaker's log lines, so phases can be timed from the log.
-        fh.write(f"{_stamp()} [autopipe] start: {' '.join(argv)}\n".encode())
-        fh.flush()
         proc = subprocess.Popen(argv, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             rc: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+            kill_group(proc)
             rc = None
             fh.write(f"\n[autopipe] killed after the {timeout:.0f} s timeout\n".encode())
         except BaseException:
             # Interrupted (KeyboardInterrupt, test teardown): never leave a fit running.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+            kill_group(proc)
             raise
-        fh.write(f"{_stamp()} [autopipe] exit: code {rc}\n".encode())
+    log_marker(log_path, f"exit: code {rc}")
     return rc, time.perf_counter() - t0
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group ``proc`` leads (started with ``start_new_session``) and reap it."""
+    if proc.returncode is None:  # once reaped, its pid (and group id) may belong to someone else
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def log_marker(log_path: Path | str, message: str) -> None:
+    """Append ``<timestamp> [autopipe] <message>`` to a pacemaker log.
+
+    Same timestamp format as pacemaker's own lines, so :func:`log_phases` can time the
+    phases between autopipe's markers and pacemaker's.
+    """
+    with open(log_path, "ab") as fh:
+        fh.write(f"{_stamp()} [autopipe] {message}\n".encode())
 
 
 def _stamp() -> str:
@@ -201,6 +212,31 @@ def _subprocess_env() -> dict[str, str]:
     env.setdefault("MPLBACKEND", "Agg")  # pacemaker plots error distributions; no display here
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def prepare_input(
+    workdir: Path | str,
+    train_config: TrainConfig,
+    elements: Sequence[str],
+    dataset: Path | str,
+    *,
+    initial_potential: Path | str | None = None,
+    iterations: int | None = None,
+) -> tuple[Path, list[str]]:
+    """Write ``workdir/input.yaml``; return the resolved workdir and pacemaker's arguments.
+
+    The arguments (``input.yaml [-p <parent yaml>]``) are the same whether pacemaker runs
+    as a subprocess (:func:`run_pacemaker`) or in the warm trainer
+    (:mod:`autopipe.potentials.warm`), so both routes fit exactly the same problem.
+    """
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = render_input(train_config, elements, str(Path(dataset).resolve()), iterations=iterations)
+    write_input(cfg, workdir / "input.yaml")
+    args = ["input.yaml"]
+    if initial_potential is not None:
+        args += ["-p", str(Path(initial_potential).resolve())]
+    return workdir, args
 
 
 def run_pacemaker(
@@ -222,15 +258,9 @@ def run_pacemaker(
     overrides ``train_config.max_iterations``; ``timeout`` (s) overrides
     ``train_config.timeout``.
     """
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    dataset = Path(dataset).resolve()
-    cfg = render_input(train_config, elements, str(dataset), iterations=iterations)
-    write_input(cfg, workdir / "input.yaml")
-    argv = [venv_bin("pacemaker"), "input.yaml"]
-    if initial_potential is not None:
-        argv += ["-p", str(Path(initial_potential).resolve())]
-    argv += list(extra_args)
+    workdir, args = prepare_input(workdir, train_config, elements, dataset,
+                                  initial_potential=initial_potential, iterations=iterations)
+    argv = [venv_bin("pacemaker"), *args, *extra_args]
     log_path = workdir / LOG_FILE
     rc, wall = run_command(argv, workdir, log_path, timeout or train_config.timeout, env=_subprocess_env())
     result = FitResult(status="failed", workdir=workdir, argv=argv, walltime=wall, log_path=log_path)
@@ -264,6 +294,17 @@ def export_yace(yaml_path: Path | str, out: Path | str | None = None, timeout: f
     rc, _ = run_command(argv, yaml_path.parent, log_path, timeout)
     if rc != 0 or not out.exists():
         raise RuntimeError(f"pace_yaml2yace failed (code {rc}):\n{_tail(log_path)}")
+    return out
+
+
+def yaml_to_yace(yaml_path: Path | str, out: Path | str | None = None) -> Path:
+    """In-process :func:`export_yace` (what ``pace_yaml2yace`` does), for processes that
+    already hold pyace: B-basis ``.yaml`` â†’ C-tilde ``.yace``."""
+    from pyace import ACEBBasisSet
+
+    yaml_path = Path(yaml_path).resolve()
+    out = Path(out).resolve() if out else yaml_path.with_suffix(".yace")
+    ACEBBasisSet(str(yaml_path)).to_ACECTildeBasisSet().save_yaml(str(out))
     return out
 
 
@@ -397,6 +438,9 @@ PHASES = (
     ("data_preparation", "tensorpot_version", "Fitting dataset size"),  # load, neighbour lists, weights, plots
     ("tf_graph_build", "Fitting dataset size", "Initial state:"),  # tracing + first loss/gradient evaluation
     ("optimisation", "Initial state:", "Fitting cycle finished"),
+    # Inside "optimisation", with a test set: the first test evaluation, which traces the
+    # prediction graph (a fresh process pays it; the warm trainer reuses its trace).
+    ("first_test_evaluation", "Initial state:", "Initial(TEST)"),
     ("predictions", "Fitting cycle finished", "[autopipe] exit"),  # save, predict train/test, plots
 )
 
@@ -404,9 +448,9 @@ PHASES = (
 def log_phases(log_path: Path | str) -> dict[str, float]:
     """Seconds spent in each phase of a pacemaker run, from the timestamps of its log.
 
-    Needs the combined log written by :func:`run_pacemaker` (pacemaker's lines plus
-    autopipe's start/exit markers). Phases whose markers are missing (e.g. the TensorFlow
-    ones with the pyace backend) are left out.
+    Needs the combined log written by :func:`run_pacemaker` or the warm trainer
+    (pacemaker's lines plus autopipe's start/exit markers). Phases whose markers are missing
+    (e.g. the TensorFlow ones with the pyace backend) are left out.
     """
     import datetime as dt
 

@@ -134,9 +134,19 @@ def fit_and_export(
     *,
     parent_yaml: Path | str | None = None,
     iterations: int | None = None,
+    warm: bool | None = None,
 ) -> FitOutput:
     """Fit with pacemaker in ``workdir`` (continuing from ``parent_yaml`` if given), export the
-    ``.yace`` and compute the active set. Touches no database: runs on any worker."""
+    ``.yace`` and compute the active set. Touches no database: runs on any worker.
+
+    ``warm`` (default ``train_config.warm_trainer``): fit in this process's long-lived trainer
+    (:func:`autopipe.potentials.warm.warm_fit_and_export`) instead of a fresh ``pacemaker``."""
+    use_warm = train_config.warm_trainer if warm is None else warm
+    if use_warm:
+        from autopipe.potentials.warm import warm_fit_and_export
+
+        return warm_fit_and_export(workdir, train_config, elements, data_file, parent_yaml=parent_yaml,
+                                   iterations=iterations)
     from autopipe.potentials.pacemaker import FITTING_DATA_INFO, LOG_FILE, compute_active_set, export_yace, run_pacemaker
 
     t0 = time.perf_counter()

@@ -80,14 +80,21 @@ def after_triggered(w: WalkerLike, version: int, trigger_step: int, rewind_step:
     w.note = f"waits for a potential newer than v{version} (trigger at step {trigger_step}, resumes at step {w.step})"
 
 
-def after_failed(w: WalkerLike, version: int, error: str | None, max_failures: int) -> bool:
-    """A failed segment: wait for a newer potential, or retire after ``max_failures`` in a row.
-    Returns True when the walker was retired."""
+def _failure(w: WalkerLike, error: str | None, max_failures: int) -> bool:
+    """Count one failure; retire the walker at ``max_failures`` in a row. True when retired."""
     w.failures += 1
     w.error = error
     if w.failures >= max_failures:
         w.status = WalkerStatus.finished
-        w.note = f"retired after {w.failures} failed segments in a row; last: {error}"
+        w.note = f"retired after {w.failures} failures in a row; last: {error}"
+        return True
+    return False
+
+
+def after_failed(w: WalkerLike, version: int, error: str | None, max_failures: int) -> bool:
+    """A failed segment: wait for a newer potential, or retire after ``max_failures`` in a row.
+    Returns True when the walker was retired."""
+    if _failure(w, error, max_failures):
         return True
     w.status, w.waiting_for_version = WalkerStatus.waiting, version
     w.note = f"waits for a potential newer than v{version} after a failed segment ({w.failures} in a row)"
@@ -97,11 +104,7 @@ def after_failed(w: WalkerLike, version: int, error: str | None, max_failures: i
 def after_refused(w: WalkerLike, reason: str, max_failures: int) -> bool:
     """A trigger frame nothing could be labelled from: counts as a failed segment, but the walker
     goes on at once with the same potential (no label is coming). Returns True when retired."""
-    w.failures += 1
-    w.error = reason
-    if w.failures >= max_failures:
-        w.status = WalkerStatus.finished
-        w.note = f"retired after {w.failures} failures in a row; last: {reason}"
+    if _failure(w, reason, max_failures):
         return True
     w.status, w.waiting_for_version = WalkerStatus.running, None
     w.note = f"going on with the same potential: {reason} ({w.failures} in a row)"

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import autopipe.potentials.pacemaker as pm
+import autopipe.potentials.warm as warm
 from autopipe.db import Database
 from autopipe.potentials import PotentialStore, should_retrain, train_round
 from autopipe.potentials.pacemaker import FitResult
@@ -40,7 +41,7 @@ def test_should_retrain_counts_successful_labels_after_the_latest_potential(db, 
 
 
 def test_failed_fit_publishes_nothing(db, tmp_path, monkeypatch):
-    cfg = lj_run_config("t", tmp_path)
+    cfg = lj_run_config("t", tmp_path, train={"warm_trainer": False})  # the fake replaces the pacemaker program
     store = PotentialStore(db, tmp_path / "potentials")
     add_labelled(db, lj_structures(3))
 
@@ -71,7 +72,7 @@ def test_retrain_continues_from_parent_and_snapshots_labels(lj_potential, tmp_pa
     assert should_retrain(db, cfg.train)
     snapshot = max_label_id(db)
 
-    real_run = pm.run_pacemaker
+    real_run = warm.warm_fit_and_export  # the default route (TrainConfig.warm_trainer)
     late: list[int] = []
 
     def run_and_label_meanwhile(*args, **kwargs):
@@ -79,7 +80,7 @@ def test_retrain_continues_from_parent_and_snapshots_labels(lj_potential, tmp_pa
         late.extend(add_labelled(db, lj_structures(1, seed=23)))
         return real_run(*args, **kwargs)
 
-    monkeypatch.setattr(pm, "run_pacemaker", run_and_label_meanwhile)
+    monkeypatch.setattr(warm, "warm_fit_and_export", run_and_label_meanwhile)
     out = train_round(db, store, cfg)
     assert out.ok, f"{out.error}\n{out.log_tail}"
 
@@ -102,7 +103,7 @@ def test_retrain_continues_from_parent_and_snapshots_labels(lj_potential, tmp_pa
 
 @pytest.mark.parametrize("continue_from_parent", [True, False])
 def test_retrain_passes_parent_and_iterations_to_pacemaker(db, tmp_path, monkeypatch, continue_from_parent):
-    cfg = lj_run_config("t", tmp_path, train={"max_iterations": 50, "retrain_iterations": 7,
+    cfg = lj_run_config("t", tmp_path, train={"max_iterations": 50, "retrain_iterations": 7, "warm_trainer": False,
                                                "continue_from_parent": continue_from_parent})
     store = PotentialStore(db, tmp_path / "potentials")
     ids = add_labelled(db, lj_structures(2))

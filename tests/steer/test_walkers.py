@@ -57,7 +57,7 @@ def test_failed_segments_wait_for_a_new_potential_and_retire_the_walker_after_th
     W.wake(w, newest_version=2)
     assert W.after_failed(w, version=2, error="NaN energy", max_failures=2)
     assert w.status is WalkerStatus.finished and w.error == "NaN energy"
-    assert w.note.startswith("retired after 2 failed segments") and "NaN energy" in w.note
+    assert w.note.startswith("retired after 2 failures in a row") and "NaN energy" in w.note
     ok = Walker(failures=1)  # a good segment resets the count
     W.after_completed(ok, 10, "ck")
     assert ok.failures == 0
