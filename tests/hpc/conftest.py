@@ -1,4 +1,7 @@
-"""The test Slurm cluster (scripts/slurm-test-server.sh) and Parsl loaded on a site of it.
+"""The test Slurm cluster (scripts/slurm-test-server.sh), Parsl loaded on a site of it, and
+what the loop tests need around it: a short silicon campaign (:func:`si_run`), a database of
+their own on the PostgreSQL test server, a watch on ``squeue`` (jobs and steps), Parsl's
+lost-worker lines and the scheduler-wait measure from the database's timestamps.
 
 ``make test`` starts the cluster and exports ``AUTOPIPE_TEST_SLURM=1`` and ``SLURM_CONF``; the
 tests here are skipped only when that variable is unset (a plain ``pytest`` run), and fail when

@@ -95,7 +95,7 @@ def test_healing_loop_runs_md_and_training_in_gpu_jobs_and_pwx_as_an_srun_step_o
     print(f"\nslurm loop: {wait['walltime']:.0f} s; submit -> first result {first_result:.1f} s; waiting on the "
           f"scheduler with nothing running {100 * wait['share']:.0f}% of the wall time; tasks queued "
           f"{wait['queued']:.0f} s in all")
-    assert first_result < 60 and wait["share"] < 0.5
+    assert first_result < 90 and wait["share"] < 0.6
 
 
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen):
