@@ -12,8 +12,9 @@ values, and writes only under its own scratch directory on the worker:
 * :func:`check_size`: the bound on one task's pickled arguments (checked on the steering side
   before anything is sent) and result (checked on the worker before it is sent back).
 
-Bounds: an executor's ``max_payload_mb`` (site file); 10 MB by default for Globus Compute,
-whose service refuses larger task submissions and results, 512 MB for the others. Typical
+Bounds: an executor's ``max_payload_mb`` (site file), on the pickled size; 7 MB by default
+for Globus Compute (its service refuses task submissions and results above 10 MB of the SDK's
+base64 text, 1.35 times the pickle), 512 MB for the others. Typical
 sizes: an MD segment's arguments are the walker state (about 50 bytes per atom) plus the
 potential's files (compressed; tens of kB for the test potentials, a few MB for production
 bases with their active sets); a training round's arguments are its training set packed as

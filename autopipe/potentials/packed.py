@@ -7,7 +7,7 @@ as flat numpy arrays in one compressed ``.npz`` (no pickles inside: the worker r
 ``allow_pickle=False``). The worker rebuilds the same DataFrame with :meth:`TrainingSet.frame`
 and never opens the database.
 
-Size: about 57 bytes per atom and 140 per structure before compression (positions and forces
+Size: about 58 bytes per atom and 130 per structure before compression (positions and forces
 in float64 dominate); e.g. 2,000 structures of 100 atoms are about 11 MB.
 """
 

@@ -26,5 +26,5 @@ def test_pack_round_trip_is_exact_with_masks_weights_and_ids(db):
         assert a == b  # numbers, positions, cell, pbc: bit for bit
     for col in ("forces", "w_forces"):
         assert all(np.array_equal(x, y) for x, y in zip(back[col], df[col]))
-    # About 57 bytes per atom before compression (the module's stated size), less after.
+    # About 58 bytes per atom before compression (the module's stated size), less after.
     assert packed.nbytes < 60 * info.n_atoms + 2000
