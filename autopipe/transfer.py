@@ -16,8 +16,8 @@ Bounds: an executor's ``max_payload_mb`` (site file), on the pickled size; 7 MB 
 for Globus Compute (its service refuses task submissions and results above 10 MB of the SDK's
 base64 text, 1.35 times the pickle), 512 MB for the others. Typical
 sizes: an MD segment's arguments are the walker state (about 57 bytes per atom) plus the
-potential's files (compressed; tens of kB for the test potentials, a few MB for production
-bases with their active sets); a training round's arguments are its training set packed as
+potential's files (tens of kB for the test potentials; the active set ``.asi`` holds an
+n x n matrix per element for n basis functions, 8n² bytes: 8 MB per element at n = 1,000); a training round's arguments are its training set packed as
 arrays (about 58 bytes per atom before compression, see :mod:`autopipe.potentials.packed`);
 its result the new potential's files and pacemaker's log.
 """
