@@ -58,6 +58,7 @@ class Steering:
                            progress=Progress(live=live), args={k: h.args for k, h in HANDLERS.items()})
         self.parsl_kwargs = parsl_kwargs or {}
         self.busy = 0.0  # s the steering process spent working (not waiting for results)
+        self.dfk = None  # Parsl's DataFlowKernel while the loop runs
 
     def run(self) -> LoopOutcome:
         """Run (or resume) until a stopping rule fires; returns why and how long it took."""
@@ -132,7 +133,7 @@ class Steering:
     def _stop_reason(self) -> str | None:
         from autopipe.scheduler import scheduler_refusal
 
-        if self.ctx.cannot_run is None and (refused := scheduler_refusal(self.dfk)):
+        if self.ctx.cannot_run is None and self.dfk is not None and (refused := scheduler_refusal(self.dfk)):
             self.ctx.cannot_send(refused)
         return stop_reason(read_view(self.ctx), self.ctx.run.stop)
 
