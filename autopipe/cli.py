@@ -40,11 +40,13 @@ def _load(site: Path, run: Path, workdir: Optional[Path]):
 
 
 def plan_text(site_cfg, run_cfg) -> str:
-    """A short human-readable plan of what a run will do and where."""
+    """A short human-readable plan of what a run will do and where (no passwords)."""
+    from autopipe.db.session import redacted
+
     lines = [
         f"run {run_cfg.name!r} on site {site_cfg.name!r}",
         f"  work directory : {run_cfg.workdir}",
-        f"  database       : {run_cfg.database_url()}",
+        f"  database       : {redacted(run_cfg.database_url())}",
         f"  elements       : {', '.join(run_cfg.system.elements)} (structure: {run_cfg.system.structure.kind})",
         f"  potential      : {run_cfg.initial_potential.kind}"
         + (f" -> {run_cfg.initial_potential.name}" if run_cfg.initial_potential.kind == "generate" else ""),

@@ -12,11 +12,17 @@ Everything else asks this module for a path instead of spelling one out::
       walkers/wNN/             checkpoint-00000000.npz: the walker's first state
       walkers/wNN/segNNNN/     one MD segment: LAMMPS records, trajectory, checkpoint-<step>.npz
       dft/sNNNNNN/             pw.x attempts of structure NNNNNN (attempt-N/)
+      cache/                   potentials and UPF files received by value, by checksum (workers)
       parsl/                   Parsl's run directory
       replay/vNNNN/            `autopipe replay` segments (in-sample); replay.json their summary
       replay/fresh/            fresh trajectories (vNNNN-sSEED/), their labelled close-contact
                                frames (frames.extxyz, dft/fNNN/ for pw.x); fresh.json the summary
       report/                  `autopipe report`: index.html and its plots
+
+Workers use the same layout under their own root (:meth:`RunLayout.on_worker`): the run's
+work directory when they share it, else a directory per run under their executor's
+``scratch``; the files the loop keeps (checkpoints, published potentials) are written here
+from what the tasks return.
 
 Nothing here creates files except :meth:`RunLayout.fresh_train_dir` and
 :func:`write_run_files`; the functions are pure path arithmetic otherwise.
@@ -108,6 +114,22 @@ class RunLayout:
 
     def segment_dir(self, walker_index: int, number: int) -> Path:
         return self.walker_dir(walker_index) / f"seg{int(number):04d}"
+
+    def on_worker(self, scratch: str | None, run_name: str) -> str:
+        """This run's directory on a worker: the work directory itself when ``scratch`` is None
+        (workers share this filesystem), else ``<scratch>/<run name>-<8 hex digits of the work
+        directory's path>`` (expanded on the worker; the same for every task of the run, so
+        a task resubmitted to the same worker finds what an earlier try left there)."""
+        import hashlib
+
+        if scratch is None:
+            return str(self.root.resolve())
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+        return f"{scratch.rstrip('/')}/{run_name}-{digest}"
+
+    def relative(self, path: Path | str) -> str:
+        """``path`` (inside the work directory) relative to it: the same place on a worker."""
+        return str(Path(path).resolve().relative_to(self.root.resolve()))
 
     def dft_dir(self, structure_id: int) -> Path:
         return self.root / "dft" / f"s{int(structure_id):06d}"

@@ -51,7 +51,16 @@ def retry_lost_workers(exc: BaseException, task_record: Any) -> float:
     resubmitted up to ``n`` times (to a new block); an exception raised by the app itself is
     returned to the caller at once.
     """
-    return 1.0 if isinstance(exc, LOST_WORKER_ERRORS) else 1e9
+    if not isinstance(exc, LOST_WORKER_ERRORS):
+        return 1e9
+    # Parsl empties fail_history when it retries: keep why each try was lost for the loop's record.
+    if task_record is not None:
+        task_record.setdefault(LOST_TRIES, []).append(f"{type(exc).__name__}: {exc}")
+    return 1.0
+
+
+#: Key of the task record under which :func:`retry_lost_workers` lists the tries lost with their block.
+LOST_TRIES = "autopipe_lost_tries"
 
 
 # 'sbatch: error: Batch job submission failed: Invalid feature specification' (sbatch) and

@@ -35,6 +35,23 @@ class _ExecutorBase(StrictModel):
         ge=1,
         description="Tasks the steering loop keeps in flight on this executor (default: its worker count).",
     )
+    scratch: str | None = Field(
+        default=None,
+        description="Directory on the workers under which this executor's tasks write (pw.x attempts, LAMMPS "
+        "segment files, pacemaker fits, a cache of the potentials they receive), in a subdirectory per run; '~' "
+        "and $VARS are expanded on the worker, e.g. '$PSCRATCH/autopipe'. Default: the run's work directory "
+        "itself (workers that share the steering host's filesystem).",
+    )
+    max_payload_mb: float = Field(
+        default=512.0,
+        gt=0,
+        description="Largest pickled arguments, and result, of one task on this executor (MB). Larger ones are "
+        "not sent: the run stops with a message saying which and how big.",
+    )
+
+    def payload_bytes(self) -> int:
+        """``max_payload_mb`` in bytes."""
+        return int(self.max_payload_mb * (1 << 20))
 
 
 class ThreadsExecutor(_ExecutorBase):
@@ -210,6 +227,18 @@ class GlobusComputeExecutorConfig(_ExecutorBase):
         pattern=r"^[0-9a-fA-F-]{36}$", description="UUID of the Globus Compute endpoint (globus-compute-endpoint list)."
     )
     max_tasks: int = Field(default=4, ge=1, description="Tasks kept in flight on the endpoint.")
+    scratch: str | None = Field(
+        default="~/.cache/autopipe/scratch",
+        description="Directory on the endpoint's workers under which tasks write, in a subdirectory per run ('~' "
+        "and $VARS expanded there); point it at a scratch file system, e.g. '$PSCRATCH/autopipe'. An endpoint "
+        "shares no files with the steering process: everything else travels by value.",
+    )
+    max_payload_mb: float = Field(
+        default=7.0,
+        gt=0,
+        description="Largest pickled arguments, and result, of one task (MB). The Globus Compute service refuses "
+        "task submissions and results above 10 MB of the SDK's base64 text, about 1.35 times the pickle.",
+    )
 
     def workers(self) -> int:
         return self.max_tasks

@@ -57,6 +57,16 @@ def add_missing_columns(engine: Engine) -> list[str]:
     return added
 
 
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: the form that may be printed or logged."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show nothing of it
+        return "<database URL>"
+
+
 class Database:
     """One run's database: SQLite by default, any SQLAlchemy URL (PostgreSQL) by config.
 
@@ -76,7 +86,7 @@ class Database:
         try:
             self.engine: Engine = create_engine(url, **kwargs)
         except Exception as exc:  # bad URL or missing driver
-            raise AutopipeError(f"cannot open database {url!r}: {exc}") from None
+            raise AutopipeError(f"cannot open database {redacted(url)!r}: {exc}") from None
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
@@ -85,7 +95,7 @@ class Database:
                 Base.metadata.create_all(self.engine)
                 add_missing_columns(self.engine)
             except Exception as exc:
-                raise AutopipeError(f"cannot open database {url!r}: {str(exc).splitlines()[0]}") from None
+                raise AutopipeError(f"cannot open database {redacted(url)!r}: {str(exc).splitlines()[0]}") from None
 
     @classmethod
     def for_workdir(cls, workdir: Path | str, url: str | None = None) -> "Database":

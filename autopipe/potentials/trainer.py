@@ -1,11 +1,14 @@
 """One training round, used by the steering loop, the tests and every command:
 
     plan_round (steering side: snapshot, parent, version, iterations -> a TrainRequest)
-      -> fit_round (any worker: dataset from the snapshot -> pacemaker -> .yace + .asi)
-      -> publish_round (steering side: the store's atomic publish)
+      -> training_set (steering side: the labels up to the snapshot, packed as arrays)
+      -> fit_round (any worker: DataFrame from the pack -> pacemaker -> .yace + .asi, as bytes)
+      -> publish_round (steering side: the files written to the round's directory, then the
+         store's atomic publish)
 
-:func:`train_round` runs the three in this process. The steering loop runs
-:func:`fit_round` as a Parsl app and publishes when it returns.
+:func:`train_round` runs them in this process. The steering loop runs :func:`fit_round` as a
+Parsl app and publishes when it returns. Everything :func:`fit_round` takes and returns is a
+value (:mod:`autopipe.transfer`): the worker needs neither the database nor the run's files.
 
 Bookkeeping of labels: a round snapshots the newest label id when it is planned
 (``max(Label.id)``), trains on every successful label up to that id, and publishes the
@@ -27,7 +30,9 @@ if TYPE_CHECKING:
     from autopipe.config.run import RunConfig, TrainConfig
     from autopipe.db import Database
     from autopipe.layout import RunLayout
+    from autopipe.potentials.packed import TrainingSet
     from autopipe.potentials.store import PotentialFiles, PotentialStore
+    from autopipe.transfer import FileBlob
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +104,15 @@ def should_retrain(db: Database, train_config: TrainConfig) -> bool:
 
 @dataclass
 class FitOutput:
-    """A finished pacemaker fit, not yet published: files by role, metrics, status."""
+    """A finished pacemaker fit, not yet published: files by role, metrics, status.
+
+    ``files``: role -> path where the fit wrote it (on the worker); ``blobs``: the same files
+    by value (:func:`fit_round` fills them), which :func:`publish_round` publishes.
+    """
 
     status: str  # "done" | "failed"
     files: dict[str, str] = field(default_factory=dict)  # role -> path: yaml, yace, asi, input, log
+    blobs: dict[str, FileBlob] = field(default_factory=dict)  # role -> content
     metrics: dict[str, Any] = field(default_factory=dict)
     walltime: float = 0.0  # s
     argv: list[str] = field(default_factory=list)
@@ -167,12 +177,12 @@ def fit_and_export(
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """Everything one training round needs; picklable, so :func:`fit_round` runs on any
-    worker that can open the run's database.
+    """What one training round is: planned on the steering side, picklable.
 
-    ``snapshot``: the newest label id to train on. ``parent_yaml``: continue from this
-    potential (``pacemaker -p``), ``None`` for a fresh fit. ``workdir``: where pacemaker's
-    input, log and outputs go.
+    ``snapshot``: the newest label id to train on. ``parent_yaml``: the published potential to
+    continue from (``pacemaker -p``; a path on the steering side, whose files travel to the
+    worker by value), ``None`` for a fresh fit. ``workdir``: the round's directory in the run's
+    work directory, where the published files are written from the fit's blobs.
     """
 
     version: int
@@ -183,7 +193,6 @@ class TrainRequest:
     iterations: int
     train_config: TrainConfig
     elements: tuple[str, ...]
-    database_url: str
     workdir: str
 
 
@@ -214,49 +223,63 @@ def plan_round(
         iterations=(tc.retrain_iterations or tc.max_iterations) if continuing else tc.max_iterations,
         train_config=tc,
         elements=tuple(run_config.system.elements),
-        database_url=db.url,
         workdir=str(layout.fresh_train_dir(version)),
     )
 
 
-def fit_round(request: TrainRequest) -> FitOutput:
-    """Build the training set up to the request's snapshot, fit, export and compute the
-    active set in ``request.workdir``. Touches the database read-only; never raises for a
-    bad dataset or a failed fit (the result's ``status`` says)."""
-    from autopipe.db import Database
-    from autopipe.potentials.dataset import build_dataset, write_dataset
+def training_set(db: Database, request: TrainRequest) -> TrainingSet:
+    """The round's training set, packed for the worker (steering side: reads the database).
+    A set that cannot be trained on comes back with its ``error``, never raises."""
+    from autopipe.potentials.dataset import build_dataset
+    from autopipe.potentials.packed import TrainingSet, pack
+
+    try:
+        df, _ = build_dataset(db, request.train_config, max_label_id=request.snapshot)
+    except ValueError as exc:
+        return TrainingSet(error=f"cannot build the training set: {exc}")
+    if len(df) == 0:
+        return TrainingSet(error="no successful labels to train on")
+    return pack(df)
+
+
+def fit_round(request: TrainRequest, data: TrainingSet, *, workdir: Path | str,
+              parent_yaml: Path | str | None = None) -> FitOutput:
+    """Fit on ``data`` in ``workdir`` (continuing from ``parent_yaml`` when given), export the
+    ``.yace``, compute the active set, and return the files by value in ``blobs``. Touches
+    neither the database nor anything outside ``workdir`` and the parent's file; never raises
+    for a bad dataset or a failed fit (the result's ``status`` says)."""
+    from autopipe.potentials.dataset import write_dataset
+    from autopipe.transfer import FileBlob
 
     t0 = time.perf_counter()
-    workdir = Path(request.workdir)
+    if data.error:
+        return FitOutput(status="failed", error=data.error)
+    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    db = Database(request.database_url, create=False)
-    try:
-        df, info = build_dataset(db, request.train_config, max_label_id=request.snapshot)
-    except ValueError as exc:
-        return FitOutput(status="failed", error=f"cannot build the training set: {exc}")
-    finally:
-        db.dispose()
-    if info.n_structures == 0:
-        return FitOutput(status="failed", error="no successful labels to train on")
-    data_file = write_dataset(df, workdir / "dataset.pckl.gzip")
+    data_file = write_dataset(data.frame(), workdir / "dataset.pckl.gzip")
     t_data = time.perf_counter() - t0
     out = fit_and_export(workdir, request.train_config, request.elements, data_file,
-                         parent_yaml=request.parent_yaml, iterations=request.iterations)
-    out.n_train = info.n_structures
+                         parent_yaml=parent_yaml, iterations=request.iterations)
+    if out.ok:
+        out.blobs = {role: FileBlob.read(path) for role, path in out.files.items()}
+    out.n_train = data.n_structures
     out.timings = {"dataset": t_data, **out.timings}
-    out.metrics.update(n_structures=info.n_structures, n_atoms=info.n_atoms, n_embedded=info.n_embedded,
-                       n_masked_atoms=info.n_masked_atoms,
-                       continued_from=request.parent_version if request.parent_yaml else None)
+    out.metrics.update(n_structures=data.n_structures, n_atoms=data.n_atoms, n_embedded=data.n_embedded,
+                       n_masked_atoms=data.n_masked_atoms,
+                       continued_from=request.parent_version if parent_yaml else None)
     out.walltime = time.perf_counter() - t0
     return out
 
 
 def publish_round(store: PotentialStore, request: TrainRequest, fit: FitOutput) -> PotentialFiles:
-    """Publish a successful fit of ``request`` as its version (atomic; see the store)."""
+    """Write a successful fit's files into the round's directory and publish them as its
+    version (atomic; see the store)."""
     if not fit.ok:
         raise ValueError(f"cannot publish a failed fit: {fit.error}")
+    workdir = Path(request.workdir)
+    files = {role: blob.write(workdir / blob.name) for role, blob in fit.blobs.items()}
     return store.publish(
-        {role: Path(path) for role, path in fit.files.items()},
+        files,
         name=request.name,
         parent_version=request.parent_version,
         version=request.version,
@@ -280,7 +303,7 @@ def train_round(
 
     t0 = time.perf_counter()
     request = plan_round(db, store, run_config, layout or RunLayout(store.root.parent), **plan)
-    fit = fit_round(request)
+    fit = fit_round(request, training_set(db, request), workdir=request.workdir, parent_yaml=request.parent_yaml)
     outcome = TrainOutcome(
         status="failed", parent_version=request.parent_version, last_label_id=request.snapshot,
         workdir=Path(request.workdir), argv=list(fit.argv), metrics=dict(fit.metrics), n_train=fit.n_train,

@@ -1,10 +1,13 @@
 """What every part of the loop works with: configuration, database, potentials, layout,
-Parsl apps, the priority dispatcher and the progress display."""
+Parsl apps, the priority dispatcher and the progress display; and what the handlers' ``args``
+use to send work by value (:mod:`autopipe.transfer`): a task's scratch directory on its
+worker, potentials and pseudopotentials as file bytes."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from autopipe.db import Task, TaskKind
@@ -20,6 +23,7 @@ if TYPE_CHECKING:
     from autopipe.steer.apps import Apps
     from autopipe.steer.live import Progress
     from autopipe.steer.queue import Dispatcher
+    from autopipe.transfer import FileSet, Scratch, ShippedPotential
 
 #: ``args(ctx, task) -> tuple``: the app arguments of a task row, rebuilt from the database.
 ArgsFn = Callable[["Context", Task], tuple]
@@ -42,6 +46,7 @@ class Context:
     train_failures: int = 0  # consecutive failed fits in this process
     first_potential: str | None = None  # see RunView.first_potential
     limit_problem: str | None = None  # a blow-up limit the labels show to be below physics
+    cannot_run: str | None = None  # work that can never be sent (Slurm refused a block, a payload too big)
     t0: float = field(default_factory=time.monotonic)
 
     def new_task(self, kind: TaskKind, **fields: Any) -> Task:
@@ -49,14 +54,62 @@ class Context:
         return tasks.new_row(kind, self.apps.executors[kind.value], **fields)
 
     def push(self, *task_ids: int) -> None:
-        """Queue pending task rows with the dispatcher, their arguments rebuilt from the database."""
+        """Queue pending task rows with the dispatcher, their arguments rebuilt from the database.
+
+        Arguments above the executor's bound are not sent: the task stays pending (a restart
+        with a larger ``max_payload_mb`` runs it) and the run stops (see :meth:`cannot_send`)."""
+        from autopipe.transfer import PayloadTooLarge, check_size
+
         for task_id in task_ids:
             with self.db.session() as s:
                 task = s.get(Task, task_id)
                 kind = task.kind
                 app_args = self.args[kind](self, task)
+            if kind is not TaskKind.embed:  # carving runs in this process: nothing is sent
+                try:
+                    check_size(app_args, self.site.executor_for(kind.value).payload_bytes(),
+                               f"the arguments of task {task_id} ({kind.value})")
+                except PayloadTooLarge as exc:
+                    self.cannot_send(str(exc))
+                    continue
             label = self.apps.executors[kind.value]
             self.dispatcher.push(label, PRIORITY[kind.value], task_id, getattr(self.apps, kind.value), *app_args)
+
+    def cannot_send(self, why: str) -> None:
+        """Work that can never run as configured: recorded once, and the run stops (stopping rules)."""
+        if self.cannot_run is None:
+            self.cannot_run = why
+            self.progress.log(f"cannot run: {why}")
+            self.db.record_event("cannot_run", why)
+
+    # ------------------------------------------------------------------ by value, for the handlers' args
+    def scratch(self, role: str, directory: Path) -> Scratch:
+        """Where a task of ``role`` writes on its worker: ``directory``'s place (a path in the run's
+        work directory) under the run's directory on that executor's workers."""
+        from autopipe.transfer import Scratch
+
+        ex = self.site.executor_for(role)
+        return Scratch(self.layout.on_worker(ex.scratch, self.run.name), self.layout.relative(directory),
+                       ex.payload_bytes())
+
+    def potential(self, version: int) -> ShippedPotential:
+        """Published potential ``version`` by value (file contents cached while unchanged)."""
+        from autopipe.transfer import ShippedPotential
+
+        return ShippedPotential.of(self.store.get(version))
+
+    def pseudopotentials(self) -> FileSet | None:
+        """The UPF files pw.x uses for the run's elements, by value (read here, where the run file
+        names them); ``None`` for the analytic oracles."""
+        from autopipe.config.run import EspressoConfig
+        from autopipe.dft.pseudo import resolve
+        from autopipe.transfer import FileSet
+
+        dft = self.run.dft
+        if not isinstance(dft, EspressoConfig):
+            return None
+        chosen, _ = resolve(sorted(set(self.run.system.elements)), Path(dft.pseudo_dir), dft.pseudopotentials)
+        return FileSet.read({el: Path(dft.pseudo_dir) / name for el, name in chosen.items()})
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0

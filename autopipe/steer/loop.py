@@ -58,6 +58,7 @@ class Steering:
                            progress=Progress(live=live), args={k: h.args for k, h in HANDLERS.items()})
         self.parsl_kwargs = parsl_kwargs or {}
         self.busy = 0.0  # s the steering process spent working (not waiting for results)
+        self.dfk = None  # Parsl's DataFlowKernel while the loop runs
 
     def run(self) -> LoopOutcome:
         """Run (or resume) until a stopping rule fires; returns why and how long it took."""
@@ -76,7 +77,7 @@ class Steering:
         ctx.db.record_event("start", f"run {ctx.run.name!r} on site {ctx.site.name!r}")
         config = ctx.site.to_parsl_config(ctx.layout.parsl, extra_executors=(steering_executor(),),
                                           **self.parsl_kwargs)
-        dfk = parsl.load(config)
+        dfk = self.dfk = parsl.load(config)
         try:
             ctx.apps = build_apps(ctx.site)
             caps = {e.label: e.capacity or e.workers() for e in ctx.site.executors}
@@ -117,7 +118,7 @@ class Steering:
                 from autopipe.steer.live import snapshot
 
                 ctx.progress.update(snapshot(ctx))
-            if stopping is None and (changed or self._out_of_time()):
+            if stopping is None and (changed or self._out_of_time() or ctx.cannot_run):
                 stopping = self._stop_reason()
                 if stopping:
                     ctx.progress.log(f"stopping: {stopping}; waiting for {len(dispatcher.in_flight())} "
@@ -130,6 +131,10 @@ class Steering:
                 dispatcher.wait(timeout=1.0)
 
     def _stop_reason(self) -> str | None:
+        from autopipe.scheduler import scheduler_refusal
+
+        if self.ctx.cannot_run is None and self.dfk is not None and (refused := scheduler_refusal(self.dfk)):
+            self.ctx.cannot_send(refused)
         return stop_reason(read_view(self.ctx), self.ctx.run.stop)
 
     def _out_of_time(self) -> bool:
@@ -142,10 +147,14 @@ class Steering:
         kind: TaskKind = tasks.kind_of(ctx.db, task_id)
         handler = HANDLERS[kind]
         try:
-            result = future.result()
+            result = tasks.received(ctx.db, task_id, future)
         except Exception as exc:  # the app itself raised (not a failed label or segment)
             msg = f"{type(exc).__name__}: {exc}".strip()
-            if tasks.should_retry(ctx.db, task_id, ctx.run.faults.app_attempts):
+            if (blocked := self._blocked(exc)) is not None:
+                # No retry can help: the task waits, pending, for a restart with a fixed site file.
+                tasks.mark(ctx.db, task_id, TaskState.pending, error=msg)
+                ctx.cannot_send(blocked)
+            elif tasks.should_retry(ctx.db, task_id, ctx.run.faults.app_attempts):
                 ctx.progress.log(f"task {task_id} ({kind.value}) crashed, retrying: {msg}")
                 tasks.mark(ctx.db, task_id, TaskState.pending, error=msg)
                 ctx.push(task_id)
@@ -155,6 +164,18 @@ class Steering:
                 handler.crashed(ctx, task_id, msg)
             return
         handler.done(ctx, task_id, result)
+
+    def _blocked(self, exc: Exception) -> str | None:
+        """One line when ``exc`` says the work can never run as configured: its result exceeded
+        the executor's bound, or Slurm refused the executor's blocks (in Slurm's words)."""
+        from autopipe.scheduler import refusal_from_exception, scheduler_refusal
+        from autopipe.transfer import PayloadTooLarge
+
+        if isinstance(exc, PayloadTooLarge):
+            return str(exc)
+        if (msg := refusal_from_exception(exc)) is not None:
+            return scheduler_refusal(self.dfk) or f"Slurm refused a block: {msg}"
+        return None
 
 
 def run_loop(site, run, *, live: bool = True, parsl_kwargs: dict[str, Any] | None = None) -> LoopOutcome:

@@ -2,7 +2,8 @@
 and the run's ``stop`` settings that returns the message to stop with, or ``None``.
 
 They are tried in the order of :data:`RULES`; the first message wins. Budgets come first
-(they hold whatever the walkers do), then what the walkers say (done, retired,
+(they hold whatever the walkers do), with work that can never run (a Slurm refusal, a task
+above its size bound), then what the walkers say (done, retired,
 converged), then the rules for a run that can no longer move (training budget used,
 stalled).
 """
@@ -34,6 +35,12 @@ def training_keeps_failing(v: RunView, stop: StopConfig) -> str | None:
 
 def blowup_limit_below_physics(v: RunView, stop: StopConfig) -> str | None:
     return v.limit_problem
+
+
+def work_cannot_run(v: RunView, stop: StopConfig) -> str | None:
+    # Slurm refused an executor's blocks, or a task's arguments or result exceed its bound:
+    # waiting would be forever.
+    return v.cannot_run
 
 
 def dft_budget_used(v: RunView, stop: StopConfig) -> str | None:
@@ -79,8 +86,8 @@ def stalled(v: RunView, stop: StopConfig) -> str | None:
 
 
 RULES: tuple[Rule, ...] = (
-    out_of_time, training_keeps_failing, blowup_limit_below_physics, dft_budget_used, no_initial_potential,
-    walkers_finished, converged, training_budget_used, stalled,
+    out_of_time, work_cannot_run, training_keeps_failing, blowup_limit_below_physics, dft_budget_used,
+    no_initial_potential, walkers_finished, converged, training_budget_used, stalled,
 )
 
 

@@ -9,7 +9,9 @@ task whose label was committed counts as done on restart).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -90,3 +92,34 @@ def reconcile(db: Database) -> list[int]:
     if stale:
         db.record_event("resume", f"requeued {len(requeue)} task(s) left by an earlier process")
     return requeue
+
+
+def received(db: Database, task_id: int, future) -> Any:
+    """The value a finished app returned; where and when it ran goes into the task's
+    ``payload["ran"]`` (host, Slurm job and partition, worker start/end as UTC ISO times,
+    Parsl's ``tries`` and why the earlier ones were lost: their worker or block went away).
+    Raises what the app raised, or :class:`~autopipe.transfer.PayloadTooLarge` when its result
+    exceeded the bound."""
+    from autopipe.scheduler import LOST_TRIES
+    from autopipe.steer.work import Ran
+    from autopipe.transfer import PayloadTooLarge
+
+    ran = future.result()
+    if not isinstance(ran, Ran):  # carving, in this process
+        return ran
+    record = getattr(future, "task_record", None) or {}
+    utc = dt.timezone.utc
+    info = {"host": ran.host, "slurm_job": ran.slurm_job, "slurm_partition": ran.slurm_partition,
+            "started": dt.datetime.fromtimestamp(ran.started, utc).isoformat(),
+            "finished": dt.datetime.fromtimestamp(ran.finished, utc).isoformat(),
+            "tries": int(record.get("fail_count", 0)) + 1,
+            "lost": [str(e).splitlines()[0][:300] for e in record.get(LOST_TRIES, [])]}
+    with db.session() as s:
+        t = s.get(Task, task_id)
+        t.payload = {**(t.payload or {}), "ran": info}
+    if info["tries"] > 1:
+        db.record_event("retried", f"task {task_id} ran {info['tries']} times: {'; '.join(info['lost'])}",
+                        task=task_id, slurm_job=ran.slurm_job, lost=info["lost"])
+    if ran.too_large:
+        raise PayloadTooLarge(ran.too_large)
+    return ran.value

@@ -8,8 +8,9 @@ every walker waits and nothing else could bring more labels (the stall rule), wi
 
 :func:`start_training` plans the round with
 :func:`autopipe.potentials.trainer.plan_round` (label snapshot, parent, iterations) and
-queues it; the training app builds the dataset from that snapshot on its worker
-(:func:`autopipe.potentials.trainer.fit_round`), and the train handler publishes it.
+queues it; the train handler's ``args`` packs the labels up to that snapshot for the
+worker (:func:`autopipe.potentials.trainer.training_set`), the training app fits
+(:func:`autopipe.potentials.trainer.fit_round`), and the handler publishes what comes back.
 """
 
 from __future__ import annotations
@@ -77,4 +78,4 @@ def request_from_payload(ctx: Context, payload: dict) -> TrainRequest:
 
     known = {f.name for f in fields(TrainRequest)}
     return TrainRequest(**{k: v for k, v in payload.items() if k in known}, train_config=ctx.run.train,
-                        elements=tuple(ctx.run.system.elements), database_url=ctx.db.url)
+                        elements=tuple(ctx.run.system.elements))

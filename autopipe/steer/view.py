@@ -49,6 +49,7 @@ class RunView:
     first_potential: str | None = None
     idle: bool = False  # nothing queued or in flight in the dispatcher
     limit_problem: str | None = None  # a blow-up limit below the labeller's forces (see handlers.dft)
+    cannot_run: str | None = None  # work that can never be sent (Context.cannot_send)
 
     def busy(self, *kinds: str) -> bool:
         return any(self.active.get(k, 0) for k in kinds)
@@ -81,4 +82,5 @@ def read_view(ctx: Context) -> RunView:
         dft_calls=int(dft_calls or 0), train_failures=ctx.train_failures,
         first_potential=None if newest is not None else ctx.first_potential,
         idle=ctx.dispatcher.idle() if ctx.dispatcher is not None else True, limit_problem=ctx.limit_problem,
+        cannot_run=ctx.cannot_run,
     )

@@ -1,40 +1,86 @@
 """What runs on Parsl workers: thin wrappers over the plain functions of each module.
 
-Each takes only picklable arguments (paths, pydantic configs, ``ase.Atoms``,
-``PotentialFiles``), touches no database, and returns a typed result with a status,
-so the same function runs in a thread, an HTEX worker, a Slurm job or a Globus
-Compute endpoint. Heavy imports happen inside. ``parsl_resource_specification`` is
-accepted (and ignored) because Parsl passes per-task priorities only to apps that
-declare it.
+Everything crosses by value (:mod:`autopipe.transfer`), so the same function runs in a
+thread, an HTEX worker, a Slurm job or on a Globus Compute endpoint with no shared
+filesystem: walker states, potentials and pseudopotentials as file bytes (written once into
+the worker's cache, keyed by checksum), the training set packed as arrays; results come back
+the same way (segment states, labels, the fitted potential's files). Each app writes only
+under its :class:`~autopipe.transfer.Scratch` directory on the worker and touches no
+database. MD, DFT and training return a :class:`Ran`: the result, where and when it ran, or
+why it was too big to send back. Heavy imports happen inside. ``parsl_resource_specification``
+is accepted (and ignored) because Parsl passes per-task priorities only to apps that declare it.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 
-def md_work(checkpoint: str, potential, md_config, otf_config, workdir: str, n_steps: int,
-            launcher: list[str] | None = None, lammps_args: list[str] | None = None,
-            parsl_resource_specification: dict | None = None):
-    """Run one walker segment from a checkpoint file (blow-ups probed into triggers, the rewind
-    state found): :func:`autopipe.md.run_walker_segment`; returns a ``SegmentResult``.
+@dataclass(frozen=True)
+class Ran:
+    """A worker's answer: ``value`` (the app's result), where it ran (host, Slurm job and
+    partition when in one) and when (``started``/``finished``, epoch seconds on the worker's
+    clock); ``too_large``: why ``value`` was not sent back (it exceeded the executor's bound)."""
+
+    value: Any
+    host: str
+    started: float
+    finished: float
+    slurm_job: str | None = None
+    slurm_partition: str | None = None
+    too_large: str | None = None
+
+
+def _ran(value: Any, started: float, scratch, what: str) -> Ran:
+    from autopipe.transfer import PayloadTooLarge, check_size
+
+    where = dict(host=socket.gethostname(), started=started, finished=time.time(),
+                 slurm_job=os.environ.get("SLURM_JOB_ID"), slurm_partition=os.environ.get("SLURM_JOB_PARTITION"))
+    try:
+        check_size(value, scratch.max_result_bytes, f"the result of {what}")
+    except PayloadTooLarge as exc:
+        return Ran(None, too_large=str(exc), **where)
+    return Ran(value, **where)
+
+
+def md_work(state, potential, md_config, otf_config, scratch, n_steps: int, launcher: list[str] | None = None,
+            lammps_args: list[str] | None = None, parsl_resource_specification: dict | None = None) -> Ran:
+    """Run one walker segment from ``state`` (an ``MDState``) with ``potential`` (a
+    ``ShippedPotential``), blow-ups probed into triggers and the rewind state found
+    (:func:`autopipe.md.run_walker_segment`); the value is a ``SegmentResult`` whose states
+    and frames are values (``trajectory`` names the file on the worker).
     ``launcher``/``lammps_args``: the MD executor's MPI launcher and LAMMPS switches (native route)."""
-    from autopipe.md import BlowUpLimits, load_state, run_walker_segment
+    from autopipe.md import BlowUpLimits, run_walker_segment
 
+    t0 = time.time()
     limits = BlowUpLimits(max_force=md_config.max_force, max_energy_change=md_config.max_energy_change)
-    return run_walker_segment(load_state(checkpoint), potential, md_config, otf_config, workdir=Path(workdir),
-                              n_steps=n_steps, limits=limits, launcher=launcher or None,
-                              lammps_args=lammps_args or None)
+    res = run_walker_segment(state, potential.materialise(scratch.cache()), md_config, otf_config,
+                             workdir=scratch.path(), n_steps=n_steps, limits=limits, launcher=launcher or None,
+                             lammps_args=lammps_args or None)
+    res.checkpoint = None  # a file on the worker: the steering side saves ``final_state`` itself
+    return _ran(res, t0, scratch, f"MD segment {scratch.relative}")
 
 
-def dft_work(atoms, dft_config, workdir: str, launcher: list[str],
-             parsl_resource_specification: dict | None = None):
-    """Label one structure; returns :class:`autopipe.dft.LabelResult` (never raises for bad input)."""
+def dft_work(atoms, dft_config, pseudopotentials, scratch, launcher: list[str],
+             parsl_resource_specification: dict | None = None) -> Ran:
+    """Label one structure; the value is a :class:`autopipe.dft.LabelResult` (never an error
+    for bad input). pw.x runs in ``scratch``'s directory (the structure's own: a resubmitted
+    label reads attempts that finished there instead of running them again) with the UPF files
+    of ``pseudopotentials`` (a ``FileSet`` by element, or ``None`` for the analytic oracles)."""
     from autopipe.dft import label
 
-    return label(atoms, dft_config, workdir=Path(workdir), launcher=launcher)
+    t0 = time.time()
+    if pseudopotentials is not None:
+        cache = scratch.cache() / "pseudo"
+        names = {el: path.name for el, path in pseudopotentials.materialise(cache).items()}
+        dft_config = dft_config.model_copy(update={"pseudo_dir": pseudopotentials.directory(cache),
+                                                   "pseudopotentials": names})
+    result = label(atoms, dft_config, workdir=scratch.path(), launcher=launcher)
+    return _ran(result, t0, scratch, f"DFT label {scratch.relative}")
 
 
 @dataclass
@@ -98,9 +144,13 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int,
     return out
 
 
-def fit_work(request, parsl_resource_specification: dict | None = None):
-    """One training round's fit: dataset from the label snapshot, pacemaker, .yace, .asi
-    (:func:`autopipe.potentials.trainer.fit_round`); returns a ``FitOutput``."""
+def fit_work(request, data, parent, scratch, parsl_resource_specification: dict | None = None) -> Ran:
+    """One training round's fit on ``data`` (a packed ``TrainingSet``), continuing from
+    ``parent`` (a ``ShippedPotential``) when given (:func:`autopipe.potentials.trainer.fit_round`);
+    the value is a ``FitOutput`` carrying the new potential's files by value."""
     from autopipe.potentials.trainer import fit_round
 
-    return fit_round(request)
+    t0 = time.time()
+    parent_yaml = parent.materialise(scratch.cache()).yaml if parent is not None else None
+    fit = fit_round(request, data, workdir=scratch.path(), parent_yaml=parent_yaml)
+    return _ran(fit, t0, scratch, f"training {scratch.relative}")

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.hpc.conftest import parsl_on, scontrol_job, site_data
+from tests.hpc.conftest import lost_worker_lines, parsl_on, scontrol_job, site_data
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
@@ -44,16 +43,6 @@ def _wait_for(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - t0
 
 
-def _lost_worker_lines(run_dir: Path) -> list[str]:
-    """Parsl's own log lines saying a try failed because its worker or block was lost."""
-    return [
-        line
-        for log in run_dir.rglob("parsl.log")
-        for line in log.read_text().splitlines()
-        if "failed with exception of type" in line and ("ManagerLost" in line or "WorkerLost" in line)
-    ]
-
-
 @pytest.mark.parametrize("executor", ["cpu", "gpu"])
 def test_scancel_of_a_busy_block_reruns_the_task_on_a_new_block(slurm_cluster, tmp_path, executor):
     marker, run_dir = tmp_path / "marker", tmp_path / "parsl"
@@ -70,7 +59,7 @@ def test_scancel_of_a_busy_block_reruns_the_task_on_a_new_block(slurm_cluster, t
     assert second_job != first_job
     assert scontrol_job(first_job)["JobState"] == "CANCELLED"
     assert scontrol_job(second_job)["Partition"] == executor
-    assert _lost_worker_lines(run_dir), "the retry was not caused by a lost worker"
+    assert lost_worker_lines(run_dir), "the retry was not caused by a lost worker"
     # Parsl's defaults (60 s squeue polls, 120 s heartbeat threshold) take minutes here.
     assert detected < 30 and recovered < 60
 
@@ -88,7 +77,7 @@ def test_block_walltime_ending_mid_task_reruns_the_task(slurm_cluster, tmp_path)
     print(f"\nwalltime 1 min: result from a new block {elapsed:.1f} s after the task started")
     assert second_job != first_job
     assert scontrol_job(first_job)["JobState"] == "TIMEOUT"
-    assert _lost_worker_lines(run_dir)
+    assert lost_worker_lines(run_dir)
 
 
 @pytest.mark.parametrize(

@@ -40,13 +40,28 @@ def short_run(tmp_path: Path, **overrides) -> Path:
         "stop": {"max_md_steps": 200, "max_trainings": 1, "max_walltime": 600},
     }
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(run.get(key), dict) and key != "dft":  # dft: a new code
+        if isinstance(value, dict) and isinstance(run.get(key), dict) and key not in ("dft", "initial_potential"):
             run[key].update(value)
         else:
             run[key] = value
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(run))
     return path
+
+
+def from_fixture(tmp_path: Path, potential, **overrides) -> Path:
+    """:func:`short_run` starting from the cached 2D LJ fixture potential and its training data
+    (imported: no initial labels, no first fit). Its gamma on this liquid starts near 11 and
+    crosses 20 within the first segment, so the run retrains once and hot-swaps."""
+    from tests.lj import fixture_train_dir, lj_recipe
+
+    train = {k: lj_recipe(2)["train"][k] for k in ("number_of_functions_per_element", "ranks", "lmax")}
+    return short_run(tmp_path, **{
+        "initial_potential": {"kind": "file", "path": str(potential.yaml), "asi": str(potential.asi),
+                              "training_data": str(fixture_train_dir(potential) / "dataset.pckl.gzip")},
+        "otf": {"uncertainty_threshold": 20.0, "max_extractions": 1},
+        "train": {**train, "min_new_labels": 1, "retrain_iterations": 10},
+        **overrides})
 
 
 def steer(site: str, run: Path, **kw) -> subprocess.Popen:
@@ -135,3 +150,60 @@ def test_loop_runs_on_local_htex_with_triggers_dft_and_a_retrain(tmp_path):
         versions = list(s.scalars(select(Potential.version).order_by(Potential.version)))
         assert versions[0] == 1
     assert "stopped:" in out
+
+
+def test_loop_heals_on_globus_endpoints_that_cannot_see_the_work_directory(tmp_path, lj2d_potential):
+    """Every MD, DFT and training task goes through the Globus Compute SDK's own serialisation to
+    an endpoint process in a mount namespace of its own, where the run's work directory (its
+    database included) is an empty read-only directory and the endpoint's scratch is private:
+    an app that read or wrote a path of the steering side would fail. The loop still heals."""
+    from autopipe.config import load_run
+    from autopipe.config.site import SiteConfig
+    from autopipe.steer.loop import run_loop
+    from tests.globus_standin import make_endpoint_standin
+
+    work = tmp_path / "work"
+    work.mkdir()
+    run = load_run(from_fixture(tmp_path, lj2d_potential))
+    site_data = yaml.safe_load((ROOT / "configs" / "globus.yaml").read_text())
+    scratch = {}
+    for ex in site_data["executors"]:
+        ex.update(scratch=str(tmp_path / f"scratch-{ex['label']}"), dft_launcher=[])
+        scratch[ex["endpoint_id"]] = ex["scratch"]
+    endpoints = {}
+
+    def endpoint(endpoint_id):
+        endpoints[endpoint_id] = make_endpoint_standin(endpoint_id, hidden=[str(work)], scratch=scratch[endpoint_id])
+        return endpoints[endpoint_id]
+
+    probe = make_endpoint_standin("probe", hidden=[str(work)], scratch=str(tmp_path / "scratch-probe"), workers=1)
+    try:  # the namespace really hides the work directory
+        (work / "seen").write_text("steering side")
+        assert probe.submit(os.listdir, str(work)).result(timeout=60) == []
+        with pytest.raises(Exception, match="Read-only file system"):
+            probe.submit(Path.write_text, work / "from-worker", "x").result(timeout=60)
+    finally:
+        probe.shutdown()
+
+    outcome = run_loop(SiteConfig.model_validate(site_data), run, live=False,
+                       parsl_kwargs={"globus_executor_factory": endpoint})
+    db = Database(f"sqlite:///{work / 'autopipe.db'}")
+    with db.session() as s:
+        remote = list(s.scalars(select(Task).where(Task.kind != TaskKind.embed)))
+        assert {t.executor for t in remote} == {"gpu-endpoint", "cpu-endpoint"}
+        assert all(t.state is TaskState.done and "ran" in t.payload for t in remote), outcome.stopped_because
+        versions = list(s.scalars(select(Potential.version).order_by(Potential.version)))
+        assert versions == [1, 2], outcome.stopped_because  # retrained on the trigger frame's label
+        assert s.scalar(select(func.count()).select_from(Segment).where(Segment.potential_version == 2))  # hot-swap
+        assert s.scalar(select(func.count()).select_from(Structure).where(Structure.origin == Origin.embedded))
+    assert all(c == 1 for c in labels_per_structure(db).values())
+    sent = {}
+    for ep in endpoints.values():
+        for task in ep.submitted:
+            sent.setdefault(task["function"], []).append(task["bytes"])
+    assert {"md_work", "dft_work", "fit_work"} <= set(sent), sent.keys()
+    assert all(not any(Path(d).iterdir()) for d in scratch.values())  # the endpoints' files stayed there
+    largest = {k: max(v) for k, v in sent.items()}
+    print(f"\nglobus stand-in: largest serialised task by app (bytes): {largest}; largest result: "
+          f"{max(r for ep in endpoints.values() for r in ep.results)} bytes")
+    assert max(largest.values()) < 10 * 2**20  # within the Globus Compute service's limit

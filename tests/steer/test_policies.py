@@ -28,6 +28,12 @@ def test_out_of_time():
     assert stopping.out_of_time(view(elapsed=1e9), StopConfig()) is None
 
 
+def test_work_that_cannot_run_stops_the_run_before_the_other_rules():
+    why = "Slurm refused the job of executor 'cpu': Batch job submission failed: Invalid account"
+    assert stopping.work_cannot_run(view(), StopConfig()) is None
+    assert stopping.stop_reason(view(cannot_run=why, train_failures=9), StopConfig()) == why
+
+
 def test_training_keeps_failing():
     assert stopping.training_keeps_failing(view(train_failures=2), StopConfig()) is None
     assert "failed 3 times in a row" in stopping.training_keeps_failing(view(train_failures=3), StopConfig())

@@ -13,10 +13,13 @@ if TYPE_CHECKING:
 
 
 def args(ctx: Context, task: Task) -> tuple:
+    """By value: the structure, the UPF files (pw.x); pw.x writes under the structure's own
+    directory on the worker, so a resubmitted label finds the attempts that finished there."""
     with ctx.db.session() as s:
         atoms = atoms_from_structure(s.get(Structure, task.structure_id))
     launcher = list(ctx.site.executor_for("dft").dft_launcher)
-    return (atoms, ctx.run.dft, str(ctx.layout.dft_dir(task.structure_id)), launcher)
+    return (atoms, ctx.run.dft, ctx.pseudopotentials(), ctx.scratch("dft", ctx.layout.dft_dir(task.structure_id)),
+            launcher)
 
 
 def _structure_id(ctx: Context, task_id: int) -> int:

@@ -1,4 +1,9 @@
-"""MD segments: run one from the walker's checkpoint; a trigger becomes a frame and an embed task."""
+"""MD segments: run one from the walker's state; a trigger becomes a frame and an embed task.
+
+The state travels by value and comes back by value: the checkpoints the walkers resume
+from are written here, in the run's work directory, whatever executor ran the segment
+(``Segment.trajectory`` names the trajectory file where the segment ran).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +20,17 @@ if TYPE_CHECKING:
 
 
 def args(ctx: Context, task: Task) -> tuple:
+    """By value: the walker's state read from its checkpoint here, the potential's files."""
+    from autopipe.md import load_state
+
     with ctx.db.session() as s:
         seg = s.get(Segment, task.segment_id)
         walker = s.get(Walker, seg.walker_id)
         workdir = ctx.layout.segment_dir(walker.index, seg.number)
         checkpoint, version = seg.start_checkpoint, seg.potential_version
     executor = ctx.site.executor_for("md")
-    return (checkpoint, ctx.store.get(version), ctx.run.md, ctx.run.otf, str(workdir), task.payload["n_steps"],
-            list(executor.md_launcher), list(getattr(executor, "md_lammps_args", [])))
+    return (load_state(checkpoint), ctx.potential(version), ctx.run.md, ctx.run.otf, ctx.scratch("md", workdir),
+            task.payload["n_steps"], list(executor.md_launcher), list(getattr(executor, "md_lammps_args", [])))
 
 
 def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | None = None) -> None:
@@ -41,7 +49,7 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
             seg.trajectory = str(result.trajectory) if result.trajectory else None
             seg.walltime, seg.error = result.walltime, result.error
         if seg.status is SegmentStatus.completed:
-            walkers.after_completed(w, result.end_step, str(_checkpoint(ctx, w.index, seg.number, result)))
+            walkers.after_completed(w, result.end_step, str(_save(ctx, w.index, seg.number, result.final_state)))
             seg.end_checkpoint = w.checkpoint
         elif seg.status is SegmentStatus.triggered:
             row = structure_from_atoms(result.trigger_frame, Origin.md_frame, segment_id=seg.id,
@@ -85,17 +93,9 @@ def crashed(ctx: Context, task_id: int, error: str) -> None:
     done(ctx, task_id, None, error=error)
 
 
-def _checkpoint(ctx: Context, walker_index: int, number: int, result: SegmentResult) -> Path:
-    """The segment's end state on the steering side: the worker's file when this host sees it,
-    else written here from the returned state (a worker on another filesystem)."""
-    ck = Path(result.checkpoint) if result.checkpoint else None
-    if ck is None or not ck.is_file():
-        ck = _save(ctx, walker_index, number, result.final_state)
-    return ck
-
-
 def _save(ctx: Context, walker_index: int, number: int, state) -> Path:
-    """Write a walker state into its segment's directory (the steering side's copy)."""
+    """Write a walker state (returned by value) into its segment's directory here: the
+    steering side keeps every checkpoint the walkers resume from, wherever the MD ran."""
     from autopipe.layout import checkpoint_file
     from autopipe.md import save_state
 

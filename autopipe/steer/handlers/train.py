@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autopipe.db import Task, TaskState
@@ -14,7 +15,12 @@ if TYPE_CHECKING:
 
 
 def args(ctx: Context, task: Task) -> tuple:
-    return (request_from_payload(ctx, task.payload),)
+    """By value: the labels up to the round's snapshot packed as arrays, the parent's files."""
+    from autopipe.potentials.trainer import training_set
+
+    request = request_from_payload(ctx, task.payload)
+    parent = ctx.potential(request.parent_version) if request.parent_yaml else None
+    return (request, training_set(ctx.db, request), parent, ctx.scratch("train", Path(request.workdir)))
 
 
 def done(ctx: Context, task_id: int, fit: FitOutput) -> None:
