@@ -23,7 +23,7 @@ from autopipe.errors import AutopipeError
 if TYPE_CHECKING:
     from ase import Atoms
 
-    from autopipe.config.run import InitialPotentialFile, RunConfig
+    from autopipe.config.run import RunConfig
     from autopipe.db import Database
     from autopipe.dft import LabelResult
     from autopipe.layout import RunLayout

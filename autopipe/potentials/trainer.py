@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from autopipe.layout import RunLayout
     from autopipe.potentials.packed import TrainingSet
     from autopipe.potentials.store import PotentialFiles, PotentialStore
-    from autopipe.transfer import FileBlob
+
+from autopipe.potentials.fitoutput import FitOutput  # noqa: E402  (re-exported: the fit's result type)
 
 log = logging.getLogger(__name__)
 
@@ -100,30 +101,6 @@ def should_retrain(db: Database, train_config: TrainConfig) -> bool:
     """True when at least ``train_config.min_new_labels`` successful labels are newer than
     the latest potential's ``last_label_id``."""
     return new_label_count(db) >= train_config.min_new_labels
-
-
-@dataclass
-class FitOutput:
-    """A finished pacemaker fit, not yet published: files by role, metrics, status.
-
-    ``files``: role -> path where the fit wrote it (on the worker); ``blobs``: the same files
-    by value (:func:`fit_round` fills them), which :func:`publish_round` publishes.
-    """
-
-    status: str  # "done" | "failed"
-    files: dict[str, str] = field(default_factory=dict)  # role -> path: yaml, yace, asi, input, log
-    blobs: dict[str, FileBlob] = field(default_factory=dict)  # role -> content
-    metrics: dict[str, Any] = field(default_factory=dict)
-    walltime: float = 0.0  # s
-    argv: list[str] = field(default_factory=list)
-    error: str | None = None
-    log_tail: str = ""
-    timings: dict[str, float] = field(default_factory=dict)  # s: dataset, pacemaker, export
-    n_train: int = 0  # structures in the training set
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "done"
 
 
 def fit_and_export(

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
     from autopipe.config.run import TrainConfig
-    from autopipe.potentials.trainer import FitOutput
+    from autopipe.potentials.fitoutput import FitOutput
 
 #: After a trainer process dies mid-fit, retry the fit this many times on a fresh one.
 RETRIES_AFTER_CRASH = 1
@@ -216,7 +216,7 @@ def warm_fit_and_export(
     process, ``trainer_imports``. ``trainer`` defaults to one from this process's pool.
     """
     from autopipe.potentials.pacemaker import LOG_FILE, _tail, log_marker, prepare_input
-    from autopipe.potentials.trainer import FitOutput
+    from autopipe.potentials.fitoutput import FitOutput
 
     t0 = time.perf_counter()
     workdir, args = prepare_input(workdir, train_config, elements, data_file,

@@ -10,7 +10,7 @@ from autopipe.steer import tasks
 from autopipe.steer.training import request_from_payload
 
 if TYPE_CHECKING:
-    from autopipe.potentials.trainer import FitOutput
+    from autopipe.potentials.fitoutput import FitOutput
     from autopipe.steer.context import Context
 
 
