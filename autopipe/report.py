@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy import select
 
 from autopipe.db import Database, Event, Label, Origin, Potential, Segment, Structure, Walker
+from autopipe.db.session import redacted
 from autopipe.layout import RunLayout
 
 
@@ -311,7 +312,7 @@ def build_report(db: Database, workdir: Path | str) -> Path:
 table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
 .grid{{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}}</style></head><body>
 <h1>autopipe run “{html.escape(cfg.get('name', str(workdir)))}”</h1>
-<p>Generated {dt.datetime.now().isoformat(timespec='seconds')} from <code>{html.escape(db.url)}</code>.
+<p>Generated {dt.datetime.now().isoformat(timespec='seconds')} from <code>{html.escape(redacted(db.url))}</code>.
 Stopped because: <b>{html.escape(str(st['stopped_because'] or 'not stopped (running or killed)'))}</b>.</p>
 <p>Structures {st['structures'].get('total', 0)} (embedded sub-cells {st['embedded']}), labels {st['labels']},
 segments {st['segments']}, triggers {st['triggers']}{_rewinds(st)}.</p>
