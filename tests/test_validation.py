@@ -254,7 +254,8 @@ def test_compare_fresh_runs_both_potentials_from_the_same_new_starts_and_scores_
         for v in (1, 2):
             pot = _store_get(layout, v)
             rmse = np.sqrt(np.mean((evaluate(atoms, pot)["forces"] - ref) ** 2))
-            assert f["errors"][v] == pytest.approx(rmse, rel=1e-9)
+            # The scores come from a separate evaluation; agree to rounding, not bit for bit.
+            assert f["errors"][v] == pytest.approx(rmse, rel=1e-6)
     assert rep.scores[0].n_frames == rep.scores[1].n_frames == len(labelled)
     assert rep.scores[0].force_rmse != rep.scores[1].force_rmse
     assert read_fresh(run.workdir) == FreshReport.from_json(json.loads(layout.fresh_summary.read_text()))
@@ -296,7 +297,10 @@ def test_a_trigger_ends_a_fresh_trajectory_and_its_frame_is_a_candidate(tmp_path
     traj, res = run_fresh(state, store.get(1), run, tmp_path / "t", start, n_steps=1000)
     assert traj.status == "triggered" and traj.trigger_gamma > run.otf.uncertainty_threshold
     assert 0 < traj.trigger_step == traj.steps < 1000 and traj.trigger_step % run.otf.check_frequency == 0
-    assert traj.max_gamma == traj.trigger_gamma and traj.gamma_trace[-1] == [traj.trigger_step, traj.trigger_gamma]
+    # LAMMPS prints gamma in the trace and reports it at the halt separately: equal to rounding.
+    assert traj.max_gamma == pytest.approx(traj.trigger_gamma, rel=1e-12)
+    assert traj.gamma_trace[-1][0] == traj.trigger_step
+    assert traj.gamma_trace[-1][1] == pytest.approx(traj.trigger_gamma, rel=1e-12)
     frames = segment_frames(res, state.atoms, 2)
     assert frames[-1].info["step"] == traj.trigger_step
     assert [a.info["step"] for a in frames[:-1]] == list(range(0, traj.trigger_step + 1, 10))
