@@ -36,6 +36,10 @@ class _ExecutorBase(StrictModel):
         description="Tasks the steering loop keeps in flight on this executor (default: its worker count).",
     )
 
+    def slots(self) -> int:
+        """Tasks the steering loop keeps in flight here: ``capacity``, else the worker count."""
+        return self.capacity or self.workers()
+
 
 class ThreadsExecutor(_ExecutorBase):
     """Threads in the steering process: for tests and laptops."""
