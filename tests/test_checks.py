@@ -18,6 +18,7 @@ from autopipe.config.checks import (
     slurm_accepts_blocks,
     sqlite_on_shared_filesystem,
     training_fits_walltime,
+    walkers_run_beside_training,
 )
 from autopipe.config.run import RunConfig
 from autopipe.config.site import SiteConfig
@@ -65,6 +66,31 @@ def test_training_must_fit_the_training_block():
     assert training_fits_walltime(_site("perlmutter"), run) == []
     [err] = training_fits_walltime(_site("perlmutter", gpu={"walltime": "00:30:00"}), run)
     assert err.level == "error" and "train.timeout (3600 s)" in err.message and "'gpu'" in err.message
+
+
+def _walkers(n: int) -> RunConfig:
+    run = load_run(ROOT / "configs" / "runs" / "lj2d-heal.yaml")
+    return run.model_copy(update={"walkers": run.walkers.model_copy(update={"count": n})})
+
+
+def test_walkers_need_room_beside_a_fit():
+    # The shipped threads site trains on its own thread: two walkers keep running during a fit.
+    assert walkers_run_beside_training(_site("local"), _walkers(2)) == []
+    [warn] = walkers_run_beside_training(_site("local"), _walkers(3))
+    assert warn.level == "warning" and "room for 2 task(s) but the run has 3 walkers: walkers take turns" in warn.message
+    # One executor for everything with 2 threads (the old local.yaml): a fit takes a walker's slot.
+    one = SiteConfig.model_validate({"name": "one", "executors": [
+        {"label": "all", "kind": "threads", "roles": ["md", "dft", "train"], "max_workers": 2}]})
+    assert walkers_run_beside_training(one, _walkers(1)) == []
+    [warn] = walkers_run_beside_training(one, _walkers(2))
+    assert "while a fit runs, only 1 of the 2 walker(s) can run" in warn.message
+    # capacity counts, not only workers
+    roomy = SiteConfig.model_validate({"name": "one", "executors": [
+        {"label": "all", "kind": "threads", "roles": ["md", "dft", "train"], "max_workers": 2, "capacity": 3}]})
+    assert walkers_run_beside_training(roomy, _walkers(2)) == []
+    # Perlmutter: 8 GPU workers for MD and training.
+    assert walkers_run_beside_training(_site("perlmutter"), _walkers(7)) == []
+    assert "only 7 of the 8 walker(s)" in walkers_run_beside_training(_site("perlmutter"), _walkers(8))[0].message
 
 
 def test_blocks_that_can_never_start():

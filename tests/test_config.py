@@ -12,7 +12,7 @@ from autopipe.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SITES = {
-    "local": {"local": "ThreadPoolExecutor"},
+    "local": {"local": "ThreadPoolExecutor", "train": "ThreadPoolExecutor"},
     "local-htex": {"gpu": "HighThroughputExecutor", "cpu": "HighThroughputExecutor"},
     "perlmutter": {"gpu": "HighThroughputExecutor", "cpu": "HighThroughputExecutor"},
     "globus": {"gpu-endpoint": "GlobusComputeExecutor", "cpu-endpoint": "GlobusComputeExecutor"},

@@ -58,6 +58,22 @@ def training_fits_walltime(site: SiteConfig, run: RunConfig) -> list[Finding]:
     return _task_fits("training", "train.timeout", run.train.timeout, 1, site.executor_for("train"))
 
 
+def walkers_run_beside_training(site: SiteConfig, run: RunConfig) -> list[Finding]:
+    """Room on the MD executor for a segment of every walker, and for a fit beside them when the
+    same executor trains: otherwise walkers that are not waiting for the fit queue behind it."""
+    md, train = site.executor_for("md"), site.executor_for("train")
+    walkers = run.walkers.count
+    shared = md.label == train.label
+    if md.slots() >= walkers + shared:
+        return []
+    if shared and md.slots() >= walkers:
+        return [Finding("warning", f"executor {md.label!r} runs MD and training with room for {md.slots()} task(s): "
+                                   f"while a fit runs, only {md.slots() - 1} of the {walkers} walker(s) can run; give "
+                                   "training its own executor or raise its capacity/workers (see configs/local.yaml)")]
+    return [Finding("warning", f"executor {md.label!r} has room for {md.slots()} task(s) but the run has {walkers} "
+                               f"walkers{' and trains there' if shared else ''}: walkers take turns")]
+
+
 # ----------------------------------------------------------------------------- site
 
 
@@ -193,4 +209,5 @@ def check_run(run: RunConfig) -> list[Finding]:
 
 def check_pair(site: SiteConfig, run: RunConfig) -> list[Finding]:
     """Every rule about a site and a run file used together."""
-    return dft_attempts_fit_walltime(site, run) + training_fits_walltime(site, run)
+    return (dft_attempts_fit_walltime(site, run) + training_fits_walltime(site, run)
+            + walkers_run_beside_training(site, run))

@@ -53,6 +53,10 @@ class _ExecutorBase(StrictModel):
         """``max_payload_mb`` in bytes."""
         return int(self.max_payload_mb * (1 << 20))
 
+    def slots(self) -> int:
+        """Tasks the steering loop keeps in flight here: ``capacity``, else the worker count."""
+        return self.capacity or self.workers()
+
 
 class ThreadsExecutor(_ExecutorBase):
     """Threads in the steering process: for tests and laptops."""

@@ -80,7 +80,7 @@ class Steering:
         dfk = self.dfk = parsl.load(config)
         try:
             ctx.apps = build_apps(ctx.site)
-            caps = {e.label: e.capacity or e.workers() for e in ctx.site.executors}
+            caps = {e.label: e.slots() for e in ctx.site.executors}
             aware = {e.label for e in ctx.site.executors if e.kind in ("htex-local", "slurm")}
             ctx.dispatcher = Dispatcher({**caps, STEERING: 1}, aware)
             ctx.push(*tasks.reconcile(ctx.db))

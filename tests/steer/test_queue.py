@@ -9,6 +9,7 @@ import parsl
 import pytest
 from parsl import python_app
 
+from autopipe.config import load_site
 from autopipe.config.site import HtexLocalExecutor, SiteConfig, ThreadsExecutor
 from autopipe.steer.queue import PRIORITY, Dispatcher
 
@@ -23,6 +24,16 @@ def _record(path: str, tag: str, hold: float = 0.0, parsl_resource_specification
     _t.sleep(hold)
     with open(path, "a") as fh:
         fh.write(f"{_t.time():.6f} {tag}\n")
+    return tag
+
+
+def _start(path: str, tag: str, hold: float, parsl_resource_specification: dict | None = None) -> str:
+    """Append ``tag`` with the time it started to ``path``, then take ``hold`` seconds."""
+    import time as _t
+
+    with open(path, "a") as fh:
+        fh.write(f"{_t.time():.6f} {tag}\n")
+    _t.sleep(hold)
     return tag
 
 
@@ -91,6 +102,32 @@ def test_htex_honours_parsl_priorities(tmp_path, monkeypatch):
         order = _order(log)[1:]
         assert order[0] == "block"
         assert set(order[1:3]) == {"dft-0", "dft-1"}, order
+    finally:
+        dfk.cleanup()
+        parsl.clear()
+
+
+def test_local_site_runs_a_fit_beside_both_walkers(tmp_path):
+    """configs/local.yaml with the loop's capacities: a fit (queued first: it outranks MD) and
+    one segment of each of two walkers all start at once, so training holds no walker up."""
+    site = load_site(Path(__file__).resolve().parents[2] / "configs" / "local.yaml")
+    dfk = parsl.load(site.to_parsl_config(tmp_path / "parsl"))
+    try:
+        log = tmp_path / "starts.txt"
+        md, train = site.executor_for("md").label, site.executor_for("train").label
+        d = Dispatcher({e.label: e.slots() for e in site.executors})
+        d.push(train, PRIORITY["train"], "fit", python_app(_start, executors=[train]), str(log), "fit", 1.0)
+        for w in range(2):
+            d.push(md, PRIORITY["md"], f"walker-{w}", python_app(_start, executors=[md]), str(log), f"walker-{w}", 0.5)
+        d.pump()
+        deadline = time.time() + 30
+        while not d.idle() and time.time() < deadline:
+            d.done()
+            d.pump()
+            time.sleep(0.01)
+        starts = {tag: float(t) for t, tag in (ln.split() for ln in log.read_text().splitlines())}
+        assert set(starts) == {"fit", "walker-0", "walker-1"}
+        assert max(starts.values()) - min(starts.values()) < 0.3, starts  # nobody waited for a slot
     finally:
         dfk.cleanup()
         parsl.clear()
