@@ -118,7 +118,9 @@ def compare_fresh(
     its trigger frame, when there is one, as a candidate) go into one pool, labelled by the
     run's labeller: all of them with an oracle, the ``dft_frames`` closest with pw.x (each a
     full MD cell: that costs DFT time), run with ``launcher`` before ``pw.x``. Every
-    potential is scored on the whole pool.
+    potential is scored on the whole pool. The pool depends on how far the trajectories
+    got: a potential that triggers early adds fewer and milder close contacts, so read the
+    scores with the trigger counts.
 
     Writes ``fresh.json`` and the labelled frames (extxyz, reference forces in
     ``arrays["ref_forces"]``) for the report; files of earlier fresh runs are replaced.

@@ -256,7 +256,8 @@ def fresh_section(fresh, out: Path) -> str:
         f"against {html.escape(fresh.labeller)} on the {len(fresh.frames)} closest-contact frames of these "
         "trajectories (the same frames for every potential)"
         + (f": v{fresh.scores[0].version}/v{fresh.scores[-1].version} = <b>{ratio:.1f}x</b>"
-           if np.isfinite(ratio) else "") + ".</p>"
+           if np.isfinite(ratio) else "") + ". Read it with the trigger counts: a trajectory a trigger ends early "
+        "adds fewer and milder close contacts to these frames.</p>"
         + fresh_table(fresh) + _img(plot_fresh(fresh, out), "fresh trajectories"))
 
 
