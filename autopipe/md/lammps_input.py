@@ -137,9 +137,14 @@ def render_data(
     return "\n".join(lines)
 
 
+#: LAMMPS's Marsaglia generator (fix langevin) refuses seeds above this ("Invalid seed").
+MAX_LAMMPS_SEED = 900_000_000
+
+
 def langevin_seed(seed: int, start_step: int) -> int:
-    """A positive LAMMPS seed per (config seed, segment start): segments must not replay one noise sequence."""
-    return 1 + (int(seed) * 1_000_003 + int(start_step)) % (2**31 - 2)
+    """A LAMMPS seed in 1..:data:`MAX_LAMMPS_SEED` per (config seed, segment start): segments must
+    not replay one noise sequence."""
+    return 1 + (int(seed) * 1_000_003 + int(start_step)) % MAX_LAMMPS_SEED
 
 
 def _common(spec: SegmentInput, sort: bool = False) -> list[str]:
