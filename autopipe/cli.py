@@ -55,8 +55,10 @@ def plan_text(site_cfg, run_cfg) -> str:
         + f"dt {run_cfg.md.timestep:g} fs, {run_cfg.md.segment_steps} steps/segment, {run_cfg.md.dimension}D",
         f"  otf            : gamma > {run_cfg.otf.uncertainty_threshold:g} checked every {run_cfg.otf.check_frequency} "
         f"steps, up to {run_cfg.otf.max_extractions} sub-cell(s) per trigger",
-        f"  embedding      : cutoff {run_cfg.embedding.cutoff:g} Å + buffer {run_cfg.embedding.buffer:g} Å "
-        f"-> box {2 * (run_cfg.embedding.cutoff + run_cfg.embedding.buffer):g} Å",
+        "  embedding      : "
+        + ("whole trigger frames (no carving)" if run_cfg.embedding.whole_frame == "always" else
+           f"cutoff {run_cfg.embedding.cutoff:g} Å + buffer {run_cfg.embedding.buffer:g} Å "
+           f"-> box {2 * (run_cfg.embedding.cutoff + run_cfg.embedding.buffer):g} Å"),
         f"  dft            : {run_cfg.dft.code}",
         f"  training       : retrain after {run_cfg.train.min_new_labels} new labels, "
         f"{run_cfg.train.max_iterations} iterations, backend {run_cfg.train.backend}",

@@ -280,10 +280,14 @@ def buffer_warnings(run_config: RunConfig) -> list[str]:
     """What ``autopipe check`` says about ``embedding.buffer`` against the potential's cutoff rc.
 
     Lines start with ``warning:`` (buffer below rc: not exact even for a pair potential) or
-    ``note:`` (below 2*rc: not exact for a many-body labeller; DFT's range must be measured).
+    ``note:`` (below 2*rc: not exact for a many-body labeller; DFT's range must be measured;
+    or no carving at all with ``embedding.whole_frame: always``).
     """
     rc = potential_cutoff(run_config)
     buf = run_config.embedding.buffer
+    if run_config.embedding.whole_frame == "always":
+        return ["note: embedding.whole_frame is 'always': trigger frames are labelled whole (exact, nothing "
+                "masked), so embedding.buffer is not used"]
     if buf < rc:
         return [f"warning: embedding.buffer {buf:g} Å is below the potential's cutoff {rc:g} Å, so the core "
                 "forces of carved cells feel the artificial boundary even for a pair potential (a many-body "

@@ -92,6 +92,9 @@ def test_check_warns_when_the_buffer_is_below_the_cutoff(tmp_path):
     emt = lj_run_config("x", tmp_path)
     emt.dft = EMTOracleConfig(code="emt")
     assert buffer_warnings(emt)[0].startswith("note:")
+    narrow.embedding = EmbeddingConfig(cutoff=4.0, buffer=2.0, whole_frame="always")  # nothing is carved
+    [msg] = buffer_warnings(narrow)
+    assert msg.startswith("note:") and "not used" in msg
 
 
 def test_cli_scans_a_structure_file(tmp_path):
