@@ -45,6 +45,12 @@ parent, and its wall time to the stopping rule at most half the blocking loop's.
     .venv/bin/python benchmarks/heal_compare.py            # both scenarios (see the README for its time)
     .venv/bin/python benchmarks/heal_compare.py --quick    # the 100-atom scenario only
     FLARE_PYTHON=/work/flare-bench/venv/bin/python .venv/bin/python benchmarks/heal_compare.py --keep /tmp/hc
+    .venv/bin/python benchmarks/heal_compare.py --large --dft-latency 0.01 --no-flare   # wall time with DFT latency
+
+``--dft-latency F`` makes every oracle label take F times the pw.x estimate (it sleeps; DFT gets
+threads of its own, as on a site's CPU partition), so the wall-time comparison sees what a
+blocking loop pays while DFT runs; with the bare oracle, labels take milliseconds and fits
+dominate every strategy's wall time.
 
 Internal: ``heal_compare.py loop RUN.yaml`` runs one loop and writes ``outcome.json`` next to it.
 """
@@ -69,6 +75,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 RUN_FILE = ROOT / "configs" / "runs" / "lj2d-heal.yaml"
 SITE_FILE = ROOT / "configs" / "local.yaml"
+# With --dft-latency, DFT gets threads of its own (an HPC site's CPU partition): a label that
+# sleeps for pw.x's time must not hold an MD slot.
+LATENCY_SITE = {"name": "local-dft-apart", "executors": [
+    {"label": "md", "kind": "threads", "roles": ["md"], "max_workers": 2},
+    {"label": "dft", "kind": "threads", "roles": ["dft"], "max_workers": 2},
+    {"label": "train", "kind": "threads", "roles": ["train"], "max_workers": 1}]}
 
 # pw.x cost model: benchmarks/dft.py, Si at the Gamma point, 12 Ry, one core: t ∝ N^1.95, 64 atoms in about 55 s.
 PWX_EXPONENT = 1.95
@@ -154,11 +166,18 @@ def scenario_data(sc: Scenario, overrides: list[str] = ()) -> dict[str, Any]:
     return data
 
 
-def strategy_run(base: dict[str, Any], st: Strategy, workdir: Path, max_walltime: float | None) -> Path:
-    """Write the strategy's run file into ``workdir`` (created); returns its path."""
+def strategy_run(base: dict[str, Any], st: Strategy, workdir: Path, max_walltime: float | None,
+                 dft_latency: float | None = None) -> Path:
+    """Write the strategy's run file into ``workdir`` (created), and its site file when labels
+    emulate pw.x's latency (``dft_latency``: the fraction of the pw.x estimate a label takes);
+    returns the run file's path."""
     import yaml
 
     data = copy.deepcopy(base)
+    if dft_latency:
+        data["dft"]["latency"] = {"seconds_at_64": PWX_REF_SECONDS * dft_latency, "exponent": PWX_EXPONENT}
+        (workdir / "site.yaml").parent.mkdir(parents=True, exist_ok=True)
+        (workdir / "site.yaml").write_text(yaml.safe_dump(LATENCY_SITE, sort_keys=False))
     data["walkers"] = {"count": st.walkers}
     data["embedding"]["whole_frame"] = st.whole_frame
     if max_walltime is not None:
@@ -193,7 +212,8 @@ def loop_main(run_file: Path) -> None:
     from autopipe.steer.loop import run_loop
 
     run = load_run(run_file)
-    outcome = run_loop(load_site(SITE_FILE), run, live=False)
+    site = run_file.parent / "site.yaml"
+    outcome = run_loop(load_site(site if site.is_file() else SITE_FILE), run, live=False)
     (run_file.parent / "outcome.json").write_text(json.dumps(
         {"stopped_because": outcome.stopped_because, "walltime": outcome.walltime}))
 
@@ -354,7 +374,7 @@ def compare(sc: Scenario, root: Path, args, say) -> tuple[list[Row], str]:
     base = scenario_data(sc, args.overrides)
     rows, runs, initial = [], {}, ""
     for st in STRATEGIES:
-        run_file = strategy_run(base, st, root / st.name, args.max_walltime)
+        run_file = strategy_run(base, st, root / st.name, args.max_walltime, args.dft_latency)
         say(f"{sc.name}, {st.name} ({st.what}): running the loop [{load()}]")
         outcome = run_one(run_file)
         run = load_run(run_file)
@@ -404,6 +424,10 @@ def _flare_python(path: str | None) -> Path | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the 100-atom scenario only")
+    ap.add_argument("--large", action="store_true", help="the 1,000-atom scenario only")
+    ap.add_argument("--dft-latency", type=float, default=None, metavar="FRACTION",
+                    help="each label takes this fraction of the pw.x estimate (sleeping; DFT on threads of its "
+                         "own), so wall times include DFT-like latency; default: the oracle's own time")
     ap.add_argument("--keep", type=Path, help="run in this directory and keep it (default: a temporary one)")
     ap.add_argument("--seeds", type=int, default=4, help="fresh seeds for the held-out scores (default 4)")
     ap.add_argument("--seed-base", type=int, default=None, help="first fresh seed (default: autopipe's)")
@@ -426,10 +450,13 @@ def main() -> None:
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="heal-compare-") as tmp:
         root = (args.keep or Path(tmp)).resolve()
-        for sc in SCENARIOS[:1] if args.quick else SCENARIOS:
+        for sc in SCENARIOS[:1] if args.quick else SCENARIOS[1:] if args.large else SCENARIOS:
             sc_rows, initial = compare(sc, root / sc.name.replace(" ", "-"), args, say)
             rows += sc_rows
             notes.append(f"{sc.name}: {initial}")
+    if args.dft_latency:
+        notes.append(f"labels took {args.dft_latency:g} x the pw.x estimate (slept, DFT on threads of its own): the "
+                     "loops' wall times include DFT-like latency; FLARE's row does not")
     if args.no_flare:
         notes.append("FLARE: left out (--no-flare)")
     elif _flare_python(args.flare_python) is None:

@@ -215,7 +215,27 @@ class EspressoConfig(StrictModel):
     min_distance: float = Field(default=0.5, ge=0, description="Refuse structures with atoms closer than this (Å).")
 
 
-class LJOracleConfig(StrictModel):
+class OracleLatency(StrictModel):
+    """Wall time an oracle label is made to take, so a benchmark of the loop sees DFT-like latency:
+    ``t = seconds_at_64 * (N / 64) ** exponent`` (s) for N atoms. The oracle's own time counts
+    towards it; the rest is slept (no CPU used). Default exponent: pw.x's measured scaling for Si
+    (benchmarks/dft.py)."""
+
+    seconds_at_64: float = Field(gt=0, description="Emulated label time of a 64-atom structure (s).")
+    exponent: float = Field(default=1.95, gt=0, description="Scaling of the emulated time with the atom count.")
+
+    def seconds(self, n_atoms: int) -> float:
+        """The emulated wall time (s) of a label of ``n_atoms`` atoms."""
+        return self.seconds_at_64 * (n_atoms / 64) ** self.exponent
+
+
+class _Oracle(StrictModel):
+    latency: OracleLatency | None = Field(
+        default=None, description="Benchmarks only: make each label take as long as DFT would (see OracleLatency)."
+    )
+
+
+class LJOracleConfig(_Oracle):
     """Analytic Lennard-Jones oracle (tests, demos)."""
 
     code: Literal["lj"]
@@ -224,13 +244,13 @@ class LJOracleConfig(StrictModel):
     cutoff: float = Field(default=3.0, gt=0, description="Cutoff radius (Å); energy smoothly goes to zero there.")
 
 
-class EMTOracleConfig(StrictModel):
+class EMTOracleConfig(_Oracle):
     """ASE's effective-medium theory (Al, Cu, Ag, Au, Ni, Pd, Pt, H, C, N, O)."""
 
     code: Literal["emt"]
 
 
-class ASECalculatorConfig(StrictModel):
+class ASECalculatorConfig(_Oracle):
     """Any ASE calculator named by import path."""
 
     code: Literal["ase"]

@@ -202,3 +202,23 @@ def test_non_finite_forces_or_exceptions_give_failed(custom_calculators):
     boom = label(atoms, ASECalculatorConfig(code="ase", calculator="autopipe_test_calcs:Explodes"))
     assert boom.status == "failed" and "calculator blew up" in boom.error
     assert boom.walltime >= 0 and len(boom.attempts) == 1
+
+
+def test_latency_makes_a_label_take_as_long_as_dft_would():
+    """A benchmark's oracle with DFT-like latency: t = a (N/64)^b, the same numbers, the time recorded."""
+    import time
+
+    from autopipe.config.run import OracleLatency
+
+    atoms = argon_3d()
+    fast = label(atoms, lj())
+    config = lj().model_copy(update={"latency": OracleLatency(seconds_at_64=128.0, exponent=2.0)})
+    expected = 128.0 * (len(atoms) / 64) ** 2
+    start = time.monotonic()
+    slow = label(atoms, config.model_dump())  # as a worker receives it
+    took = time.monotonic() - start
+    assert expected > 0.05 and took >= expected and slow.walltime >= expected
+    assert slow.energy == fast.energy and np.array_equal(slow.forces, fast.forces)
+    assert slow.parameters["emulated_latency_s"] == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(Exception, match="seconds_at_64"):
+        LJOracleConfig.model_validate({"code": "lj", "latency": {"seconds_at_64": -1}})
