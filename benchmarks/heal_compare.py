@@ -392,7 +392,8 @@ def compare(sc: Scenario, root: Path, args, say) -> tuple[list[Row], str]:
     for st in STRATEGIES:
         run_file = strategy_run(base, st, root / st.name, args.max_walltime, args.dft_latency)
         say(f"{sc.name}, {st.name} ({st.what}): running the loop [{load()}]")
-        outcome = run_one(run_file)
+        done = run_file.parent / "outcome.json"
+        outcome = json.loads(done.read_text()) if args.reuse and done.is_file() else run_one(run_file)
         run = load_run(run_file)
         runs[st.name] = run
         row = loop_row(sc, st, run, outcome)
@@ -410,7 +411,9 @@ def compare(sc: Scenario, root: Path, args, say) -> tuple[list[Row], str]:
         assert [s.seed for s in fresh_starts(run, args.seeds, args.seed_base or DEFAULT_SEED_BASE)] == \
             [s.seed for s in starts], "fresh seeds differ between strategies"
     say(f"{sc.name}: held-out frames from the oracle's own MD, {len(starts)} fresh seeds x {sc.reference_steps} steps")
-    frames = oracle_frames(first, len(starts), args.seed_base, sc.reference_steps)
+    # The reference labels are the oracle's own answers: no emulated latency (and the same cache key).
+    bare = first.model_copy(update={"dft": first.dft.model_copy(update={"latency": None})})
+    frames = oracle_frames(bare, len(starts), args.seed_base, sc.reference_steps)
     fresh_dir = root / "fresh"
     v1 = Row(scenario=sc.name, strategy="v1 (before)", stopped="the defective start, for reference")
     for row, st in zip(rows, STRATEGIES):
@@ -455,6 +458,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the demo's run file for every run (dotted path, YAML value); repeatable")
     ap.add_argument("--json", type=Path, help="write the rows as JSON to this file")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --keep: take the loops that finished in an earlier run there, rescore them")
     args = ap.parse_args()
 
     def say(line: str) -> None:
