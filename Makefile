@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 install:
 	@bash scripts/install.sh
 
-demo: install  # the healing demo: ~5 min on 2 cores; run again to resume or to rebuild the report
+demo: install  # the healing demo: 2-5 min on 2 cores; run again to resume or to rebuild the report
 	.venv/bin/autopipe-steer --site configs/local.yaml --run configs/runs/lj2d-heal.yaml --workdir $(DEMO)
 	.venv/bin/autopipe replay --workdir $(DEMO)
 	.venv/bin/autopipe report --workdir $(DEMO)
