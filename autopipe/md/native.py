@@ -69,7 +69,10 @@ class NativeFiles:
 
     @classmethod
     def at(cls, workdir: Path, tag: str) -> "NativeFiles":
-        """Files named ``<workdir>/<tag>.<suffix>``; stale outputs of an earlier attempt are removed."""
+        """Files named ``<workdir>/<tag>.<suffix>``, absolute (``lmp`` runs with the segment's directory
+        as its working directory, so a relative work directory would point nowhere); stale outputs
+        of an earlier attempt are removed."""
+        workdir = Path(workdir).resolve()
         names = dict(input="in", log="log", stdout="stdout", gamma="gamma", thermo="thermo", dump="lammpstrj",
                      start_trigger="start-trigger.dump", final="final.dump", box="box")
         files = cls(**{k: Path(workdir) / f"{tag}.{v}" for k, v in names.items()})

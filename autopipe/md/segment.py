@@ -369,7 +369,7 @@ def run_segment(
     missing potential or active-set file, an error mid-run, a timeout).
     """
     t0 = time.perf_counter()
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()  # every path LAMMPS reads or writes: lmp runs in its own directory
     workdir.mkdir(parents=True, exist_ok=True)
     n = int(md_config.segment_steps if n_steps is None else n_steps)
     if n < 0:

@@ -253,3 +253,12 @@ def test_rendered_gpu_command_of_the_perlmutter_site():
         "lmp", "-k", "on", "g", "1", "-sf", "kk", "-pk", "kokkos", "newton", "on", "neigh", "half",
         "-in", "seg.in", "-log", "seg.log", "-nocite",
     ]
+
+
+def test_native_files_are_absolute_for_a_relative_workdir(tmp_path, monkeypatch):
+    """lmp runs in the segment's directory: `make demo`'s relative demo-run once made it fail to open its log."""
+    from autopipe.md.native import NativeFiles
+
+    monkeypatch.chdir(tmp_path)
+    files = NativeFiles.at(Path("demo-run/walker"), "seg-0")
+    assert files.input.is_absolute() and files.log == tmp_path / "demo-run" / "walker" / "seg-0.log"
