@@ -207,13 +207,15 @@ def import_initial_potential(db: Database, store: PotentialStore, run_config: Ru
         yaml = work / "potential.yaml"
         yaml.write_bytes(src.read_bytes())
         try:
+            asi_metrics: dict = {}
             if init.asi is not None:
                 if not Path(init.asi).exists():
                     raise AutopipeError(f"active set file not found: {init.asi}")
                 asi = work / "potential.asi"
                 asi.write_bytes(Path(init.asi).read_bytes())
             else:
-                asi = compute_active_set(yaml, [init.training_data])
+                computed = compute_active_set(yaml, [init.training_data])
+                asi, asi_metrics = computed.path, computed.metrics()
             yace = export_yace(yaml)
         except RuntimeError as exc:
             raise AutopipeError(f"cannot import initial potential {src}: {exc}") from None
@@ -224,5 +226,6 @@ def import_initial_potential(db: Database, store: PotentialStore, run_config: Ru
             version=1,
             n_train=summary.n_structures if summary else 0,
             last_label_id=summary.last_label_id if summary else 0,
-            metrics={"imported_from": str(src), "imported_structures": summary.n_structures if summary else 0},
+            metrics={"imported_from": str(src), "imported_structures": summary.n_structures if summary else 0,
+                     **asi_metrics},
         )

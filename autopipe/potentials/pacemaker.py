@@ -33,6 +33,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from autopipe.config.run import TrainConfig
+    from autopipe.potentials.activeset import ActiveSetFile
 
 log = logging.getLogger(__name__)
 
@@ -308,15 +309,14 @@ def yaml_to_yace(yaml_path: Path | str, out: Path | str | None = None) -> Path:
     return out
 
 
-def compute_active_set(
-    yaml_path: Path | str, datasets: Sequence[Path | str], timeout: float = 1800.0
-) -> Path:
+def compute_active_set(yaml_path: Path | str, datasets: Sequence[Path | str]) -> ActiveSetFile:
     """Active set (``.asi``, written next to ``yaml_path``) from pacemaker-format datasets.
 
     The datasets are pacemaker's ``fitting_data_info.pckl.gzip`` or any DataFrame pickle
     with ``ase_atoms`` (and ``w_forces``). Every atom with a non-zero force weight counts,
     however well it was fitted: see :mod:`autopipe.potentials.activeset` for why this is not
-    ``pace_activeset``'s default. ``timeout`` is kept for callers; the work runs in-process.
+    ``pace_activeset``'s default, and for the species whose masked atoms had to be admitted
+    (``.fallback`` of the result; put ``.metrics()`` into the potential's metrics).
     """
     from autopipe.potentials.activeset import compute_trusted_active_set
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from autopipe.potentials.activeset import FALLBACK_METRIC, describe_fallback
+
 if TYPE_CHECKING:
     from autopipe.db import Database, Potential
 
@@ -276,6 +278,10 @@ class PotentialStore:
         pot = self.get(version, verify=False)
         try:
             self.db.record_event("publish", f"published potential v{version} ({name})", version=version, name=name)
+            fallback = (metrics or {}).get(FALLBACK_METRIC)
+            if fallback:  # its gamma leans on boundary-corrupted environments: say so where the run is read
+                self.db.record_event("active_set_fallback", f"v{version}: {describe_fallback(fallback)}",
+                                     version=version, species=fallback)
         except Exception:  # the event log is informative only
             pass
         return pot

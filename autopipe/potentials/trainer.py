@@ -141,8 +141,9 @@ def fit_and_export(
             shutil.copyfile(fit.potential, pot_yaml)
             yace = export_yace(pot_yaml)
             asi = compute_active_set(pot_yaml, [workdir / FITTING_DATA_INFO])
-            out.files = {"yaml": str(pot_yaml), "yace": str(yace), "asi": str(asi),
+            out.files = {"yaml": str(pot_yaml), "yace": str(yace), "asi": str(asi.path),
                          "input": str(workdir / "input.yaml"), "log": str(workdir / LOG_FILE)}
+            out.metrics.update(asi.metrics())
             out.metrics["fit_walltime"] = fit.walltime
             out.status = "done"
         except Exception as exc:  # a broken export or active set means an unusable potential

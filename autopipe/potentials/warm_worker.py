@@ -300,12 +300,13 @@ class Trainer:
             shutil.copyfile(out, pot_yaml)
             yace = yaml_to_yace(pot_yaml)
             asi = compute_active_set(pot_yaml, [workdir / FITTING_DATA_INFO])
+            reply.setdefault("metrics", {}).update(asi.metrics())
         except Exception as exc:  # a broken export or active set means an unusable potential
             traceback.print_exc()
             return f"{type(exc).__name__}: {exc}"
         finally:
             reply["timings"]["export"] = time.perf_counter() - t0
-        reply["files"] = {"yaml": str(pot_yaml), "yace": str(yace), "asi": str(asi),
+        reply["files"] = {"yaml": str(pot_yaml), "yace": str(yace), "asi": str(asi.path),
                           "input": str(workdir / "input.yaml"), "log": str(workdir / LOG_FILE)}
         log_marker(workdir / LOG_FILE, "export done (warm trainer)")
         return None

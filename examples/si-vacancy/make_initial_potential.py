@@ -150,7 +150,7 @@ def main() -> None:
         if not fit.ok:
             sys.exit(f"pacemaker failed: {fit.error}\n{fit.log_tail}")
         shutil.copyfile(fit.potential, args.out / "potential.yaml")
-        asi = compute_active_set(args.out / "potential.yaml", [work / "fit" / FITTING_DATA_INFO])
+        asi = compute_active_set(args.out / "potential.yaml", [work / "fit" / FITTING_DATA_INFO]).path
         m = fit.metrics
         summary = {
             "structures": len(df), "atoms": int(sum(len(a) for a in df.ase_atoms)),
