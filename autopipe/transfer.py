@@ -69,6 +69,12 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _check_blob_name(name: object) -> None:
+    """``ValueError`` unless ``name`` is a plain file name (no directory part, not ``.``/``..``)."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\0" in name:
+        raise ValueError(f"a file blob's name must be a plain file name, not {name!r}")
+
+
 @dataclass(frozen=True)
 class FileBlob:
     """One file by value: its name (no directory), zlib-compressed bytes, and the sha256 and size
@@ -79,10 +85,19 @@ class FileBlob:
     size: int
     data: bytes
 
+    # The name is checked wherever a blob comes into being, unpickling included (the steering
+    # side writes returned blobs to ``directory / blob.name``): unpickling runs no constructor,
+    # but it does call __setstate__.
+    def __post_init__(self) -> None:
+        _check_blob_name(self.name)
+
+    def __setstate__(self, state: dict) -> None:
+        _check_blob_name(state.get("name") if isinstance(state, dict) else None)
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+
     @classmethod
     def of(cls, content: bytes, name: str) -> FileBlob:
-        if Path(name).name != name or name in ("", ".", ".."):
-            raise ValueError(f"a file blob's name must be a plain file name, not {name!r}")
         return cls(name=name, sha256=_sha256(content), size=len(content), data=zlib.compress(content, 6))
 
     @classmethod
