@@ -29,7 +29,7 @@ from sqlalchemy import select
 from autopipe.config.run import load_resolved_run
 from autopipe.db import Database, Walker
 from autopipe.layout import RunLayout
-from autopipe.validation import DEFAULT_SEED_BASE, FreshReport
+from autopipe.heldout import DEFAULT_SEED_BASE, FreshReport
 
 
 @dataclass
@@ -59,7 +59,7 @@ def replay(workdir: Path | str, version: int, *, n_steps: int | None = None, fra
     default the run's ``stop.max_md_steps``), stopping on gamma like the run did."""
     from autopipe.md import load_state, run_segment
     from autopipe.potentials import PotentialStore
-    from autopipe.validation import energy_drift, force_rmse
+    from autopipe.heldout import energy_drift, force_rmse
 
     layout = RunLayout(Path(workdir))
     run = load_resolved_run(workdir)
@@ -84,7 +84,7 @@ def replay(workdir: Path | str, version: int, *, n_steps: int | None = None, fra
 def compare(workdir: Path | str, first: int | None = None, last: int | None = None) -> list[ReplayResult]:
     """In-sample replay with the first and the newest potential (or the versions given); writes replay.json."""
     from autopipe.potentials import PotentialStore
-    from autopipe.validation import trigger_frames
+    from autopipe.heldout import trigger_frames
 
     layout = RunLayout(Path(workdir))
     run = load_resolved_run(workdir)
@@ -111,8 +111,8 @@ def compare_fresh(
 ) -> FreshReport:
     """Fresh trajectories with the first and the newest potential (or the versions given).
 
-    ``n_seeds`` new starts (:func:`autopipe.validation.fresh_starts` from ``seed_base``, default
-    :data:`~autopipe.validation.DEFAULT_SEED_BASE`), each
+    ``n_seeds`` new starts (:func:`autopipe.heldout.fresh_starts` from ``seed_base``, default
+    :data:`~autopipe.heldout.DEFAULT_SEED_BASE`), each
     run with every potential for ``n_steps`` (default ``stop.max_md_steps``) unless a trigger
     ends it. From every trajectory the ``frames_per_trajectory`` closest-contact frames (and
     its trigger frame, when there is one, as a candidate) go into one pool, labelled by the
@@ -127,7 +127,7 @@ def compare_fresh(
     ``progress`` receives one line per finished piece of work.
     """
     from autopipe.potentials import PotentialStore
-    from autopipe.validation import (
+    from autopipe.heldout import (
         closest_contact_frames,
         fresh_initial_state,
         fresh_starts,

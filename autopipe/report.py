@@ -76,7 +76,7 @@ def learning_curve(db: Database, workdir: Path, dft_config) -> list[dict[str, An
     """Per version: force RMSE (eV/Å) on its training set (from pacemaker), on the run's trigger
     frames (``in_sample``) and on the labelled fresh close-contact frames (``fresh``, if any)."""
     from autopipe.potentials import PotentialStore
-    from autopipe.validation import force_rmse, read_labelled_frames, trigger_frames
+    from autopipe.heldout import force_rmse, read_labelled_frames, trigger_frames
 
     layout = RunLayout(workdir)
     store = PotentialStore(db, layout.potentials)

@@ -90,7 +90,7 @@ def in_sample_ratio(run, first: int, last: int) -> float:
     from autopipe.db import Database
     from autopipe.layout import RunLayout
     from autopipe.potentials import PotentialStore
-    from autopipe.validation import force_rmse, trigger_frames
+    from autopipe.heldout import force_rmse, trigger_frames
 
     db = Database(run.database_url())
     store = PotentialStore(db, RunLayout(run.workdir).potentials)
@@ -108,7 +108,7 @@ def store_get(run, version: int):
 
 def reference_scores(run, first: int, last: int, path: Path) -> tuple[float, float]:
     """Force RMSE (eV/Å) of two versions on a fixed file of labelled frames."""
-    from autopipe.validation import force_rmse, read_labelled_frames
+    from autopipe.heldout import force_rmse, read_labelled_frames
 
     frames = read_labelled_frames(path)
     return force_rmse(store_get(run, first), frames), force_rmse(store_get(run, last), frames)
@@ -121,12 +121,12 @@ def oracle_frames(run, n_seeds: int, seed_base: int | None, n_steps: int, per_se
     from ase.md.verlet import VelocityVerlet
 
     from autopipe.dft.oracles import calculator_for
-    from autopipe.validation import (DEFAULT_SEED_BASE, closest_contact_frames, fresh_initial_state, fresh_starts,
+    from autopipe.heldout import (DEFAULT_SEED_BASE, closest_contact_frames, fresh_initial_state, fresh_starts,
                                      label_frames, min_pair_distance)
 
     import hashlib
 
-    from autopipe.validation import read_labelled_frames, write_labelled_frames
+    from autopipe.heldout import read_labelled_frames, write_labelled_frames
 
     starts = fresh_starts(run, n_seeds, DEFAULT_SEED_BASE if seed_base is None else seed_base)
     # The same for every variant that keeps the system, the MD and the oracle: cached (ASE's LJ is slow).
@@ -169,7 +169,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from autopipe.replay import compare_fresh
-    from autopipe.validation import force_rmse, min_pair_distance
+    from autopipe.heldout import force_rmse, min_pair_distance
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = (args.keep or Path(tmp) / "run").resolve()

@@ -30,7 +30,7 @@ pw.x time those labels would take (``t = 55 s * (N/64)^1.95`` per label: the sca
 ``benchmarks/dft.py`` measured for Si on one core, calibrated at its 64-atom point; from the
 atom count alone), wall time to the stopping rule and which rule fired, and the held-out
 result: how many of the fresh seeds (new velocities and structures the runs never saw,
-:func:`autopipe.validation.fresh_starts`) trigger the final potential within
+:func:`autopipe.heldout.fresh_starts`) trigger the final potential within
 ``max_md_steps``, and its force error on the closest-contact frames of the *oracle's* own
 MD from those fresh starts (the same frames for every row, independent of the potentials
 under test; :func:`benchmarks.demo_fresh_seeds.oracle_frames`): RMSE over every atom, and
@@ -268,7 +268,7 @@ def held_out(row: Row, run, pot, starts, frames, workdir: Path) -> None:
     """Fresh-seed triggers and close-contact force errors of ``pot``, into ``row``."""
     import numpy as np
 
-    from autopipe.validation import force_errors, force_rmse, fresh_initial_state, run_fresh
+    from autopipe.heldout import force_errors, force_rmse, fresh_initial_state, run_fresh
 
     trajectories = []
     for start in starts:
@@ -384,7 +384,7 @@ def compare(sc: Scenario, root: Path, args, say) -> tuple[list[Row], str]:
     from autopipe.db import Database
     from autopipe.layout import RunLayout
     from autopipe.potentials import PotentialStore
-    from autopipe.validation import DEFAULT_SEED_BASE, fresh_starts
+    from autopipe.heldout import DEFAULT_SEED_BASE, fresh_starts
     from demo_fresh_seeds import oracle_frames
 
     base = scenario_data(sc, args.overrides)

@@ -14,6 +14,10 @@ in serial). The callback
 * writes a trajectory frame (extxyz, ASE frame, positions wrapped into the cell, forces,
   and gamma on check steps) every ``dump_every`` steps.
 
+:func:`run_external` is the callback route of :func:`autopipe.md.segment.run_segment`: it
+starts LAMMPS in this process (:mod:`autopipe.md.bootstrap`), runs the segment's script with
+this callback, and reads the result back from the live instance.
+
 Serial only: the callback expects every atom to be local (one MPI rank); with more ranks
 the atom count check fails the segment with a clear message.
 
@@ -27,16 +31,24 @@ from __future__ import annotations
 
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, IO, Any
 
 import numpy as np
 
 from autopipe.md.ace import AceEvaluator
+from autopipe.md.bootstrap import LAMMPS_LOCK, new_lammps
 from autopipe.md.box import LammpsBox, frame_atoms
-from autopipe.md.lammps_input import EXT_FIX, STOP_ERROR, STOP_TRIGGER
+from autopipe.md.lammps_input import EXT_FIX, STOP_ERROR, STOP_TRIGGER, SegmentInput, render_external_input, render_run
+from autopipe.md.result import SegmentResult, finish, gamma_frame, read_thermo, state_from_lammps
+from autopipe.md.state import MDState
 
-__all__ = ["ExternalForces", "BlowUpLimits", "TriggerRecord"]
+if TYPE_CHECKING:
+    from ase import Atoms
+
+__all__ = ["ExternalForces", "BlowUpLimits", "TriggerRecord", "run_external"]
 
 
 @dataclass(frozen=True)
@@ -202,3 +214,151 @@ class ExternalForces:
         if self.potential_version is not None:
             atoms.info["potential_version"] = int(self.potential_version)
         write_xyz(self.trajectory, [atoms])
+
+
+# ----------------------------------------------------------------------------- the callback route
+
+
+def _lammps_box_now(lmp: Any, box: LammpsBox) -> tuple[np.ndarray, np.ndarray]:
+    boxlo, boxhi, xy, yz, xz, _, _ = lmp.extract_box()
+    return np.array(boxlo, dtype=float), box.matrix_from_lammps(boxlo, boxhi, xy, yz, xz)
+
+
+def _read_state(lmp: Any, box: LammpsBox, template: Atoms, step: int) -> MDState:
+    """The atoms of a live LAMMPS instance as an MDState (callback route)."""
+    nlocal = int(lmp.extract_global("nlocal"))
+    if nlocal != len(template):
+        raise RuntimeError(f"LAMMPS has {nlocal} atoms, expected {len(template)} (lost atoms)")
+    ids = np.array(lmp.numpy.extract_atom("id")[:nlocal], dtype=np.int64)
+    x = np.array(lmp.numpy.extract_atom("x")[:nlocal], dtype=float)
+    v = np.array(lmp.numpy.extract_atom("v")[:nlocal], dtype=float)
+    image = np.array(lmp.numpy.extract_atom("image")[:nlocal])
+    zero = lmp.encode_image_flags(0, 0, 0)
+    flags = np.zeros((nlocal, 3))
+    for i in np.flatnonzero(image != zero):
+        flags[i] = lmp.decode_image_flags(int(image[i]))
+    lo, matrix = _lammps_box_now(lmp, box)
+    return state_from_lammps(box, template, ids, x, v, flags, lo, matrix, step)
+
+
+
+def _append_last_thermo(lmp: Any, thermo: dict[str, list[float]], step: int) -> None:
+    """Add LAMMPS's last thermo output (printed at every run's final step) if not recorded yet."""
+    if thermo.get("step") and thermo["step"][-1] == step:
+        return
+    try:
+        values = {k: float(lmp.get_thermo(k)) for k in ("temp", "pe", "ke", "etotal", "press", "vol")}
+    except Exception:  # noqa: BLE001 - a missing record is not worth failing a segment
+        return
+    thermo.setdefault("step", []).append(step)
+    for k, v in values.items():
+        thermo.setdefault(k, []).append(v)
+
+
+
+@contextmanager
+def _released(lmp: Any):
+    """Break the reference cycle LAMMPS <-> callback when the run is over.
+
+    The lammps object keeps the ctypes callback, which keeps our callback object, which keeps
+    the lammps object and the pyace evaluator: without this, each segment's evaluator would
+    live until the garbage collector's next full pass.
+    """
+    cbs: list[Any] = []
+    try:
+        yield cbs
+    finally:
+        for cb in cbs:
+            cb.trajectory = None
+        try:
+            lmp.callback.clear()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def run_external(state: MDState, potential, box: LammpsBox, spec_kw: dict[str, Any], workdir: Path, tag: str,
+                 limits: BlowUpLimits, failed) -> SegmentResult:
+    """The callback route of :func:`autopipe.md.segment.run_segment`: a LAMMPS instance of this
+    process (under :data:`LAMMPS_LOCK`) runs the segment's script with forces from this callback.
+
+    ``spec_kw``: the :class:`SegmentInput` fields; ``failed(message, **fields)``: the dispatcher's
+    failed result; files go to ``workdir/<tag>.*``.
+    """
+    with LAMMPS_LOCK:
+        try:
+            lmp = new_lammps()
+        except Exception as exc:  # noqa: BLE001
+            return failed(f"could not start LAMMPS: {exc}")
+        try:
+            return _run(lmp, state, potential, box, spec_kw, workdir, tag, limits, failed)
+        finally:
+            try:
+                lmp.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _run(lmp, state, potential, box, spec_kw, workdir, tag, limits, failed) -> SegmentResult:
+    atoms = state.atoms
+    start, n = spec_kw["start_step"], spec_kw["n_steps"]
+    spec = SegmentInput(**spec_kw)
+    evaluator = AceEvaluator(potential.yaml, potential.asi, atoms.get_chemical_symbols(), skin=spec.neighbor_skin)
+    traj_path = workdir / f"{tag}.extxyz"
+    version = getattr(potential, "version", None)
+    with open(traj_path, "w") as traj, _released(lmp) as cbs:
+        cb = ExternalForces(
+            lmp=lmp, evaluator=evaluator, box=box, numbers=atoms.get_atomic_numbers(),
+            pbc=tuple(bool(p) for p in atoms.pbc), start_step=start,
+            check_frequency=spec.check_frequency, threshold=spec.threshold, dump_every=spec.dump_every,
+            trajectory=traj, variable_box=spec.ensemble == "npt", limits=limits, potential_version=version,
+        )
+        cbs.append(cb)
+        try:
+            lmp.commands_list(render_external_input(spec))
+            lmp.set_fix_external_callback(EXT_FIX, cb, None)
+            # One slot more than used: some LAMMPS versions reject the last index of the vector.
+            lmp.fix_external_set_vector_length(EXT_FIX, 3)
+            for i in (1, 2):
+                lmp.fix_external_set_vector(EXT_FIX, i, 0.0)
+            t_run = time.perf_counter()
+            lmp.command(render_run(spec))
+            t_run = time.perf_counter() - t_run
+        except Exception as exc:  # noqa: BLE001 - LAMMPS errors become results
+            msg = cb.error or f"LAMMPS error: {str(exc).strip()}"
+            blowup = cb.blew_up if cb.error else "lost atoms" in msg.lower()
+            return failed(msg, gamma_trace=np.array(cb.gamma_trace, float).reshape(-1, 2), trajectory=traj_path,
+                          **_blowup_fields(blowup, cb, box, atoms, version))
+    extra = dict(trajectory=traj_path, potential_version=version, route="external",
+                 n_neighbor_builds=evaluator.n_builds,
+                 lammps_dump=Path(spec.dump_file) if spec.dump_file else None,
+                 timings={"run": t_run, "callback": cb.time_callback, "evaluate": cb.time_evaluate})
+    if cb.error is not None:
+        return failed(cb.error, gamma_trace=np.array(cb.gamma_trace, float).reshape(-1, 2), trajectory=traj_path,
+                      **_blowup_fields(cb.blew_up, cb, box, atoms, version))
+    step = int(lmp.extract_global("ntimestep"))
+    thermo = read_thermo(Path(spec.thermo_file))
+    trig = cb.trigger
+    if trig is not None and trig.step == start:
+        # Already above the threshold at the start: nothing of this run is kept.
+        frame = gamma_frame(box, atoms, trig.positions, trig.lo, trig.matrix, trig.gamma, trig.step, version)
+        return finish("triggered", state, start, cb.gamma_trace, trigger_frame=frame,
+                       trigger_atom=int(np.argmax(trig.gamma)), thermo=thermo, **extra)
+    try:
+        final = _read_state(lmp, box, atoms, step)
+    except Exception as exc:  # noqa: BLE001
+        return failed(f"could not read the final state: {exc}", trajectory=traj_path)
+    _append_last_thermo(lmp, thermo, step)
+    if trig is not None and trig.step == step:
+        frame = gamma_frame(box, atoms, trig.positions, trig.lo, trig.matrix, trig.gamma, trig.step, version)
+        return finish("triggered", final, start, cb.gamma_trace, trigger_frame=frame,
+                       trigger_atom=int(np.argmax(trig.gamma)), thermo=thermo, **extra)
+    if step != start + n:
+        return failed(f"run stopped at step {step} before {start + n} without a trigger", trajectory=traj_path)
+    return finish("completed", final, start, cb.gamma_trace, thermo=thermo, **extra)
+
+
+def _blowup_fields(blowup: bool, cb, box, atoms, version) -> dict[str, Any]:
+    """``failure``, ``failed_step`` and ``last_frame`` of a failed callback-route segment."""
+    rec = cb.last_check
+    last = None if rec is None else gamma_frame(box, atoms, rec.positions, rec.lo, rec.matrix, rec.gamma, rec.step, version)
+    return {"failure": "blowup" if blowup else "error", "failed_step": cb.error_step, "last_frame": last}

@@ -8,8 +8,11 @@ killed. Never in this process: the ACE library throws C++ exceptions that LAMMPS
 interface does not catch (a missing or corrupt ``.asi`` aborts the process that loaded it),
 and a separate process keeps such a crash, or a hang, away from the steering loop.
 
-The results are LAMMPS's own files (dumps, ``print`` records, the log), parsed here into
-arrays; :mod:`autopipe.md.segment` turns them into a ``SegmentResult``.
+The results are LAMMPS's own files (dumps, read by :mod:`autopipe.md.dump`, ``print``
+records, the log): :func:`run_native`, the native route of
+:func:`autopipe.md.segment.run_segment`, turns them into a ``SegmentResult``. A blow-up's
+last frame carries the box LAMMPS dumped with it: under a barostat it is not the box the
+segment started with.
 
 ``mpirun``/``mpiexec`` given by bare name are taken from this environment's ``bin/`` first:
 the installer builds LAMMPS against the MPICH that the ``mpich`` wheel puts there, and
@@ -29,11 +32,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from autopipe.md.lammps_input import BOX_NAMES, lammps_command
+from autopipe.md.box import LammpsBox
+from autopipe.md.dump import DumpFrame, read_dump_frame, read_last_dump_frame
+from autopipe.md.lammps_input import BOX_NAMES, NATIVE_GAMMA_FIX, SegmentInput, lammps_command, render_native_input
+from autopipe.md.result import SegmentResult, finish, gamma_frame, read_thermo, state_from_lammps
+from autopipe.md.state import MDState
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from autopipe.md.external import BlowUpLimits
 
 __all__ = [
     "NativeFiles",
@@ -41,10 +53,11 @@ __all__ = [
     "run_native_script",
     "lmp_executable",
     "resolve_launcher",
-    "read_dump_frame",
     "read_gamma_trace",
     "read_box",
     "DEFAULT_TIMEOUT",
+    "run_native",
+    "blowup_fields",
 ]
 
 #: Default bound (s) on one LAMMPS subprocess: a hung MPI job must not hang the loop.
@@ -215,50 +228,6 @@ def _kill_group(proc: subprocess.Popen) -> None:
 # ----------------------------------------------------------------------------- LAMMPS's files
 
 
-def _parse_frame(text: str, where: str) -> tuple[int, dict[str, np.ndarray]]:
-    lines = text.splitlines()
-    step = int(lines[lines.index("ITEM: TIMESTEP") + 1])
-    n = int(lines[lines.index("ITEM: NUMBER OF ATOMS") + 1])
-    head = next(i for i, line in enumerate(lines) if line.startswith("ITEM: ATOMS"))
-    names = lines[head].split()[2:]
-    body = lines[head + 1 : head + 1 + n]
-    if len(body) != n:
-        raise ValueError(f"{where}: {len(body)} atom lines, expected {n}")
-    rows = [line.split() for line in body]
-    columns: dict[str, np.ndarray] = {}
-    for i, name in enumerate(names):
-        values = [r[i] for r in rows]
-        try:
-            columns[name] = np.array(values, dtype=float)
-        except ValueError:  # e.g. the element column of a trajectory dump
-            columns[name] = np.array(values)
-    return step, columns
-
-
-def read_dump_frame(path: Path) -> tuple[int, dict[str, np.ndarray]]:
-    """(timestep, columns by name) of a one-frame LAMMPS text dump (``dump custom``/``write_dump``)."""
-    with open(path) as fh:
-        return _parse_frame(fh.read(), str(path))
-
-
-def read_last_dump_frame(path: Path) -> tuple[int, dict[str, np.ndarray]]:
-    """(timestep, columns) of the last complete frame of a multi-frame LAMMPS text dump (a run
-    stopped by an error may leave the last frame cut off: then the one before it)."""
-    text = _read(path)
-    last = text.rfind("ITEM: TIMESTEP")
-    if last < 0:
-        raise ValueError(f"{path}: no frame")
-    prev = text.rfind("ITEM: TIMESTEP", 0, last)
-    for a, b in ((last, len(text)), (prev, last)):
-        if a < 0:
-            continue
-        try:
-            return _parse_frame(text[a:b], str(path))
-        except (ValueError, IndexError):
-            continue
-    raise ValueError(f"{path}: no complete frame")
-
-
 def read_gamma_trace(path: Path) -> list[tuple[int, float]]:
     """(step, max gamma) records, one per step (the last record of a step wins), in step order."""
     rows: dict[int, float] = {}
@@ -275,3 +244,113 @@ def read_box(path: Path) -> tuple[int, dict[str, float]]:
     if len(values) != 1 + len(BOX_NAMES):
         raise ValueError(f"{path}: expected step and {len(BOX_NAMES)} box values, got {values!r}")
     return int(float(values[0])), dict(zip(BOX_NAMES, map(float, values[1:])))
+
+
+# ----------------------------------------------------------------------------- the native route
+
+
+def run_native(state: MDState, potential, box: LammpsBox, spec_kw: dict[str, Any], workdir: Path, tag: str, failed,
+               limits: BlowUpLimits, launcher: Sequence[str], lammps_args: Sequence[str],
+               timeout: float | None) -> SegmentResult:
+    """The ML-PACE route of :func:`autopipe.md.segment.run_segment`: LAMMPS runs the whole segment
+    script as a process of its own; the result is read from its files.
+
+    ``spec_kw``: the :class:`SegmentInput` fields; ``failed(message, **fields)``: the dispatcher's
+    failed result; files go to ``workdir/<tag>.*`` (:class:`NativeFiles`).
+    """
+    atoms = state.atoms
+    start, n = spec_kw["start_step"], spec_kw["n_steps"]
+    version = getattr(potential, "version", None)
+    files = NativeFiles.at(workdir, tag)
+    spec = SegmentInput(**spec_kw, dump_file=str(files.dump), gamma_file=str(files.gamma),
+                        yaml=str(potential.yaml), asi=str(potential.asi),
+                        start_trigger_file=str(files.start_trigger), final_file=str(files.final),
+                        box_file=str(files.box), max_force=limits.max_force,
+                        max_energy_change=limits.max_energy_change)
+    files.input.write_text("\n".join(render_native_input(spec)) + "\n")
+    run = run_native_script(files, launcher=launcher, lammps_args=lammps_args, timeout=timeout)
+    trace = read_gamma_trace(files.gamma)
+    extra = dict(trajectory=files.dump, lammps_dump=files.dump, potential_version=version, route="native",
+                 timings={"run": run.loop_time, "lammps": run.wall}, n_ranks=run.n_ranks or 1)
+    if run.error is not None:
+        return failed(_error_message(run.error, limits), gamma_trace=trace, **extra,
+                      **blowup_fields(run.error, files.dump, box, atoms, version))
+    extra["thermo"] = read_thermo(files.thermo)
+    if files.start_trigger.exists():
+        # Already above the threshold at the start: nothing of this run is kept; the box is the start's.
+        frame = _gamma_frame(read_dump_frame(files.start_trigger), "f_ap_gamma_start", box, atoms, box.lo,
+                             box.matrix, version)
+        return _triggered(state, frame, start, trace, **extra)
+    try:
+        dump = read_dump_frame(files.final)
+        _, b = read_box(files.box)  # the box as LAMMPS holds it (the dump's header gives its bounding box)
+        lo = np.array([b["xlo"], b["ylo"], b["zlo"]])
+        matrix = box.matrix_from_lammps(lo, [b["xhi"], b["yhi"], b["zhi"]], b["xy"], b["yz"], b["xz"])
+        cols = dump.columns
+        flags = np.stack([cols["ix"], cols["iy"], cols["iz"]], axis=1)
+        x = np.stack([cols["x"], cols["y"], cols["z"]], axis=1)
+        v = np.stack([cols["vx"], cols["vy"], cols["vz"]], axis=1)
+        final = state_from_lammps(box, atoms, cols["id"], x, v, flags, lo, matrix, dump.step)
+    except Exception as exc:  # noqa: BLE001
+        return failed(f"could not read the final state: {exc}", gamma_trace=trace, **extra)
+    step = dump.step
+    # A check step whose gamma is above the threshold ends the segment, whether fix halt
+    # stopped the run there or it was the run's last step anyway.
+    last = trace[-1] if trace else None
+    if last is not None and last[0] == step and step % spec.check_frequency == 0 and last[1] > spec.threshold:
+        return _triggered(final, _gamma_frame(dump, "f_ap_gamma_end", box, atoms, lo, matrix, version), start, trace,
+                          **extra)
+    if step != start + n:
+        return failed(f"run stopped at step {step} before {start + n} without a trigger", gamma_trace=trace, **extra)
+    return finish("completed", final, start, trace, **extra)
+
+
+def _gamma_frame(dump: DumpFrame, column: str, box: LammpsBox, atoms: Atoms, lo: np.ndarray, matrix: np.ndarray,
+                 version: int | None) -> Atoms:
+    """The atoms of a dump frame (IDs, wrapped positions) in the LAMMPS box (``lo``, ``matrix``),
+    with per-atom gamma from ``column``."""
+    cols = dump.columns
+    idx = np.asarray(cols["id"], dtype=np.int64) - 1
+    pos, gamma = np.empty((len(idx), 3)), np.empty(len(idx))
+    pos[idx] = np.stack([cols["x"], cols["y"], cols["z"]], axis=1)
+    gamma[idx] = cols[column]
+    return gamma_frame(box, atoms, pos, lo, matrix, gamma, dump.step, version)
+
+
+def _triggered(final: MDState, frame: Atoms, start: int, trace, **extra: Any) -> SegmentResult:
+    return finish("triggered", final, start, trace, trigger_frame=frame,
+                  trigger_atom=int(np.argmax(frame.arrays["gamma"])), **extra)
+
+
+_HALT = re.compile(r"fix-id (ap_halt_force|ap_halt_energy) met on step (\d+) with value (\S+)")
+
+
+def blowup_fields(error: str, dump: Path, box: LammpsBox, atoms: Atoms, version: int | None) -> dict[str, Any]:
+    """``failure``, ``failed_step`` and ``last_frame`` of a failed native segment: a blow-up when a
+    blow-up bound halted it or LAMMPS lost atoms; the last frame is the dump's last one with gamma,
+    in the box LAMMPS dumped with it (under a barostat not the segment's starting box)."""
+    m = _HALT.search(error)
+    if not (m or "lost atoms" in error.lower()):
+        return {"failure": "error"}
+    last = None
+    try:
+        frame = read_last_dump_frame(dump)
+        gamma_col = f"f_{NATIVE_GAMMA_FIX}"
+        if gamma_col in frame.columns:
+            last = _gamma_frame(frame, gamma_col, box, atoms, frame.lo, frame.matrix, version)
+    except (OSError, ValueError):
+        last = None
+    return {"failure": "blowup", "failed_step": int(m.group(2)) if m else None, "last_frame": last}
+
+
+def _error_message(error: str, limits: BlowUpLimits) -> str:
+    """LAMMPS's error line; the blow-up bounds' halts are said in the callback route's words too."""
+    m = _HALT.search(error)
+    if not m:
+        return f"LAMMPS error: {error}"
+    fix, step, value = m.group(1), m.group(2), float(m.group(3))
+    if fix == "ap_halt_force":
+        what = f"force {value:.3g} eV/Å exceeds {limits.max_force:g} eV/Å"
+    else:
+        what = f"the energy changed by {value:.3g} eV/atom, more than {limits.max_energy_change:g} eV/atom"
+    return f"step {step}: {what} (blown up); LAMMPS: {error}"

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from autopipe.md.segment import SegmentResult, run_segment
+from autopipe.md.result import SegmentResult
+from autopipe.md.segment import run_segment
 
 if TYPE_CHECKING:
     from autopipe.config.run import MDConfig, OTFConfig

@@ -1,4 +1,4 @@
-"""Shared analysis: how good a potential is, measured against the run's labeller.
+"""Held-out evaluation: how good a potential is, measured against the run's labeller.
 
 Two kinds of evidence, kept apart on purpose:
 
@@ -262,49 +262,27 @@ def read_frames(path: Path | str, template: Atoms, dimension: int) -> list[Atoms
 def read_lammps_dump(path: Path | str, template: Atoms, dimension: int) -> list[Atoms]:
     """Frames of a LAMMPS ``dump custom`` with columns ``id element x y z ...`` in the ASE frame of ``template``.
 
-    Positions are mapped back with the rotation of ``template``'s cell (as the segment did);
-    LAMMPS's box corner is not restored, so frames may be rigidly shifted: forces do not care.
-    A truncated last frame (a segment killed while writing) is skipped.
+    Positions are mapped back with the rotation of ``template``'s cell (as the segment did), each
+    frame in its own dumped box; LAMMPS's box corner is not restored, so frames may be rigidly
+    shifted: forces do not care. A truncated last frame (a segment killed while writing) is skipped.
     """
+    from ase.data import atomic_numbers
+
     from autopipe.md.box import frame_atoms, lammps_box
+    from autopipe.md.dump import read_dump_frames
 
     box = lammps_box(template.cell, template.pbc, dimension, template.positions)
-    lines = Path(path).read_text().splitlines()
     frames: list[Atoms] = []
-    i = 0
-    while i < len(lines):
-        if not lines[i].startswith("ITEM: TIMESTEP"):
-            i += 1
-            continue
-        try:
-            step = int(lines[i + 1])
-            n = int(lines[i + 3])
-            header = lines[i + 4].split()
-            triclinic = "xy" in header
-            bounds = np.array([[float(t) for t in lines[i + 5 + k].split()] for k in range(3)])
-            cols = lines[i + 8].split()[2:]
-            rows = [lines[i + 9 + k].split() for k in range(n)]
-        except (IndexError, ValueError):
-            break  # truncated frame
-        if len(rows) < n or any(len(r) != len(cols) for r in rows):
-            break
-        xy, xz, yz = (bounds[0, 2], bounds[1, 2], bounds[2, 2]) if triclinic else (0.0, 0.0, 0.0)
-        # Dumps give the bounding box of a tilted cell; LAMMPS's own box is inside it.
-        lo = np.array([bounds[0, 0] - min(0.0, xy, xz, xy + xz), bounds[1, 0] - min(0.0, yz), bounds[2, 0]])
-        hi = np.array([bounds[0, 1] - max(0.0, xy, xz, xy + xz), bounds[1, 1] - max(0.0, yz), bounds[2, 1]])
-        matrix = box.matrix_from_lammps(lo, hi, xy, yz, xz)
-        ids = np.array([int(r[cols.index("id")]) for r in rows]) - 1
-        order = np.argsort(ids)
-        symbols = [rows[k][cols.index("element")] for k in order]
-        pos = np.array([[float(rows[k][cols.index(c)]) for c in ("x", "y", "z")] for k in order])
+    for dump in read_dump_frames(path):
+        cols = dump.columns
+        order = np.argsort(cols["id"], kind="stable")
+        pos = np.stack([cols["x"], cols["y"], cols["z"]], axis=1)[order]
         if dimension == 2:
             pos[:, 2] = 0.0
-        from ase.data import atomic_numbers
-
-        atoms = frame_atoms(box, [atomic_numbers[s] for s in symbols], template.pbc, pos, box.lo, matrix)
-        atoms.info["step"] = step
+        numbers = [atomic_numbers[str(s)] for s in cols["element"][order]]
+        atoms = frame_atoms(box, numbers, template.pbc, pos, box.lo, dump.matrix)
+        atoms.info["step"] = dump.step
         frames.append(atoms)
-        i += 9 + n
     return frames
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 
-from autopipe.validation import (
+from autopipe.heldout import (
     DEFAULT_SEED_BASE,
     FreshReport,
     FreshScore,
@@ -214,7 +214,7 @@ def test_compare_fresh_runs_both_potentials_from_the_same_new_starts_and_scores_
 
     from autopipe.potentials.uncertainty import evaluate
     from autopipe.replay import compare_fresh, read_fresh
-    from autopipe.validation import read_frames
+    from autopipe.heldout import read_frames
 
     # The shared potential learnt a rattled lattice: a random liquid starts near gamma 12.
     run = _run(tmp_path, stop={"max_md_steps": 100}, otf={"uncertainty_threshold": 25.0})
@@ -285,7 +285,7 @@ def _store_get(layout, version):
 @pytest.mark.slow
 def test_a_trigger_ends_a_fresh_trajectory_and_its_frame_is_a_candidate(tmp_path, lj2d_potential):
     from autopipe.potentials.uncertainty import gamma
-    from autopipe.validation import run_fresh, segment_frames
+    from autopipe.heldout import run_fresh, segment_frames
 
     run = _run(tmp_path)
     layout, store = _publish_two(run, lj2d_potential, tmp_path)
@@ -311,7 +311,7 @@ def test_lammps_dump_frames_match_the_extxyz_frames_of_the_same_segment(tmp_path
     """The native route writes LAMMPS dumps: read back (oblique 2D cell: a tilted LAMMPS box) they
     give the same structures as the callback route's extxyz."""
     from autopipe.md import initial_state, run_segment
-    from autopipe.validation import min_pair_distance, read_frames, read_lammps_dump
+    from autopipe.heldout import min_pair_distance, read_frames, read_lammps_dump
     from tests.lj import lj2d_template
 
     layer = lj2d_template()
@@ -338,7 +338,7 @@ def test_lammps_dump_frames_match_the_extxyz_frames_of_the_same_segment(tmp_path
 
 
 def test_pwx_labels_only_the_closest_frames_and_oracles_label_all():
-    from autopipe.validation import frames_to_label
+    from autopipe.heldout import frames_to_label
 
     frames = [_pair(d, i) for i, d in enumerate((2.4, 1.6, 2.0, 1.8))]
     assert [a.info["step"] for a in frames_to_label(frames, "espresso", 2)] == [1, 3]
@@ -353,7 +353,7 @@ def test_fresh_frames_are_labelled_by_pwx_in_their_own_directories_with_the_site
     if not HAVE_PWX:
         pytest.skip("pw.x or Si.pz-vbc.UPF not installed")
     from autopipe.dft import label
-    from autopipe.validation import label_frames
+    from autopipe.heldout import label_frames
 
     frames = [si2(seed=3), si2(seed=4)]
     # A launcher as a site's dft_launcher would be (srun ...): it leaves a mark, then starts pw.x.
