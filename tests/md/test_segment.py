@@ -51,6 +51,10 @@ def test_calm_segment_completes_below_threshold(pot, tmp_path, route):
     assert res.max_gamma < 5.0
     assert res.gamma_trace[:, 0].tolist() == list(range(0, 201, 10))
     assert res.max_gamma == res.gamma_trace[:, 1].max()
+    # the trace against an independent reference: pyace's calculator on the start and end configurations
+    start = initial_state(fcc(), md).atoms
+    for row, atoms in ((0, start), (-1, res.final_state.atoms)):
+        assert res.gamma_trace[row, 1] == pytest.approx(pyace_results(atoms, pot)["gamma"].max(), rel=1e-6)
     assert res.thermo["step"] == list(range(0, 201, 10))
     assert set(res.thermo) >= {"step", "temp", "pe", "ke", "etotal", "press"}
     # LAMMPS's metal units use an older Boltzmann constant than ASE (relative 1.2e-6)
