@@ -55,7 +55,8 @@ def test_each_site_once(name: str, rattle: float) -> None:
     parent = unit.repeat(rep)
     rng = np.random.default_rng(3)
     parent.positions += rng.normal(0, rattle, parent.positions.shape) + [0.9, -1.7, 0.4]  # thermal + drift
-    sub, masked = carve_commensurate(parent, 7, 2.2, 2.0, lattice)
+    # min_distance=0: no contact removal, so uniqueness comes from the half-open window alone.
+    sub, masked = carve_commensurate(parent, 7, 2.2, 2.0, lattice, min_distance=0.0)
     n = np.asarray(sub.info["embedding_supercell"])
     assert len(sub) == int(np.prod(n)) * len(unit)
     sites = _sites_of(sub, lattice, 7 % len(unit))  # repeat() tiles whole unit cells
