@@ -191,7 +191,7 @@ def import_initial_potential(db: Database, store: PotentialStore, run_config: Ru
     with one line on bad input.
     """
     from autopipe.potentials.imported import check_training_data, insert_imported, validate_potential_file
-    from autopipe.potentials.pacemaker import compute_active_set, export_yace
+    from autopipe.potentials.pacemaker import compute_active_set, yaml_to_yace
 
     init = run_config.initial_potential
     src = Path(init.path)
@@ -216,7 +216,7 @@ def import_initial_potential(db: Database, store: PotentialStore, run_config: Ru
             else:
                 computed = compute_active_set(yaml, [init.training_data])
                 asi, asi_metrics = computed.path, computed.metrics()
-            yace = export_yace(yaml)
+            yace = yaml_to_yace(yaml)
         except RuntimeError as exc:
             raise AutopipeError(f"cannot import initial potential {src}: {exc}") from None
         summary = insert_imported(db, dataset) if dataset is not None else None

@@ -286,26 +286,19 @@ def run_pacemaker(
     return result
 
 
-def export_yace(yaml_path: Path | str, out: Path | str | None = None, timeout: float = 300.0) -> Path:
-    """Convert a B-basis ``.yaml`` to the ``.yace`` that LAMMPS ``pair_style pace`` reads."""
-    yaml_path = Path(yaml_path).resolve()
-    out = Path(out).resolve() if out else yaml_path.with_suffix(".yace")
-    argv = [venv_bin("pace_yaml2yace"), str(yaml_path), "-o", str(out)]
-    log_path = yaml_path.parent / "pace_yaml2yace.log"
-    rc, _ = run_command(argv, yaml_path.parent, log_path, timeout)
-    if rc != 0 or not out.exists():
-        raise RuntimeError(f"pace_yaml2yace failed (code {rc}):\n{_tail(log_path)}")
-    return out
-
-
 def yaml_to_yace(yaml_path: Path | str, out: Path | str | None = None) -> Path:
-    """In-process :func:`export_yace` (what ``pace_yaml2yace`` does), for processes that
-    already hold pyace: B-basis ``.yaml`` → C-tilde ``.yace``."""
+    """B-basis ``.yaml`` → the C-tilde ``.yace`` that LAMMPS ``pair_style pace`` reads (default:
+    next to the yaml), in this process: the same file ``pace_yaml2yace`` writes, without starting
+    a process that imports pyace again (every caller computes the active set with pyace anyway).
+    A basis pyace cannot read or convert raises RuntimeError naming the file."""
     from pyace import ACEBBasisSet
 
     yaml_path = Path(yaml_path).resolve()
     out = Path(out).resolve() if out else yaml_path.with_suffix(".yace")
-    ACEBBasisSet(str(yaml_path)).to_ACECTildeBasisSet().save_yaml(str(out))
+    try:
+        ACEBBasisSet(str(yaml_path)).to_ACECTildeBasisSet().save_yaml(str(out))
+    except Exception as exc:  # pyace raises RuntimeError with yaml-cpp's message, not the file's name
+        raise RuntimeError(f"{yaml_path}: cannot convert to .yace: {exc}") from exc
     return out
 
 

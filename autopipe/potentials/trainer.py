@@ -124,7 +124,7 @@ def fit_and_export(
 
         return warm_fit_and_export(workdir, train_config, elements, data_file, parent_yaml=parent_yaml,
                                    iterations=iterations)
-    from autopipe.potentials.pacemaker import FITTING_DATA_INFO, LOG_FILE, compute_active_set, export_yace, run_pacemaker
+    from autopipe.potentials.pacemaker import FITTING_DATA_INFO, LOG_FILE, compute_active_set, run_pacemaker, yaml_to_yace
 
     t0 = time.perf_counter()
     workdir = Path(workdir)
@@ -139,7 +139,7 @@ def fit_and_export(
         try:
             pot_yaml = workdir / "potential.yaml"
             shutil.copyfile(fit.potential, pot_yaml)
-            yace = export_yace(pot_yaml)
+            yace = yaml_to_yace(pot_yaml)
             asi = compute_active_set(pot_yaml, [workdir / FITTING_DATA_INFO])
             out.files = {"yaml": str(pot_yaml), "yace": str(yace), "asi": str(asi.path),
                          "input": str(workdir / "input.yaml"), "log": str(workdir / LOG_FILE)}

@@ -67,12 +67,6 @@ def get_calculator(potential: PotentialLike) -> tuple[Any, threading.Lock]:
         return _cache[key]
 
 
-def clear_cache() -> None:
-    """Forget every loaded calculator."""
-    with _cache_lock:
-        _cache.clear()
-
-
 def evaluate(atoms: Atoms, potential: PotentialLike) -> dict[str, np.ndarray | float]:
     """Energy (eV), forces (eV/Å) and per-atom gamma of ``atoms`` (which is not modified)."""
     from autopipe.potentials.periodic import closed_for_ace

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from autopipe.db import Database, Label, Segment, SegmentStatus, Task, TaskKind, TaskState
 from autopipe.db.models import utcnow
@@ -42,15 +42,6 @@ def mark(db: Database, task_id: int, state: TaskState, error: str | None = None)
         if state in (TaskState.done, TaskState.failed):
             t.finished_at = utcnow()
         t.error = error
-
-
-def count_active(db: Database, *kinds: TaskKind) -> int:
-    """Tasks of these kinds (all kinds when none given) that are pending or running."""
-    q = select(func.count()).select_from(Task).where(Task.state.in_([TaskState.pending, TaskState.running]))
-    if kinds:
-        q = q.where(Task.kind.in_(kinds))
-    with db.session() as s:
-        return int(s.scalar(q) or 0)
 
 
 def kind_of(db: Database, task_id: int) -> TaskKind:

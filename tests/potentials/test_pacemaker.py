@@ -15,7 +15,9 @@ from autopipe.potentials.pacemaker import (
     parse_metrics,
     render_input,
     run_pacemaker,
+    venv_bin,
     write_input,
+    yaml_to_yace,
 )
 
 
@@ -38,6 +40,21 @@ def test_render_input_puts_cutoff_in_bonds_and_has_backend(tmp_path):
     assert yaml.safe_load(write_input(cfg, tmp_path / "input.yaml").read_text()) == cfg
     with pytest.raises(ValueError, match="same length"):
         render_input(TrainConfig(ranks=[6, 4], lmax=[0, 3, 2]), ["Cu"], "d")
+
+
+def test_the_yace_converter_writes_what_pace_yaml2yace_writes(lj_potential, tmp_path):
+    """The one yace converter runs in-process: its file must be the one pyace's own command writes
+    (the file LAMMPS reads), and a yaml it cannot read is one RuntimeError naming the file."""
+    import subprocess
+
+    ours = yaml_to_yace(lj_potential.yaml, tmp_path / "ours.yace")
+    subprocess.run([venv_bin("pace_yaml2yace"), str(lj_potential.yaml), "-o", str(tmp_path / "cli.yace")],
+                   check=True, capture_output=True, timeout=300)
+    assert ours.read_bytes() == (tmp_path / "cli.yace").read_bytes()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("elements: [Ar]\nembeddings: {not a basis\n")
+    with pytest.raises(RuntimeError, match="bad.yaml"):
+        yaml_to_yace(bad)
 
 
 @pytest.mark.slow
