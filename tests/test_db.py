@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from autopipe.db import (
     Database,
@@ -100,9 +101,10 @@ def test_labels_potentials_segments_tasks_and_status(any_db):
 def test_potential_version_is_unique(any_db):
     with any_db.session() as s:
         s.add(Potential(version=1, name="a", directory="d", files={}, checksums={}))
-    with pytest.raises(Exception):
+    # SQLite: "UNIQUE constraint failed: potentials.version"; PostgreSQL: "Key (version)=(1) already exists"
+    with pytest.raises(IntegrityError, match=r"potentials\.version|\(version\)=\(1\)"):
         with any_db.session() as s:
-            s.add(Potential(version=1, name="b", directory="d", files={}, checksums={}))
+            s.add(Potential(version=1, name="b", directory="e", files={}, checksums={}))
     with any_db.session() as s:
         assert s.scalar(select(func.count()).select_from(Potential)) == 1  # the failed one rolled back
 
