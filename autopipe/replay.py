@@ -63,7 +63,7 @@ def replay(workdir: Path | str, version: int, *, n_steps: int | None = None, fra
 
     layout = RunLayout(Path(workdir))
     run = load_resolved_run(workdir)
-    db = Database(run.database_url())
+    db = Database.for_run(workdir)
     store = PotentialStore(db, layout.potentials)
     pot = store.get(version)
     with db.session() as s:
@@ -88,7 +88,7 @@ def compare(workdir: Path | str, first: int | None = None, last: int | None = No
 
     layout = RunLayout(Path(workdir))
     run = load_resolved_run(workdir)
-    db = Database(run.database_url())
+    db = Database.for_run(workdir)
     versions = _versions(PotentialStore(db, layout.potentials), first, last, workdir)
     frames = trigger_frames(db, run.dft.model_dump())
     results = [replay(workdir, v, frames=frames) for v in versions]
@@ -145,7 +145,7 @@ def compare_fresh(
     t0 = time.perf_counter()
     layout = RunLayout(Path(workdir))
     run = load_resolved_run(workdir)
-    db = Database(run.database_url())
+    db = Database.for_run(workdir)
     store = PotentialStore(db, layout.potentials)
     pots = [store.get(v) for v in _versions(store, first, last, workdir)]
     starts = fresh_starts(run, n_seeds, DEFAULT_SEED_BASE if seed_base is None else seed_base)

@@ -25,6 +25,30 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+def _sqlite_read_only(dbapi_conn, _record) -> None:
+    # No journal_mode here: switching a file to WAL rewrites its header. The loop's database
+    # is in WAL already (the mode is kept in the file).
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
+def schema_gaps(engine: Engine) -> tuple[list[str], list[str]]:
+    """The tables and the "table.column"s of this autopipe's models that the database lacks."""
+    from sqlalchemy import inspect
+
+    insp = inspect(engine)
+    have = set(insp.get_table_names())
+    tables = [t.name for t in Base.metadata.sorted_tables if t.name not in have]
+    columns = []
+    for table in Base.metadata.sorted_tables:
+        if table.name in have:
+            got = {c["name"] for c in insp.get_columns(table.name)}
+            columns += [f"{table.name}.{c.name}" for c in table.columns if c.name not in got]
+    return tables, columns
+
+
 def add_missing_columns(engine: Engine) -> list[str]:
     """Add the nullable columns a newer autopipe defines to an existing database; returns "table.column"s.
 
@@ -57,6 +81,14 @@ def add_missing_columns(engine: Engine) -> list[str]:
     return added
 
 
+def without_password(url: str) -> str:
+    """``url`` with no password at all: the form kept in the work directory. The password comes
+    at connect time from where libpq looks (PGPASSWORD, PGPASSFILE, ``~/.pgpass``)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(password=None).render_as_string(hide_password=False)
+
+
 def redacted(url: str) -> str:
     """``url`` with its password (if any) replaced by ``***``: the form that may be printed or logged."""
     from sqlalchemy.engine import make_url
@@ -67,35 +99,81 @@ def redacted(url: str) -> str:
         return "<database URL>"
 
 
+def run_marker_url(marker: Path) -> str:
+    """The database URL in a run marker; one line naming the file when it is not a marker."""
+    import json
+
+    try:
+        url = json.loads(marker.read_text())["database"]
+    except json.JSONDecodeError as exc:
+        raise AutopipeError(f"{marker}: not a run marker (invalid JSON: {exc})") from None
+    except (KeyError, TypeError, IndexError):
+        raise AutopipeError(f"{marker}: not a run marker (no 'database' key)") from None
+    if not isinstance(url, str):
+        raise AutopipeError(f"{marker}: database: a URL string is required, not {url!r}")
+    return url
+
+
 class Database:
     """One run's database: SQLite by default, any SQLAlchemy URL (PostgreSQL) by config.
 
     Use :meth:`session` for a transaction: it commits on success and rolls back on error.
+
+    ``read_only``: an existing run's database, for the commands that only read it (status,
+    report, replay): nothing is created or migrated, every connection refuses writes (SQLite
+    ``query_only``, PostgreSQL ``default_transaction_read_only``), and a missing, foreign or
+    outdated database is an :class:`AutopipeError` (one line) at once.
     """
 
-    def __init__(self, url: str, *, create: bool = True):
+    def __init__(self, url: str, *, create: bool = True, read_only: bool = False):
         self.url = url
         kwargs: dict = {"future": True}
-        if url.startswith("sqlite"):
+        sqlite = url.startswith("sqlite")
+        if sqlite:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                if read_only and not Path(path).is_file():  # connecting would create it
+                    raise AutopipeError(f"no database at {path}")
+                if not read_only:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         else:
             kwargs["pool_pre_ping"] = True
+            if read_only and url.startswith("postgresql"):
+                kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
         try:
             self.engine: Engine = create_engine(url, **kwargs)
         except Exception as exc:  # bad URL or missing driver
             raise AutopipeError(f"cannot open database {redacted(url)!r}: {exc}") from None
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_read_only if read_only else _sqlite_pragmas)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
-        if create:
+        if read_only:
+            self._check_schema()
+        elif create:
             try:
                 Base.metadata.create_all(self.engine)
                 add_missing_columns(self.engine)
             except Exception as exc:
                 raise AutopipeError(f"cannot open database {redacted(url)!r}: {str(exc).splitlines()[0]}") from None
+
+    def _check_schema(self) -> None:
+        """One line unless the database has every table and column this autopipe reads."""
+        try:
+            tables, columns = schema_gaps(self.engine)
+        except Exception as exc:  # unreachable server, wrong password, a file that is not SQLite
+            self.engine.dispose()
+            first = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "file is not a database" in first:
+                raise AutopipeError(f"{redacted(self.url)}: not an autopipe database ({first})") from None
+            raise AutopipeError(f"cannot open database {redacted(self.url)!r}: {first}") from None
+        self.engine.dispose()
+        if len(tables) == len(Base.metadata.tables):
+            raise AutopipeError(f"{redacted(self.url)}: not an autopipe database (it has none of its tables)")
+        if tables or columns:
+            missing = ", ".join(tables + columns)
+            raise AutopipeError(f"{redacted(self.url)}: written by an older autopipe (it lacks {missing}); "
+                                "run autopipe-steer on the run once to upgrade it")
 
     @classmethod
     def for_workdir(cls, workdir: Path | str, url: str | None = None) -> "Database":
@@ -104,14 +182,13 @@ class Database:
 
     @classmethod
     def for_run(cls, workdir: Path | str) -> "Database":
-        """The database of an existing run: the URL in its run marker, else ``<workdir>/autopipe.db``."""
-        import json
-
+        """The database of an existing run, opened read-only: the URL in its run marker, else
+        ``<workdir>/autopipe.db``. For the commands that read a run, never for the loop."""
         layout = RunLayout(Path(workdir))
         if layout.marker.is_file():
-            return cls(json.loads(layout.marker.read_text())["database"])
+            return cls(run_marker_url(layout.marker), read_only=True)
         if layout.database_file.is_file():
-            return cls.for_workdir(workdir)
+            return cls(f"sqlite:///{layout.database_file.resolve()}", read_only=True)
         raise AutopipeError(f"{workdir}: no autopipe run here (no {RUN_MARKER} or autopipe.db)")
 
     @contextmanager
