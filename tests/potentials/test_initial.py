@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
@@ -14,6 +15,7 @@ from autopipe.config.run import RunConfig
 from autopipe.db import Database, Label, LabelStatus, Origin, Structure
 from autopipe.errors import AutopipeError
 from autopipe.potentials import PotentialStore, build_initial_potential, max_gamma
+from autopipe.potentials.activeset import GAMMA_TOLERANCE
 from tests.lj import fixture_train_dir, lj3d_template, lj_label, lj_run_config
 from autopipe.potentials.trainer import TrainOutcome, max_label_id
 
@@ -121,9 +123,24 @@ def test_import_from_file_computes_the_active_set(lj_potential, db, tmp_path):
     v1 = build_initial_potential(db, store, cfg)
     assert v1.version == 1 and v1.name == "potential" and v1.n_train == 29
     assert v1.asi.exists() and v1.yace.exists()
-    squeezed = lj3d_template(a=2.7)
-    assert max_gamma(squeezed, v1)[0] == pytest.approx(max_gamma(squeezed, lj_potential)[0], rel=1e-6)
+    # What makes it a MaxVol active set of this data, graded by pyace's own calculator: every training
+    # atom has gamma <= the MaxVol tolerance, the selected ones exactly 1; a squeezed crystal is far out.
+    training = [_pyace_gamma(a, v1).max() for a in pd.read_pickle(training_data, compression="gzip")["ase_atoms"]]
+    assert max(training) == pytest.approx(1.0, abs=GAMMA_TOLERANCE - 1 + 1e-6)
+    assert _pyace_gamma(lj3d_template(a=2.7), v1).max() > 5.0
     assert build_initial_potential(db, store, cfg) == v1  # idempotent
+
+
+def _pyace_gamma(atoms, potential) -> np.ndarray:
+    """Per-atom extrapolation grade from pyace's ASE calculator (not autopipe's route)."""
+    from pyace import PyACECalculator
+
+    calc = PyACECalculator(str(potential.yaml))
+    calc.set_active_set(str(potential.asi))
+    a = atoms.copy()
+    a.calc = calc
+    a.get_potential_energy()
+    return np.asarray(calc.results["gamma"])
 
 
 def test_import_from_file_with_asi_and_without_anything(lj_potential, db, tmp_path):
