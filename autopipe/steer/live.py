@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autopipe.steer.context import Context
+    from autopipe.config.run import RunConfig
+    from autopipe.steer.view import RunView
 
 log = logging.getLogger("autopipe")
 
@@ -30,29 +31,17 @@ def log_to_file(path: Path) -> None:
     logging.getLogger("parsl").propagate = False  # Parsl keeps its own parsl.log in the run dir
 
 
-def snapshot(ctx: Context) -> dict[str, Any]:
-    """What the live table shows, read from the database."""
-    from sqlalchemy import func, select
-
-    from autopipe.db import Label, Segment, Task, Walker
-
-    with ctx.db.session() as s:
-        walkers = [(w.index, w.status.value, w.step, w.waiting_for_version)
-                   for w in s.scalars(select(Walker).order_by(Walker.index))]
-        last_gamma = dict(s.execute(select(Segment.walker_id, Segment.max_gamma)
-                                    .where(Segment.max_gamma.is_not(None)).order_by(Segment.id)).all())
-        wid = dict(s.execute(select(Walker.index, Walker.id)).all())
-        labels = dict(s.execute(select(Label.status, func.count()).group_by(Label.status)).all())
-        tasks = s.execute(select(Task.kind, Task.state, func.count()).group_by(Task.kind, Task.state)).all()
-    latest = ctx.store.latest()
+def snapshot(view: RunView, run: RunConfig) -> dict[str, Any]:
+    """What the live table shows: the loop's read of the run (:func:`autopipe.steer.view.read_view`)
+    and the run's limits; no queries of its own."""
     return {
-        "walkers": [(i, st, step, last_gamma.get(wid[i]), wv) for i, st, step, wv in walkers],
-        "labels": {k.value: v for k, v in labels.items()},
-        "tasks": {(k.value, st.value): n for k, st, n in tasks},
-        "version": latest.version if latest else None,
-        "elapsed": ctx.elapsed(),
-        "max_md_steps": ctx.run.stop.max_md_steps,
-        "threshold": ctx.run.otf.uncertainty_threshold,
+        "walkers": [(w.index, w.status.value, w.step, w.last_max_gamma, w.waiting_for_version) for w in view.walkers],
+        "labels": dict(view.labels),
+        "tasks": dict(view.tasks),
+        "version": view.newest_version,
+        "elapsed": view.elapsed,
+        "max_md_steps": run.stop.max_md_steps,
+        "threshold": run.otf.uncertainty_threshold,
     }
 
 

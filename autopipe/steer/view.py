@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from autopipe.db import Label, LabelStatus, Origin, Potential, Structure, Task, TaskState, Walker, WalkerStatus
+from autopipe.db import Label, LabelStatus, Origin, Potential, Segment, Structure, Task, TaskState, Walker, WalkerStatus
 
 if TYPE_CHECKING:
     from autopipe.steer.context import Context
@@ -21,10 +21,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class WalkerView:
+    """One walker: ``step`` of its last good checkpoint; ``last_max_gamma``: max gamma of its
+    latest segment that reported one (None before the first)."""
+
     status: WalkerStatus
     step: int
     segments_since_trigger: int = 0
     waiting_for_version: int | None = None
+    index: int = 0
+    last_max_gamma: float | None = None
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class RunView:
     """What the policies look at (counts are over the whole run, all restarts included).
 
     ``active``: pending or running tasks per kind (``"md"``, ``"embed"``, ``"dft"``,
-    ``"train"``). ``new_labels``: successful labels newer than the newest potential's
+    ``"train"``); ``tasks``: tasks per (kind, state), all states; ``labels``: labels per status. ``new_labels``: successful labels newer than the newest potential's
     training snapshot. ``dft_calls``: labels of structures the loop chose (everything but
     the generated initial dataset and the user's imported data). ``first_potential``: ``None`` once a potential exists,
     else ``"labelling"``, ``"ready"`` (train version 1 now) or why it is impossible.
@@ -43,6 +48,8 @@ class RunView:
     retrains: int = 0  # published versions after the first
     walkers: tuple[WalkerView, ...] = ()
     active: dict[str, int] = field(default_factory=dict)
+    tasks: dict[tuple[str, str], int] = field(default_factory=dict)
+    labels: dict[str, int] = field(default_factory=dict)
     new_labels: int = 0
     dft_calls: int = 0
     train_failures: int = 0  # consecutive failed fits in this process
@@ -68,19 +75,34 @@ def read_view(ctx: Context) -> RunView:
         newest = s.scalar(select(func.max(Potential.version)))
         n_versions = int(s.scalar(select(func.count()).select_from(Potential)) or 0)
         snapshot = s.scalar(select(Potential.last_label_id).order_by(Potential.version.desc()).limit(1)) or 0
-        walkers = tuple(WalkerView(w.status, w.step, w.segments_since_trigger, w.waiting_for_version)
+        latest = select(func.max(Segment.id)).where(Segment.max_gamma.is_not(None)).group_by(Segment.walker_id)
+        last_gamma = dict(s.execute(select(Segment.walker_id, Segment.max_gamma).where(Segment.id.in_(latest))).all())
+        walkers = tuple(WalkerView(w.status, w.step, w.segments_since_trigger, w.waiting_for_version, w.index,
+                                   last_gamma.get(w.id))
                         for w in s.scalars(select(Walker).order_by(Walker.index)))
-        active = dict(s.execute(select(Task.kind, func.count()).where(
-            Task.state.in_([TaskState.pending, TaskState.running])).group_by(Task.kind)).all())
+        tasks = {(k.value, st.value): int(n) for k, st, n in s.execute(
+            select(Task.kind, Task.state, func.count()).group_by(Task.kind, Task.state)).all()}
+        labels = {st.value: int(n) for st, n in s.execute(
+            select(Label.status, func.count()).group_by(Label.status)).all()}
         new_labels = s.scalar(select(func.count()).select_from(Label).where(
             Label.status == LabelStatus.done, Label.id > snapshot))
         dft_calls = s.scalar(select(func.count()).select_from(Label).join(Structure).where(
             Structure.origin.not_in([Origin.generated, Origin.imported])))
     return RunView(
         elapsed=time.monotonic() - ctx.t0, newest_version=newest, retrains=max(n_versions - 1, 0), walkers=walkers,
-        active={k.value: int(n) for k, n in active.items()}, new_labels=int(new_labels or 0),
+        active=_active(tasks), tasks=tasks, labels=labels, new_labels=int(new_labels or 0),
         dft_calls=int(dft_calls or 0), train_failures=ctx.train_failures,
         first_potential=None if newest is not None else ctx.first_potential,
         idle=ctx.dispatcher.idle() if ctx.dispatcher is not None else True, limit_problem=ctx.limit_problem,
         cannot_run=ctx.cannot_run,
     )
+
+
+def _active(tasks: dict[tuple[str, str], int]) -> dict[str, int]:
+    """Pending or running tasks per kind, from the counts per (kind, state)."""
+    busy = (TaskState.pending.value, TaskState.running.value)
+    out: dict[str, int] = {}
+    for (kind, state), n in tasks.items():
+        if state in busy:
+            out[kind] = out.get(kind, 0) + n
+    return out
