@@ -57,8 +57,8 @@ def plan_text(site_cfg, run_cfg) -> str:
         f"steps, up to {run_cfg.otf.max_extractions} sub-cell(s) per trigger",
         "  embedding      : "
         + ("whole trigger frames (no carving)" if run_cfg.embedding.whole_frame == "always" else
-           f"cutoff {run_cfg.embedding.cutoff:g} Å + buffer {run_cfg.embedding.buffer:g} Å "
-           f"-> box {2 * (run_cfg.embedding.cutoff + run_cfg.embedding.buffer):g} Å"),
+           f"core {run_cfg.embedding.core_radius:g} Å + buffer {run_cfg.embedding.buffer:g} Å "
+           f"-> box {2 * (run_cfg.embedding.core_radius + run_cfg.embedding.buffer):g} Å"),
         f"  dft            : {run_cfg.dft.code}",
         f"  training       : retrain after {run_cfg.train.min_new_labels} new labels, "
         f"{run_cfg.train.max_iterations} iterations, backend {run_cfg.train.backend}",
@@ -283,7 +283,7 @@ def buffer_scan(
         def label_fn(atoms):
             return label(atoms, cfg.dft, workdir=scratch / f"cell-{next(calls)}-{len(atoms)}-atoms")
 
-        scan = scan_buffers(frame, c, e.cutoff, widths, label_fn, min_distance=e.min_distance, code=cfg.dft.code,
+        scan = scan_buffers(frame, c, e.core_radius, widths, label_fn, min_distance=e.min_distance, code=cfg.dft.code,
                             potential_cutoff=potential_cutoff(cfg), against_frame=against_frame,
                             progress=lambda p: typer.echo(f"  buffer {p.buffer:g} Å: {p.n_atoms} atoms, "
                                                           f"{p.status} in {p.walltime:.1f} s"))

@@ -60,7 +60,7 @@ def template_atoms(system: SystemConfig) -> Atoms:
 
     src = system.structure
     if src.kind == "bulk":
-        atoms = bulk(system.elements[0], src.crystal, a=src.a, cubic=src.cubic).repeat(src.repeat)
+        atoms = bulk(src.element or system.elements[0], src.crystal, a=src.a, cubic=src.cubic).repeat(src.repeat)
         if src.vacancies:
             if src.vacancies >= len(atoms):
                 raise ValueError(f"{src.vacancies} vacancies in a crystal of {len(atoms)} atoms leave nothing")

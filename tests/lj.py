@@ -98,7 +98,7 @@ def lj_run_config(name: str, workdir: Path, *, dimension: int = 3, train: dict[s
             "system": system,
             "initial_potential": {"kind": "generate", "name": name, **(generate or {})},
             "md": {"dimension": dimension},
-            "embedding": {"cutoff": 4.0, "buffer": 5.0},
+            "embedding": {"core_radius": 4.0, "buffer": 5.0},
             "dft": {"code": "lj", "sigma": LJ_SIGMA, "epsilon": LJ_EPSILON, "cutoff": LJ_CUTOFF},
             "train": {"cutoff": LJ_CUTOFF, **(train or {})},
         }

@@ -112,7 +112,7 @@ MINIMAL_RUN = """
 name: t
 system: {elements: [Ar], structure: {kind: bulk, crystal: fcc, a: 5.2}}
 initial_potential: {kind: generate}
-embedding: {cutoff: 4.0, buffer: 5.0}
+embedding: {core_radius: 4.0, buffer: 5.0}
 dft: {code: lj}
 """
 
@@ -127,7 +127,7 @@ dft: {code: lj}
         (MINIMAL_RUN.replace("code: lj", "code: vasp"), "f.yaml: dft: Input tag 'vasp' found using 'code' does not match"),
         (MINIMAL_RUN.replace("code: lj", "code: espresso, ecutwfc: -3"), "dft.espresso.ecutwfc: Input should be greater than 0"),
         (MINIMAL_RUN.replace("[Ar]", "[Xx]"), "system.elements: Value error, unknown chemical symbol(s): Xx"),
-        (MINIMAL_RUN.replace("embedding: {cutoff: 4.0, buffer: 5.0}\n", ""), "f.yaml: embedding: required key is missing"),
+        (MINIMAL_RUN.replace("embedding: {core_radius: 4.0, buffer: 5.0}\n", ""), "f.yaml: embedding: required key is missing"),
         (MINIMAL_RUN + "bogus: 1\n", "f.yaml: bogus: unknown key"),
         ("name: [unclosed\n", "f.yaml: not valid YAML (line 2"),
         ("- just\n- a list\n", "expected a mapping of keys at the top level"),
@@ -190,7 +190,10 @@ def test_missing_file_is_one_clear_error(tmp_path):
 
 
 def test_relative_paths_resolve_against_the_run_file(tmp_path):
+    from ase.build import bulk
+
     (tmp_path / "sub").mkdir()
+    bulk("Ar", "fcc", a=5.2).write(tmp_path / "sub" / "start.xyz")  # load_run refuses a missing structure file
     p = _write(
         tmp_path / "sub",
         MINIMAL_RUN.replace("{kind: bulk, crystal: fcc, a: 5.2}", "{kind: file, path: start.xyz}") + "workdir: out\n",

@@ -1,13 +1,15 @@
 """How wide must the embedding buffer be? Label sub-cells of growing buffer and watch the core forces.
 
 The loop trains on the forces of the trusted core of a carved periodic cell (atoms within
-``embedding.cutoff`` of the centre) and masks the rest. Those core forces equal the ones
-in the parent frame only if nothing beyond the buffer reaches them:
+``embedding.core_radius`` of the centre) and masks the rest. Those core forces equal the ones
+in the parent frame only if nothing beyond the buffer reaches them. Carving removes masked
+atoms closer than ``min_distance`` across the new faces, so the buffer's outer ``min_distance/2``
+may have lost atoms (see ``extract_periodic_subsystem``, "Exactness"):
 
-* a pair potential of range rc: buffer >= rc suffices;
+* a pair potential of range rc: buffer >= rc + min_distance/2 suffices;
 * a many-body potential such as ACE of cutoff rc: the force on atom i is
   -dE/dr_i = -sum_j dE_j/dr_i over every j within rc of i, and each E_j depends on the
-  neighbours of j, so forces depend on atoms up to 2*rc away: buffer >= 2*rc;
+  neighbours of j, so forces depend on atoms up to 2*rc away: buffer >= 2*rc + min_distance/2;
 * DFT: the range is physical (screening, band gap) and unknown beforehand.
 
 :func:`scan_buffers` carves sub-cells around the same centre with a list of buffer widths,
@@ -279,20 +281,25 @@ def potential_cutoff(run_config: RunConfig) -> float:
 def buffer_warnings(run_config: RunConfig) -> list[str]:
     """What ``autopipe check`` says about ``embedding.buffer`` against the potential's cutoff rc.
 
-    Lines start with ``warning:`` (buffer below rc: not exact even for a pair potential) or
-    ``note:`` (below 2*rc: not exact for a many-body labeller; DFT's range must be measured;
-    or no carving at all with ``embedding.whole_frame: always``).
+    Exactness needs the force range plus ``min_distance/2`` (atoms that close to a face may be
+    removed by the carving). Lines start with ``warning:`` (buffer below rc + min_distance/2: not
+    exact even for a pair potential) or ``note:`` (below 2*rc + min_distance/2: not exact for a
+    many-body labeller; DFT's range must be measured; or no carving at all with
+    ``embedding.whole_frame: always``).
     """
     rc = potential_cutoff(run_config)
-    buf = run_config.embedding.buffer
-    if run_config.embedding.whole_frame == "always":
+    emb = run_config.embedding
+    buf, half_gap = emb.buffer, emb.min_distance / 2
+    if emb.whole_frame == "always":
         return ["note: embedding.whole_frame is 'always': trigger frames are labelled whole (exact, nothing "
                 "masked), so embedding.buffer is not used"]
-    if buf < rc:
-        return [f"warning: embedding.buffer {buf:g} Å is below the potential's cutoff {rc:g} Å, so the core "
-                "forces of carved cells feel the artificial boundary even for a pair potential (a many-body "
-                f"potential needs 2*rc = {2 * rc:g} Å); measure the labeller's range with `autopipe buffer-scan`"]
-    if buf < 2 * rc and run_config.dft.code != "lj":  # the LJ oracle is a pair potential: rc is enough
-        return [f"note: embedding.buffer {buf:g} Å is below 2*rc = {2 * rc:g} Å: core forces are exact for a "
-                "many-body potential (ACE) only from 2*rc; for DFT measure the range with `autopipe buffer-scan`"]
+    if buf < rc + half_gap:
+        return [f"warning: embedding.buffer {buf:g} Å is below the potential's cutoff {rc:g} Å + min_distance/2 "
+                f"({rc + half_gap:g} Å), so the core forces of carved cells feel the artificial boundary even for a "
+                f"pair potential (a many-body potential needs 2*rc + min_distance/2 = {2 * rc + half_gap:g} Å); "
+                "measure the labeller's range with `autopipe buffer-scan`"]
+    if buf < 2 * rc + half_gap and run_config.dft.code != "lj":  # the LJ oracle is a pair potential
+        return [f"note: embedding.buffer {buf:g} Å is below 2*rc + min_distance/2 = {2 * rc + half_gap:g} Å: core "
+                "forces are exact for a many-body potential (ACE) only from there; for DFT measure the range "
+                "with `autopipe buffer-scan`"]
     return []

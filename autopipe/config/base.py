@@ -13,6 +13,15 @@ from autopipe.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
+class KeyProblem(ValueError):
+    """Raised by a validator about a key other than the one it sits on (cross-key rules):
+    ``key`` is the dotted path relative to the model that raises it, e.g. ``train.lmax``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class StrictModel(BaseModel):
     """Base for every config section: unknown keys are errors, not silently ignored."""
 
@@ -32,19 +41,29 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:
-    """Render a pydantic error as ``file: key.path: what was expected`` lines."""
+    """Render a pydantic error as one ``file: key.path: what was expected`` line.
+
+    One line, whatever pydantic found: the first problem in the file's order, and how many
+    more there are (a value that fits no member of a union gives one error per member).
+    """
     lines = []
     for e in err.errors():
         # Discriminated unions add the tag (e.g. 'espresso') to the location; it is
         # noise for the user, who wrote the key path without it.
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         msg = e["msg"]
-        if e["type"] == "extra_forbidden":
+        problem = (e.get("ctx") or {}).get("error")
+        if isinstance(problem, KeyProblem):
+            loc += tuple(problem.key.split("."))
+            msg = str(problem)
+        elif e["type"] == "extra_forbidden":
             msg = "unknown key (not allowed here; check the spelling)"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"{source}: {_key_path(loc)}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{_key_path(loc)}: {' '.join(str(msg).split())}")
+    distinct = list(dict.fromkeys(lines))
+    more = f" (and {len(distinct) - 1} more problem(s))" if len(distinct) > 1 else ""
+    return f"{source}: {distinct[0]}{more}"
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

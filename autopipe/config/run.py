@@ -6,12 +6,17 @@ pressure in bar, plane-wave cutoffs in Ry, k-point spacing in 1/Å, wall times i
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from autopipe.config.base import StrictModel, load_model
+from autopipe.config.base import KeyProblem, StrictModel, load_model
+from autopipe.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def _relative_to_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
@@ -39,6 +44,11 @@ class BulkStructure(StrictModel):
 
     kind: Literal["bulk"]
     crystal: Literal["fcc", "bcc", "sc", "hcp", "diamond"] = Field(description="Lattice type.")
+    element: str | None = Field(
+        default=None,
+        description="Element of the crystal (one of system.elements); required when system.elements has more "
+        "than one, default: the only one.",
+    )
     a: float = Field(gt=0, description="Lattice constant (Å).")
     repeat: tuple[int, int, int] = Field(default=(1, 1, 1), description="Supercell repetitions.")
     cubic: bool = Field(default=True, description="Use the conventional cubic cell.")
@@ -163,14 +173,19 @@ class OTFConfig(StrictModel):
 
 
 class EmbeddingConfig(StrictModel):
-    """Periodic sub-cell carved around an uncertain atom: side 2*(cutoff+buffer)."""
+    """Periodic sub-cell carved around an uncertain atom: side 2*(core_radius+buffer)."""
 
-    cutoff: float = Field(gt=0, description="Radius of the trusted core (Å); forces beyond it are masked.")
+    core_radius: float = Field(
+        gt=0,
+        description="Radius of the trusted core (Å); forces beyond it are masked. Formerly 'cutoff' (still read, "
+        "with a warning).",
+    )
     buffer: float = Field(
         gt=0,
         description="Buffer thickness (Å) between the trusted core and the cell faces. Core forces are exact for a "
-        "pair potential of range rc when buffer >= rc, for a many-body potential (ACE of cutoff rc) only when "
-        "buffer >= 2*rc; for DFT the range is physical: measure it with `autopipe buffer-scan`.",
+        "pair potential of range rc when buffer >= rc + min_distance/2, for a many-body potential (ACE of cutoff "
+        "rc) only when buffer >= 2*rc + min_distance/2; for DFT the range is physical: measure it with "
+        "`autopipe buffer-scan`.",
     )
     min_distance: float = Field(default=0.5, ge=0, description="Remove masked atoms closer than this across the new boundary (Å).")
     whole_frame: Literal["if_smaller", "always"] = Field(
@@ -178,6 +193,28 @@ class EmbeddingConfig(StrictModel):
         description="Label the whole MD frame instead of carving: 'if_smaller' when the frame fits inside the "
         "sub-cell's box (cheaper and exact), 'always' to compare with whole-cell active learning (no masks).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_cutoff(cls, data: Any) -> Any:
+        # 'cutoff' meant the potential's range everywhere else; old run files and the
+        # run.resolved.json of runs started before the rename still load.
+        if isinstance(data, dict) and "cutoff" in data:
+            if "core_radius" in data:
+                raise ValueError("give core_radius only (cutoff is its old name)")
+            message = "embedding.cutoff is deprecated: rename it to embedding.core_radius (the trusted core's radius)"
+            warnings.warn(message, FutureWarning, stacklevel=2)
+            log.warning(message)
+            data = {("core_radius" if k == "cutoff" else k): v for k, v in data.items()}
+        return data
+
+    @model_validator(mode="after")
+    def _room_for_atoms(self) -> "EmbeddingConfig":
+        # extract_periodic_subsystem refuses min_distance >= L/2: every carve would fail.
+        if self.min_distance >= self.core_radius + self.buffer:
+            raise KeyProblem("min_distance", f"{self.min_distance:g} Å must be smaller than core_radius + buffer "
+                                             f"({self.core_radius + self.buffer:g} Å, half the carved box)")
+        return self
 
 
 # ----------------------------------------------------------------------------- DFT
@@ -277,8 +314,12 @@ class TrainConfig(StrictModel):
     min_new_labels: int = Field(default=4, ge=1, description="New successful labels that start a retrain.")
     cutoff: float = Field(default=5.0, gt=0, description="ACE radial cutoff (Å).")
     number_of_functions_per_element: int = Field(default=40, ge=1, description="ACE basis size per element.")
-    ranks: list[int] = Field(default_factory=lambda: [6, 4, 3], description="Max n per body order (nradmax_by_orders).")
-    lmax: list[int] = Field(default_factory=lambda: [0, 3, 2], description="Max l per body order (lmax_by_orders).")
+    ranks: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [6, 4, 3], min_length=1, description="Max n per body order (nradmax_by_orders)."
+    )
+    lmax: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0, 3, 2], min_length=1, description="Max l per body order (lmax_by_orders)."
+    )
     embedding: Literal["linear", "FinnisSinclair", "FinnisSinclairShiftedScaled"] = Field(
         default="FinnisSinclairShiftedScaled", description="ACE embedding function."
     )
@@ -305,6 +346,13 @@ class TrainConfig(StrictModel):
         "loaded between fits (autopipe.potentials.warm); false: a fresh pacemaker program per fit.",
     )
     seed: int = Field(default=42, description="Random seed of the fit.")
+
+    @model_validator(mode="after")
+    def _one_entry_per_body_order(self) -> "TrainConfig":
+        if len(self.ranks) != len(self.lmax):
+            raise KeyProblem("lmax", f"{len(self.lmax)} entries but ranks has {len(self.ranks)}: both give one "
+                                     "value per body order")
+        return self
 
 
 # ----------------------------------------------------------------------------- steering
@@ -371,7 +419,33 @@ class RunConfig(StrictModel):
                 "initial_potential.training_data is required: retraining needs the data the potential was "
                 "trained on (or set train.retrain: false to only monitor and label)"
             )
+        self._check_elements()
         return self
+
+    def _check_elements(self) -> None:
+        """Keys named after elements name the run's elements, and a bulk crystal says which it is."""
+        elements = self.system.elements
+        known = ", ".join(elements)
+        refs = self.train.reference_energies
+        if isinstance(refs, dict):
+            missing = [e for e in elements if e not in refs]
+            extra = [e for e in refs if e not in elements]
+            if missing or extra:
+                raise KeyProblem("train.reference_energies", (f"no energy for {', '.join(missing)}" if missing else
+                                 f"{', '.join(extra)} is not one of system.elements") + f" (the run's elements: {known})")
+        if isinstance(self.dft, EspressoConfig):
+            for key in ("pseudopotentials", "starting_magnetization"):
+                extra = [e for e in getattr(self.dft, key) if e not in elements]
+                if extra:
+                    raise KeyProblem(f"dft.{key}", f"{', '.join(extra)} is not one of system.elements ({known})")
+        src = self.system.structure
+        if isinstance(src, BulkStructure):
+            # ase.build.bulk makes a one-element crystal: which one must not be a silent guess.
+            if src.element is None and len(elements) > 1:
+                raise KeyProblem("system.structure.element", f"required: system.elements has {len(elements)} "
+                                                             f"elements ({known}); name the crystal's")
+            if src.element is not None and src.element not in elements:
+                raise KeyProblem("system.structure.element", f"{src.element} is not one of system.elements ({known})")
 
     def database_url(self) -> str:
         """The SQLAlchemy URL of this run's database."""
@@ -392,9 +466,61 @@ def load_resolved_run(workdir: Path | str) -> RunConfig:
     return RunConfig.model_validate_json(path.read_text())
 
 
+def _input_files(cfg: RunConfig) -> list[tuple[str, Path]]:
+    """``(key path, path)`` of every file or directory a run reads (the work directory is written)."""
+    found = []
+    structures = [("system.structure", cfg.system.structure),
+                  ("initial_potential.structure", getattr(cfg.initial_potential, "structure", None))]
+    for key, src in structures:
+        if isinstance(src, FileStructure):
+            found.append((f"{key}.path", src.path))
+    if isinstance(cfg.initial_potential, InitialPotentialFile):
+        for name in ("path", "asi", "training_data"):
+            if getattr(cfg.initial_potential, name) is not None:
+                found.append((f"initial_potential.{name}", getattr(cfg.initial_potential, name)))
+    if isinstance(cfg.dft, EspressoConfig):
+        found.append(("dft.pseudo_dir", cfg.dft.pseudo_dir))
+        found += [(f"dft.pseudopotentials.{el}", cfg.dft.pseudo_dir / name)
+                  for el, name in cfg.dft.pseudopotentials.items()]
+    return found
+
+
+def _structure_elements(key: str, src: FileStructure) -> set[str]:
+    """The elements of a structure file; ConfigError naming ``key`` when ASE cannot read it."""
+    from ase.io import read
+
+    try:
+        atoms = read(src.path, format=src.format)
+    except Exception as exc:  # ASE raises whatever its format's parser raises
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise KeyProblem(key, f"{src.path} cannot be read{' as ' + src.format if src.format else ''}: {reason}") from None
+    return set(atoms.get_chemical_symbols())
+
+
+def check_run_files(cfg: RunConfig) -> None:
+    """The checks of a run file that need its files: each exists, and a structure file holds only
+    the run's elements. Raises :class:`KeyProblem` naming the key."""
+    for key, path in _input_files(cfg):
+        if not path.exists():
+            raise KeyProblem(key, f"{path} does not exist")
+    structures = [("system.structure.path", cfg.system.structure),
+                  ("initial_potential.structure.path", getattr(cfg.initial_potential, "structure", None))]
+    for key, src in structures:
+        if isinstance(src, FileStructure):
+            extra = sorted(_structure_elements(key, src) - set(cfg.system.elements))
+            if extra:
+                raise KeyProblem(key, f"{src.path} holds {', '.join(extra)}, not in system.elements "
+                                      f"({', '.join(cfg.system.elements)})")
+
+
 def load_run(path: Path | str, workdir: Path | None = None) -> RunConfig:
-    """Load and validate a run file; ``workdir`` overrides the file's work directory."""
+    """Load and validate a run file, including the files it names (``check_run_files``);
+    ``workdir`` overrides the file's work directory. Nothing is written."""
     cfg = load_model(RunConfig, Path(path))
+    try:
+        check_run_files(cfg)
+    except KeyProblem as problem:
+        raise ConfigError(f"{path}: {problem.key}: {problem}") from None
     if workdir is not None:
         cfg.workdir = Path(workdir).resolve()
     return cfg

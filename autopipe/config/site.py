@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from autopipe.config.base import StrictModel, load_model
 
@@ -152,6 +152,33 @@ class SlurmExecutor(_ExecutorBase):
     status_polling_interval: int = Field(
         default=60, ge=1, description="Seconds between squeue polls of this executor's jobs (Parsl's default 60)."
     )
+
+    @field_validator("account", "qos", "partition", "constraint", "launcher_overrides")
+    @classmethod
+    def _one_line(cls, v: str | None) -> str | None:
+        # Parsl writes these into '#SBATCH --qos=...' lines and the srun command of the batch
+        # script: a newline would add lines (#SBATCH options or shell commands) of its own.
+        if v is not None and ("\n" in v or "\r" in v):
+            raise ValueError("must be one line (a newline would add lines to the batch script)")
+        return v
+
+    @field_validator("scheduler_options")
+    @classmethod
+    def _only_sbatch_lines(cls, v: str) -> str:
+        # sbatch stops reading options at the first command line, so a shell line here would
+        # silently drop the account, QOS and GPU lines Parsl writes after it.
+        bad = [ln.strip() for ln in v.splitlines() if ln.strip() and not ln.strip().startswith("#SBATCH")]
+        if bad:
+            raise ValueError(f"every line must be an '#SBATCH' line (put shell commands in worker_init): {bad[0]!r}")
+        return v
+
+    @field_validator("worker_init")
+    @classmethod
+    def _no_sbatch_lines(cls, v: str) -> str:
+        # worker_init follows the batch header: an '#SBATCH' line at its top would be read as one.
+        if any(ln.strip().startswith("#SBATCH") for ln in v.splitlines()):
+            raise ValueError("holds an '#SBATCH' line: batch options go in scheduler_options")
+        return v
 
     @model_validator(mode="after")
     def _timings_fit(self) -> "SlurmExecutor":

@@ -117,7 +117,7 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int,
 
     e = embedding_config
     gamma = np.asarray(frame.arrays["gamma"], dtype=float)
-    side = 2 * (e.cutoff + e.buffer)
+    side = 2 * (e.core_radius + e.buffer)
     top = int(np.argmax(gamma))
     if e.whole_frame == "always" or smaller_than_box(frame, side):
         whole = frame.copy()
@@ -134,7 +134,7 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int,
         if chosen and np.min(frame.get_distances(c, chosen, mic=True)) < side:
             continue
         try:
-            sub, masked = extract_periodic_subsystem(frame, c, e.cutoff, e.buffer, min_distance=e.min_distance)
+            sub, masked = extract_periodic_subsystem(frame, c, e.core_radius, e.buffer, min_distance=e.min_distance)
         except ValueError as exc:
             out.append(Candidate(center=int(c), gamma=float(gamma[c]), refused=str(exc)))
             refused += 1

@@ -85,14 +85,26 @@ def test_many_body_core_forces_need_more_than_rc(lj_potential, tmp_path):
 
 def test_check_warns_when_the_buffer_is_below_the_cutoff(tmp_path):
     narrow = lj_run_config("x", tmp_path)
-    narrow.embedding = EmbeddingConfig(cutoff=4.0, buffer=2.0)
+    narrow.embedding = EmbeddingConfig(core_radius=4.0, buffer=2.0)
     [msg] = buffer_warnings(narrow)
-    assert msg.startswith("warning:") and "below the potential's cutoff 5 Å" in msg and "2*rc = 10 Å" in msg
-    assert buffer_warnings(lj_run_config("x", tmp_path)) == []  # buffer 5 = rc, and LJ is a pair potential
-    emt = lj_run_config("x", tmp_path)
-    emt.dft = EMTOracleConfig(code="emt")
-    assert buffer_warnings(emt)[0].startswith("note:")
-    narrow.embedding = EmbeddingConfig(cutoff=4.0, buffer=2.0, whole_frame="always")  # nothing is carved
+    assert msg.startswith("warning:") and "below the potential's cutoff 5 Å + min_distance/2" in msg
+    assert "2*rc + min_distance/2 = 10.25 Å" in msg
+    # buffer = rc is not exact even for a pair potential (test_pair_potential_core_forces_are_exact_from_buffer_rc:
+    # exactness needs rc + min_distance/2), so check warns ...
+    at_rc = lj_run_config("x", tmp_path)
+    at_rc.embedding = EmbeddingConfig(core_radius=4.0, buffer=5.0, min_distance=MIN_DISTANCE)
+    [msg] = buffer_warnings(at_rc)
+    assert msg.startswith("warning:") and "(5.25 Å)" in msg
+    # ... and is quiet from rc + min_distance/2 for the LJ oracle, a pair potential.
+    exact = lj_run_config("x", tmp_path)
+    exact.embedding = EmbeddingConfig(core_radius=4.0, buffer=5.0 + MIN_DISTANCE / 2, min_distance=MIN_DISTANCE)
+    assert buffer_warnings(exact) == []
+    emt = exact.model_copy(update={"dft": EMTOracleConfig(code="emt")})
+    [msg] = buffer_warnings(emt)  # many-body: up to 2*rc + min_distance/2
+    assert msg.startswith("note:") and "10.25 Å" in msg
+    emt.embedding = EmbeddingConfig(core_radius=4.0, buffer=10.0 + MIN_DISTANCE / 2, min_distance=MIN_DISTANCE)
+    assert buffer_warnings(emt) == []
+    narrow.embedding = EmbeddingConfig(core_radius=4.0, buffer=2.0, whole_frame="always")  # nothing is carved
     [msg] = buffer_warnings(narrow)
     assert msg.startswith("note:") and "not used" in msg
 

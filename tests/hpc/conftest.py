@@ -96,7 +96,7 @@ def si_run(tmp_path: Path, database: str | None = None, **changes: dict[str, Any
         "md": {"ensemble": "nvt-langevin", "temperature": 1800.0, "segment_steps": 200, "seed": 99,
                "dump_every": 50, "thermo_every": 50},
         "otf": {"uncertainty_threshold": 4.0, "check_frequency": 10, "max_extractions": 1},
-        "embedding": {"cutoff": 2.6, "buffer": 2.4, "min_distance": 1.5},
+        "embedding": {"core_radius": 2.6, "buffer": 2.4, "min_distance": 1.5},
         "dft": {"code": "espresso", "pseudopotentials": {"Si": "Si.pz-vbc.UPF"}, "ecutwfc": 12.0, "kspacing": 0.6,
                 "smearing": "mv", "degauss": 0.01, "conv_thr": 1.0e-6, "mixing_beta": 0.5, "timeout": 300,
                 "max_attempts": 2},

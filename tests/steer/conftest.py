@@ -21,7 +21,7 @@ def ctx(lj2d_potential, tmp_path):
     from tests.lj import lj_run_config
 
     run = lj_run_config("sel", tmp_path, dimension=2).model_copy(deep=True)
-    run.embedding = run.embedding.model_copy(update={"cutoff": 3.0, "buffer": 5.0, "min_distance": 0.5})
+    run.embedding = run.embedding.model_copy(update={"core_radius": 3.0, "buffer": 5.0, "min_distance": 0.5})
     db = Database(f"sqlite:///{tmp_path / 'autopipe.db'}")
     store = PotentialStore(db, RunLayout(tmp_path).potentials)
     files = {r: Path(getattr(lj2d_potential, r)) for r in ("yaml", "yace", "asi")}

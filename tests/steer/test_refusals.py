@@ -11,7 +11,7 @@ from autopipe.config.run import EmbeddingConfig
 from autopipe.steer.work import embed_work
 from tests.lj import lj2d_template
 
-EMB = EmbeddingConfig(cutoff=3.0, buffer=5.0, min_distance=0.8)  # box 16 Å
+EMB = EmbeddingConfig(core_radius=3.0, buffer=5.0, min_distance=0.8)  # box 16 Å
 
 
 def _layer(n_side=8):
