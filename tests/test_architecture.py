@@ -108,3 +108,14 @@ def test_test_only_code_stays_out_of_the_package_and_the_loop_stays_short():
     assert not (PACKAGE / "potentials" / "testing.py").exists()
     assert not (PACKAGE / "config" / "offline.py").exists()
     assert len((PACKAGE / "steer" / "loop.py").read_text().splitlines()) < 250
+
+
+def test_no_two_classes_of_the_package_share_a_name():
+    """A name means one thing: the carving result of steer/work.py was a second ``Candidate`` beside the
+    database row built from it."""
+    where: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                where.setdefault(node.name, []).append(_module_name(path))
+    assert {name: mods for name, mods in where.items() if len(mods) > 1} == {}

@@ -84,8 +84,9 @@ def dft_work(atoms, dft_config, pseudopotentials, scratch, launcher: list[str],
 
 
 @dataclass
-class Candidate:
-    """One centre of a trigger frame: the cell carved around it, or why none could be.
+class CarvedCell:
+    """One centre of a trigger frame: the cell carved around it, or why none could be (the
+    embed handler records each as an :class:`autopipe.db.Candidate` row).
 
     ``atoms`` carries ``parent_index`` and the embedding info; ``whole_frame``: ``atoms`` is
     the trigger frame itself (nothing masked).
@@ -104,7 +105,7 @@ MAX_REFUSED = 8
 
 
 def embed_work(frame, embedding_config, threshold: float, max_extractions: int,
-               parsl_resource_specification: dict | None = None) -> list[Candidate]:
+               parsl_resource_specification: dict | None = None) -> list[CarvedCell]:
     """Carve up to ``max_extractions`` periodic sub-cells around the frame's most uncertain
     atoms (centres at least one box apart). A centre whose cell cannot be made (a close
     contact in its core, ...) is recorded as refused and the next one is tried. A frame
@@ -123,9 +124,9 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int,
         whole = frame.copy()
         for key in ("gamma",):
             whole.arrays.pop(key, None)
-        return [Candidate(center=top, gamma=float(gamma[top]), atoms=whole, whole_frame=True)]
+        return [CarvedCell(center=top, gamma=float(gamma[top]), atoms=whole, whole_frame=True)]
     order = select_centers(frame, gamma, threshold, len(frame), 0.0)  # every atom above it, most uncertain first
-    out: list[Candidate] = []
+    out: list[CarvedCell] = []
     chosen: list[int] = []
     refused = 0
     for c in order:
@@ -136,11 +137,11 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int,
         try:
             sub, masked = extract_periodic_subsystem(frame, c, e.core_radius, e.buffer, min_distance=e.min_distance)
         except ValueError as exc:
-            out.append(Candidate(center=int(c), gamma=float(gamma[c]), refused=str(exc)))
+            out.append(CarvedCell(center=int(c), gamma=float(gamma[c]), refused=str(exc)))
             refused += 1
             continue
         chosen.append(int(c))
-        out.append(Candidate(center=int(c), gamma=float(gamma[c]), atoms=sub, masked=[int(i) for i in masked]))
+        out.append(CarvedCell(center=int(c), gamma=float(gamma[c]), atoms=sub, masked=[int(i) for i in masked]))
     return out
 
 

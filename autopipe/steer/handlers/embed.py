@@ -34,7 +34,7 @@ from autopipe.steer import walkers
 
 if TYPE_CHECKING:
     from autopipe.steer.context import Context
-    from autopipe.steer.work import Candidate as Carved
+    from autopipe.steer.work import CarvedCell
 
 
 def args(ctx: Context, task: Task) -> tuple:
@@ -56,7 +56,7 @@ def coming_cells(ctx: Context, newest_snapshot: int) -> list[tuple]:
         return [(atoms_from_structure(r), list(r.force_mask or [])) for r in rows]
 
 
-def decide(ctx: Context, carved: list[Carved], label_anyway: bool = False):
+def decide(ctx: Context, carved: list[CarvedCell], label_anyway: bool = False):
     """The selection decisions for ``carved`` (see :mod:`autopipe.steer.selection`). With
     ``label_anyway`` (a frame that blew up with low gamma) the first, most uncertain cell is
     kept whatever its grade: a low grade is exactly what was wrong there."""
@@ -73,16 +73,16 @@ def decide(ctx: Context, carved: list[Carved], label_anyway: bool = False):
     return forced + select_d_optimal(inverses, coming_rows, rows, ctx.run.otf.uncertainty_threshold)
 
 
-def done(ctx: Context, task_id: int, candidates: list[Carved]) -> None:
+def done(ctx: Context, task_id: int, cells: list[CarvedCell]) -> None:
     with ctx.db.session() as s:
         frame = s.get(Structure, s.get(Task, task_id).structure_id)
         info = frame.info or {}
         frame_id, version, walker_index = frame.id, frame.potential_version, info.get("walker")
-    carved = [c for c in candidates if c.atoms is not None]
+    carved = [c for c in cells if c.atoms is not None]
     decisions = decide(ctx, carved, bool(info.get("label_anyway"))) if carved else []
     new_tasks, notes = [], []
     with ctx.db.session() as s:
-        for c in candidates:
+        for c in cells:
             if c.refused:
                 s.add(Candidate(frame_id=frame_id, center=c.center, gamma=c.gamma, status=CandidateStatus.refused,
                                 reason=c.refused))
@@ -113,7 +113,7 @@ def done(ctx: Context, task_id: int, candidates: list[Carved]) -> None:
         refusal = None
         if not carved and walker_index is not None:
             # Nothing to label: a failed segment for the walker, which goes on with the same potential.
-            refusal = candidates[0].refused.splitlines()[0] if candidates else "no centre to carve around"
+            refusal = cells[0].refused.splitlines()[0] if cells else "no centre to carve around"
             w = s.scalars(select(Walker).where(Walker.index == walker_index)).one()
             retired = walkers.after_refused(w, f"no sub-cell could be carved: {refusal}",
                                             ctx.run.faults.segment_failures)
