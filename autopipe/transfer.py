@@ -7,6 +7,7 @@ values, and writes only under its own scratch directory on the worker:
 * :class:`FileBlob`: one file's bytes (zlib-compressed) with its sha256, checked on arrival;
   :class:`FileSet`: files that travel together (a potential's yaml/yace/asi, the UPF files of
   a pw.x run), written on the worker into a cache directory named by their checksums, once;
+  a potential travels as one (:class:`autopipe.potentials.shipped.ShippedPotential`);
 * :class:`Scratch`: where a task writes on its worker (the run's directory there, ``~`` and
   ``$VARS`` expanded on the worker) and how big its result may be;
 * :func:`check_size`: the bound on one task's pickled arguments (checked on the steering side
@@ -32,12 +33,9 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 from autopipe.errors import AutopipeError
-
-if TYPE_CHECKING:
-    from autopipe.potentials.store import PotentialFiles
 
 MB = 1 << 20
 
@@ -197,29 +195,6 @@ def _intact(path: Path, blob: FileBlob) -> bool:
     if _CHECKED.get(key) != blob.sha256:
         _CHECKED[key] = _sha256(path.read_bytes())
     return _CHECKED[key] == blob.sha256
-
-
-@dataclass(frozen=True)
-class ShippedPotential:
-    """A published potential by value: its version, name and files (yaml, yace, asi)."""
-
-    version: int
-    name: str
-    files: FileSet
-
-    @classmethod
-    def of(cls, pot: PotentialFiles) -> ShippedPotential:
-        paths = {role: getattr(pot, role) for role in ("yaml", "yace", "asi") if getattr(pot, role) is not None}
-        return cls(version=pot.version, name=pot.name, files=FileSet.read(paths))
-
-    def materialise(self, cache: Path | str) -> PotentialFiles:
-        """The potential as files in the worker's cache (what LAMMPS and pyace read)."""
-        from autopipe.potentials.store import PotentialFiles
-
-        paths = self.files.materialise(Path(cache) / "potentials")
-        return PotentialFiles(version=self.version, name=self.name, parent_version=None,
-                              directory=paths["yaml"].parent, yaml=paths["yaml"], yace=paths.get("yace"),
-                              asi=paths.get("asi"))
 
 
 @dataclass(frozen=True)

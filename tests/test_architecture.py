@@ -119,3 +119,11 @@ def test_no_two_classes_of_the_package_share_a_name():
             if isinstance(node, ast.ClassDef):
                 where.setdefault(node.name, []).append(_module_name(path))
     assert {name: mods for name, mods in where.items() if len(mods) > 1} == {}
+
+
+def test_transfer_is_below_the_potentials_package():
+    """transfer.py carries bytes; how a potential ships is the potentials package's business
+    (potentials.trainer imports transfer, so transfer must not import potentials back)."""
+    graph = import_graph()
+    assert not {m for m in graph["autopipe.transfer"] if m.startswith("autopipe.potentials")}
+    assert "autopipe.transfer" in graph["autopipe.potentials.shipped"]

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from autopipe.errors import AutopipeError
-from autopipe.transfer import MB, FileBlob, FileSet, PayloadTooLarge, Scratch, ShippedPotential, check_size
+from autopipe.transfer import MB, FileBlob, FileSet, PayloadTooLarge, Scratch, check_size
 
 
 def test_blob_round_trip_and_damage_is_caught(tmp_path):
@@ -22,19 +22,6 @@ def test_blob_round_trip_and_damage_is_caught(tmp_path):
         damaged.content()
     with pytest.raises(ValueError, match="plain file name"):
         FileBlob.of(b"", "../escape")
-
-
-def test_potential_materialises_once_per_checksum_and_heals_a_damaged_copy(lj2d_potential, tmp_path):
-    shipped = ShippedPotential.of(lj2d_potential)
-    cache = tmp_path / "cache"
-    pot = shipped.materialise(cache)
-    assert pot.version == lj2d_potential.version and pot.yaml.read_bytes() == lj2d_potential.yaml.read_bytes()
-    assert pot.asi.read_bytes() == lj2d_potential.asi.read_bytes()
-    assert pot.yaml.parent.name == shipped.files.key and not str(pot.yaml).startswith(str(lj2d_potential.directory))
-    stamp = pot.yaml.stat().st_mtime_ns
-    assert shipped.materialise(cache).yaml.stat().st_mtime_ns == stamp  # intact: not written again
-    pot.asi.write_bytes(b"damaged")
-    assert shipped.materialise(cache).asi.read_bytes() == lj2d_potential.asi.read_bytes()
 
 
 def test_file_set_key_changes_with_content(tmp_path):

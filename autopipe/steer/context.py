@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from autopipe.steer.apps import Apps
     from autopipe.steer.live import Progress
     from autopipe.steer.queue import Dispatcher
-    from autopipe.transfer import FileSet, Scratch, ShippedPotential
+    from autopipe.potentials.shipped import ShippedPotential
+    from autopipe.transfer import FileSet, Scratch
 
 #: ``args(ctx, task) -> tuple``: the app arguments of a task row, rebuilt from the database.
 ArgsFn = Callable[["Context", Task], tuple]
@@ -94,7 +95,7 @@ class Context:
 
     def potential(self, version: int) -> ShippedPotential:
         """Published potential ``version`` by value (file contents cached while unchanged)."""
-        from autopipe.transfer import ShippedPotential
+        from autopipe.potentials.shipped import ShippedPotential
 
         return ShippedPotential.of(self.store.get(version))
 

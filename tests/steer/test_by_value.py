@@ -17,7 +17,8 @@ from autopipe.md import MDState, initial_state, save_state
 from autopipe.steer import tasks
 from autopipe.steer.stopping import stop_reason
 from autopipe.steer.view import read_view
-from autopipe.transfer import FileSet, PayloadTooLarge, Scratch, ShippedPotential
+from autopipe.potentials.shipped import ShippedPotential
+from autopipe.transfer import FileSet, PayloadTooLarge, Scratch
 
 
 def _segment_task(ctx) -> int:
