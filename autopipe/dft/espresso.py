@@ -267,6 +267,18 @@ def _environment() -> dict[str, str]:
     return env
 
 
+def carved_kpoints(atoms: Atoms) -> tuple[int, int, int] | None:
+    """The mesh a carved cell was given by its k-point rule (``info["embedding_kpts"]``, set by
+    :mod:`autopipe.carving.kpoints` when the cell was carved), else None (use ``kspacing``)."""
+    mesh = atoms.info.get("embedding_kpts")
+    if mesh is None:
+        return None
+    mesh = tuple(int(k) for k in mesh)
+    if len(mesh) != 3 or min(mesh) < 1:
+        raise ValueError(f"embedding_kpts must be three positive integers, got {atoms.info['embedding_kpts']!r}")
+    return mesh  # type: ignore[return-value]
+
+
 def label_espresso(
     atoms: Atoms, config: EspressoConfig, *, workdir: Path | None = None, launcher: list[str] | tuple[str, ...] = ()
 ) -> LabelResult:
@@ -287,7 +299,11 @@ def label_espresso(
         return LabelResult.refused(
             CODE, f"refused: no pseudopotential for {', '.join(missing)} in {config.pseudo_dir}.", base
         )
-    kpts = geometry.kpoint_grid(atoms, config.kspacing, config.gamma_only_length)
+    kpts = carved_kpoints(atoms)
+    if kpts is None:
+        kpts = geometry.kpoint_grid(atoms, config.kspacing, config.gamma_only_length)
+    elif kpts == (1, 1, 1):
+        kpts = None  # the Gamma point alone: pw.x's real-wavefunction routines
     magnetization = starting_magnetization(symbols, config) if config.spin_polarized else None
     # Recorded with every label: two labels are comparable only if they used the same files.
     checksums = {s: pseudo.sha256(Path(config.pseudo_dir) / f) for s, f in pseudopotentials.items()}
