@@ -31,6 +31,7 @@ Nothing here creates files except :meth:`RunLayout.fresh_train_dir` and
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,10 +158,30 @@ class RunLayout:
         return candidate
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (mode 600 from the moment it exists;
+    a file left by an older version with wider permissions is narrowed first)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def write_run_files(layout: RunLayout, run_config, site_name: str) -> None:
-    """Write the run marker and the resolved run file (both small JSON files)."""
+    """Write the run marker and the resolved run file (both small JSON files, mode 600).
+
+    Both hold the database URL without its password: a shared file system is no place for it.
+    Whoever opens the database gives the password at connect time (PGPASSWORD or a pgpass
+    file, which libpq reads; see the README).
+    """
+    from autopipe.db.session import without_password
+
     layout.root.mkdir(parents=True, exist_ok=True)
-    marker = {"database": run_config.database_url(), "run": run_config.name, "site": site_name}
-    layout.marker.write_text(json.dumps(marker, indent=2))
-    layout.resolved_config.write_text(run_config.model_dump_json(indent=2))
+    url = without_password(run_config.database_url())
+    marker = {"database": url, "run": run_config.name, "site": site_name}
+    write_private(layout.marker, json.dumps(marker, indent=2))
+    stored = run_config.model_copy(update={"database": url if run_config.database else None})
+    write_private(layout.resolved_config, stored.model_dump_json(indent=2))
 

@@ -43,6 +43,16 @@ start)
             "SELECT 1 FROM pg_database WHERE datname='autopipe_test'" | grep -q 1; then
         as_pg "$B/createdb" -h 127.0.0.1 -p "$PORT" -U autopipe autopipe_test
     fi
+    # Members of the role autopipe_password_users must give a password (scram): the tests make
+    # such a member to show a password taken from PGPASSWORD or a pgpass file works (the
+    # 'autopipe' role above is trusted on loopback and would prove nothing).
+    as_pg "$B/psql" -h 127.0.0.1 -p "$PORT" -U autopipe -d postgres -qtAc "DO \$\$ BEGIN IF NOT EXISTS
+        (SELECT 1 FROM pg_roles WHERE rolname = 'autopipe_password_users') THEN
+        CREATE ROLE autopipe_password_users NOLOGIN; END IF; END \$\$" >/dev/null
+    if ! grep -q "autopipe_password_users" "$DATA/pg_hba.conf"; then
+        as_pg sed -i '1i host all +autopipe_password_users 127.0.0.1/32 scram-sha-256' "$DATA/pg_hba.conf"
+        as_pg "$B/pg_ctl" -D "$DATA" reload >/dev/null
+    fi
     echo "$URL" ;;
 *) echo "usage: $0 start|stop|url" >&2; exit 2 ;;
 esac

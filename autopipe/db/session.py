@@ -84,9 +84,11 @@ def add_missing_columns(engine: Engine) -> list[str]:
 def without_password(url: str) -> str:
     """``url`` with no password at all: the form kept in the work directory. The password comes
     at connect time from where libpq looks (PGPASSWORD, PGPASSFILE, ``~/.pgpass``)."""
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL, make_url
 
-    return make_url(url).set(password=None).render_as_string(hide_password=False)
+    u = make_url(url)  # URL.set(password=None) would keep it: None there means "unchanged"
+    return URL.create(u.drivername, username=u.username, host=u.host, port=u.port, database=u.database,
+                      query={k: v for k, v in u.query.items() if k != "password"}).render_as_string(hide_password=False)
 
 
 def redacted(url: str) -> str:
