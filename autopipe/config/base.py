@@ -28,6 +28,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, frozen=False)
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks shown as ``\\n``: a message quoting a user's value stays one line."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _key_path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
     for item in loc:
@@ -60,7 +65,7 @@ def format_validation_error(source: str, err: ValidationError) -> str:
             msg = "unknown key (not allowed here; check the spelling)"
         elif e["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"{_key_path(loc)}: {' '.join(str(msg).split())}")
+        lines.append(f"{_key_path(loc)}: {one_line(msg)}")
     distinct = list(dict.fromkeys(lines))
     more = f" (and {len(distinct) - 1} more problem(s))" if len(distinct) > 1 else ""
     return f"{source}: {distinct[0]}{more}"
@@ -91,6 +96,6 @@ def load_model(model: type[M], path: Path, overrides: dict[str, Any] | None = No
     if overrides:
         data.update(overrides)
     try:
-        return model.model_validate(data, context={"base_dir": Path(path).resolve().parent})
+        return model.model_validate(data, context={"base_dir": Path(path).resolve().parent, "source": str(path)})
     except ValidationError as err:
         raise ConfigError(format_validation_error(str(path), err)) from None

@@ -6,17 +6,14 @@ pressure in bar, plane-wave cutoffs in Ry, k-point spacing in 1/Å, wall times i
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from autopipe.config.base import KeyProblem, StrictModel, load_model
+from autopipe.config.base import KeyProblem, StrictModel, load_model, one_line
 from autopipe.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 def _relative_to_file(cls, v: Path | None, info: ValidationInfo) -> Path | None:
@@ -196,15 +193,16 @@ class EmbeddingConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _renamed_cutoff(cls, data: Any) -> Any:
+    def _renamed_cutoff(cls, data: Any, info: ValidationInfo) -> Any:
         # 'cutoff' meant the potential's range everywhere else; old run files and the
         # run.resolved.json of runs started before the rename still load.
         if isinstance(data, dict) and "cutoff" in data:
             if "core_radius" in data:
                 raise ValueError("give core_radius only (cutoff is its old name)")
-            message = "embedding.cutoff is deprecated: rename it to embedding.core_radius (the trusted core's radius)"
-            warnings.warn(message, FutureWarning, stacklevel=2)
-            log.warning(message)
+            source = (info.context or {}).get("source", "run file")
+            # FutureWarning, not DeprecationWarning: the user of the file must see it, not only developers.
+            warnings.warn(f"{source}: embedding.cutoff is deprecated: rename it to embedding.core_radius (the "
+                          "trusted core's radius)", FutureWarning, stacklevel=2)
             data = {("core_radius" if k == "cutoff" else k): v for k, v in data.items()}
         return data
 
@@ -520,7 +518,7 @@ def load_run(path: Path | str, workdir: Path | None = None) -> RunConfig:
     try:
         check_run_files(cfg)
     except KeyProblem as problem:
-        raise ConfigError(f"{path}: {problem.key}: {problem}") from None
+        raise ConfigError(f"{path}: {problem.key}: {one_line(str(problem))}") from None
     if workdir is not None:
         cfg.workdir = Path(workdir).resolve()
     return cfg
