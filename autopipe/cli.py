@@ -107,9 +107,21 @@ def steer(
 
 
 def _database_for(workdir: Path):
+    """The run's database, read-only (the commands that inspect a run never change it)."""
     from autopipe.db import Database
 
     return Database.for_run(workdir)
+
+
+def _fail_on_database_error(exc: Exception, debug: bool) -> None:
+    """A database error met while reading a run (server gone, file locked) as one line; any
+    other exception goes on (a bug: its traceback is wanted)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if debug or not isinstance(exc, SQLAlchemyError):
+        raise exc
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    _fail(AutopipeError(f"reading the run database failed: {first}"), debug)
 
 
 @app.command()
@@ -126,6 +138,8 @@ def status(
         typer.echo(json.dumps(st, indent=None if as_json else 2, default=str) if as_json else render_status(st))
     except AutopipeError as exc:
         _fail(exc, debug)
+    except Exception as exc:
+        _fail_on_database_error(exc, debug)
 
 
 @app.command()
@@ -141,6 +155,8 @@ def report(
         typer.echo(f"report written to {path}")
     except AutopipeError as exc:
         _fail(exc, debug)
+    except Exception as exc:
+        _fail_on_database_error(exc, debug)
 
 
 @app.command()
@@ -178,6 +194,8 @@ def replay(
             typer.echo("\n".join(fresh.describe()))
     except (AutopipeError, ValueError, FileNotFoundError) as exc:
         _fail(exc, debug)
+    except Exception as exc:
+        _fail_on_database_error(exc, debug)
 
 
 @app.command()

@@ -116,3 +116,29 @@ def test_a_malformed_run_marker_is_one_line_naming_it(tmp_path, content):
     make_run(tmp_path / "w")
     (tmp_path / "w" / RUN_MARKER).write_text(content)
     _one_line_error(_cli("status", "--workdir", str(tmp_path / "w")), str(tmp_path / "w" / RUN_MARKER))
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_a_database_error_while_reading_is_one_line(tmp_path, monkeypatch, command):
+    """The server going away mid-read (its message runs over several lines) is one line, unless --debug."""
+    from sqlalchemy.exc import OperationalError
+    from typer.testing import CliRunner
+
+    import autopipe.report
+    import autopipe.status
+    from autopipe.cli import app
+
+    def gone(*_a, **_kw):
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly\n"
+                                                          "\tThis probably means the server terminated abnormally"))
+
+    monkeypatch.setattr(autopipe.status, "collect_status", gone)
+    monkeypatch.setattr(autopipe.report, "build_report", gone)
+    make_run(tmp_path / "w")
+    out = CliRunner().invoke(app, [command, "--workdir", str(tmp_path / "w")])
+    assert out.exit_code == 2, out.output
+    lines = [ln for ln in out.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: reading the run database failed: "), out.output
+    assert "server closed the connection unexpectedly" in lines[0]
+    debug = CliRunner().invoke(app, [command, "--workdir", str(tmp_path / "w"), "--debug"])
+    assert isinstance(debug.exception, OperationalError)
