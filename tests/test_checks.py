@@ -171,6 +171,17 @@ def test_check_command_rejects_a_pair_whose_labels_outlast_the_block(tmp_path):
     assert "Traceback" not in out.stderr and "OK" not in out.stdout
 
 
+def test_check_command_refuses_a_missing_structure_file(tmp_path):
+    data = yaml.safe_load((ROOT / "configs" / "runs" / "si-pwx.yaml").read_text())
+    data["system"]["structure"] = {"kind": "file", "path": "start.extxyz"}
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump(data))
+    out = _check("--run", str(run))
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"error: {run}: system.structure.path: {tmp_path / 'start.extxyz'} does not exist"
+    assert "OK" not in out.stdout
+
+
 def test_check_command_validates_a_globus_site_offline():
     out = _check("--site", str(ROOT / "configs" / "globus.yaml"))
     assert out.returncode == 0, out.stderr
