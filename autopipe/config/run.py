@@ -464,14 +464,16 @@ def load_resolved_run(workdir: Path | str) -> RunConfig:
     return RunConfig.model_validate_json(path.read_text())
 
 
-def _input_files(cfg: RunConfig) -> list[tuple[str, Path]]:
-    """``(key path, path)`` of every file or directory a run reads (the work directory is written)."""
-    found = []
+def _file_structures(cfg: RunConfig) -> list[tuple[str, FileStructure]]:
+    """``(key path of its file, section)`` of each structure read from a file."""
     structures = [("system.structure", cfg.system.structure),
                   ("initial_potential.structure", getattr(cfg.initial_potential, "structure", None))]
-    for key, src in structures:
-        if isinstance(src, FileStructure):
-            found.append((f"{key}.path", src.path))
+    return [(f"{key}.path", src) for key, src in structures if isinstance(src, FileStructure)]
+
+
+def _input_files(cfg: RunConfig) -> list[tuple[str, Path]]:
+    """``(key path, path)`` of every file or directory a run reads (the work directory is written)."""
+    found = [(key, src.path) for key, src in _file_structures(cfg)]
     if isinstance(cfg.initial_potential, InitialPotentialFile):
         for name in ("path", "asi", "training_data"):
             if getattr(cfg.initial_potential, name) is not None:
@@ -501,14 +503,11 @@ def check_run_files(cfg: RunConfig) -> None:
     for key, path in _input_files(cfg):
         if not path.exists():
             raise KeyProblem(key, f"{path} does not exist")
-    structures = [("system.structure.path", cfg.system.structure),
-                  ("initial_potential.structure.path", getattr(cfg.initial_potential, "structure", None))]
-    for key, src in structures:
-        if isinstance(src, FileStructure):
-            extra = sorted(_structure_elements(key, src) - set(cfg.system.elements))
-            if extra:
-                raise KeyProblem(key, f"{src.path} holds {', '.join(extra)}, not in system.elements "
-                                      f"({', '.join(cfg.system.elements)})")
+    for key, src in _file_structures(cfg):
+        extra = sorted(_structure_elements(key, src) - set(cfg.system.elements))
+        if extra:
+            raise KeyProblem(key, f"{src.path} holds {', '.join(extra)}, not in system.elements "
+                                  f"({', '.join(cfg.system.elements)})")
 
 
 def load_run(path: Path | str, workdir: Path | None = None) -> RunConfig:
