@@ -153,9 +153,7 @@ class ExternalForces:
             self._fail(f"step {step}: non-finite positions", f, step=step, blowup=True)
             return
         if self.variable_box:
-            boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
-            self._lo = np.array(boxlo, dtype=float)
-            self._matrix = self.box.matrix_from_lammps(boxlo, boxhi, xy, yz, xz)
+            self._lo, self._matrix = _lammps_box_now(self.lmp, self.box)
         check = step == self.start_step or step % self.check_frequency == 0
         t0 = time.perf_counter()
         res = self.evaluator.evaluate(pos, self._lo, self._matrix, gamma=check)
@@ -220,6 +218,7 @@ class ExternalForces:
 
 
 def _lammps_box_now(lmp: Any, box: LammpsBox) -> tuple[np.ndarray, np.ndarray]:
+    """(corner, edge matrix) of the live LAMMPS box (Å): under a barostat it changes every step."""
     boxlo, boxhi, xy, yz, xz, _, _ = lmp.extract_box()
     return np.array(boxlo, dtype=float), box.matrix_from_lammps(boxlo, boxhi, xy, yz, xz)
 
@@ -241,7 +240,6 @@ def _read_state(lmp: Any, box: LammpsBox, template: Atoms, step: int) -> MDState
     return state_from_lammps(box, template, ids, x, v, flags, lo, matrix, step)
 
 
-
 def _append_last_thermo(lmp: Any, thermo: dict[str, list[float]], step: int) -> None:
     """Add LAMMPS's last thermo output (printed at every run's final step) if not recorded yet."""
     if thermo.get("step") and thermo["step"][-1] == step:
@@ -253,7 +251,6 @@ def _append_last_thermo(lmp: Any, thermo: dict[str, list[float]], step: int) -> 
     thermo.setdefault("step", []).append(step)
     for k, v in values.items():
         thermo.setdefault(k, []).append(v)
-
 
 
 @contextmanager
