@@ -176,7 +176,7 @@ def write_run_files(layout: RunLayout, run_config, site_name: str) -> None:
     Whoever opens the database gives the password at connect time (PGPASSWORD or a pgpass
     file, which libpq reads; see the README).
     """
-    from autopipe.db.session import without_password
+    from autopipe.db.urls import without_password
 
     layout.root.mkdir(parents=True, exist_ok=True)
     url = without_password(run_config.database_url())
