@@ -27,14 +27,35 @@ def _record(path: str, tag: str, hold: float = 0.0, parsl_resource_specification
     return tag
 
 
-def _start(path: str, tag: str, hold: float, parsl_resource_specification: dict | None = None) -> str:
-    """Append ``tag`` with the time it started to ``path``, then take ``hold`` seconds."""
+def _held(path: str, tag: str, gate: str, parsl_resource_specification: dict | None = None) -> str:
+    """Append ``tag`` to ``path`` as it starts, mark it started in the directory ``gate``, then hold
+    the worker until ``gate/release`` exists (60 s at most)."""
     import time as _t
+    from pathlib import Path as _P
 
     with open(path, "a") as fh:
         fh.write(f"{_t.time():.6f} {tag}\n")
-    _t.sleep(hold)
+    (_P(gate) / tag).touch()
+    deadline = _t.monotonic() + 60
+    while not (_P(gate) / "release").exists() and _t.monotonic() < deadline:
+        _t.sleep(0.02)
     return tag
+
+
+def _meet(gate: str, tag: str, peers: list[str], within: float = 60.0) -> bool:
+    """Mark ``tag`` as started under the directory ``gate``, then wait for every one of ``peers`` to have
+    started too: True if they all did within ``within`` s. Tasks that run at the same time all meet;
+    one that could start only after another finished cannot (that one waits in vain)."""
+    import time as _t
+    from pathlib import Path as _P
+
+    (_P(gate) / tag).touch()
+    deadline = _t.monotonic() + within
+    while _t.monotonic() < deadline:
+        if all((_P(gate) / p).exists() for p in peers):
+            return True
+        _t.sleep(0.02)
+    return False
 
 
 def _order(path: Path) -> list[str]:
@@ -86,15 +107,21 @@ def test_htex_honours_parsl_priorities(tmp_path, monkeypatch):
         # Warm up: make sure the worker is connected before the ordering matters.
         app(str(log), "warmup").result(timeout=120)
         d = Dispatcher({"h": 10}, priority_aware={"h"})  # room for all: HTEX itself must order them
-        d.push("h", PRIORITY["md"], "block", app, str(log), "block", 2.0)
+        gate = tmp_path / "gate"
+        gate.mkdir()
+        d.push("h", PRIORITY["md"], "block", python_app(_held, executors=["h"]), str(log), "block", str(gate))
         d.pump()
-        time.sleep(0.5)  # 'block' is running; the rest queue up in the interchange
+        deadline = time.monotonic() + 60
+        while not (gate / "block").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (gate / "block").exists()  # 'block' holds the only worker: the rest queue up in the interchange
         for i in range(3):
             d.push("h", PRIORITY["md"], f"md-{i}", app, str(log), f"md-{i}")
             d.pump()
         for i in range(2):
             d.push("h", PRIORITY["dft"], f"dft-{i}", app, str(log), f"dft-{i}")
             d.pump()
+        (gate / "release").touch()  # everything is submitted: now the worker frees up
         deadline = time.time() + 60
         while not d.idle() and time.time() < deadline:
             d.done()
@@ -113,21 +140,22 @@ def test_local_site_runs_a_fit_beside_both_walkers(tmp_path):
     site = load_site(Path(__file__).resolve().parents[2] / "configs" / "local.yaml")
     dfk = parsl.load(site.to_parsl_config(tmp_path / "parsl"))
     try:
-        log = tmp_path / "starts.txt"
+        gate = tmp_path / "started"
+        gate.mkdir()
+        tags = ["fit", "walker-0", "walker-1"]
         md, train = site.executor_for("md").label, site.executor_for("train").label
         d = Dispatcher({e.label: e.slots() for e in site.executors})
-        d.push(train, PRIORITY["train"], "fit", python_app(_start, executors=[train]), str(log), "fit", 1.0)
+        d.push(train, PRIORITY["train"], "fit", python_app(_meet, executors=[train]), str(gate), "fit", tags)
         for w in range(2):
-            d.push(md, PRIORITY["md"], f"walker-{w}", python_app(_start, executors=[md]), str(log), f"walker-{w}", 0.5)
-        d.pump()
-        deadline = time.time() + 30
-        while not d.idle() and time.time() < deadline:
-            d.done()
-            d.pump()
+            d.push(md, PRIORITY["md"], f"walker-{w}", python_app(_meet, executors=[md]), str(gate), f"walker-{w}", tags)
+        assert sorted(key for key, _ in d.pump()) == tags  # nobody waits in the dispatcher for a slot...
+        met = {}
+        deadline = time.monotonic() + 180  # only reached if the executors hold a task back
+        while not d.idle() and time.monotonic() < deadline:
+            met.update((key, fut.result()) for key, fut in d.done())
             time.sleep(0.01)
-        starts = {tag: float(t) for t, tag in (ln.split() for ln in log.read_text().splitlines())}
-        assert set(starts) == {"fit", "walker-0", "walker-1"}
-        assert max(starts.values()) - min(starts.values()) < 0.3, starts  # nobody waited for a slot
+        # ...nor in Parsl: each one saw the other two start while it was still running
+        assert met == dict.fromkeys(tags, True), met
     finally:
         dfk.cleanup()
         parsl.clear()
