@@ -232,6 +232,32 @@ def test_a_blow_up_mid_run_is_a_failed_result(pot, tmp_path, launcher):
     assert res.checkpoint is None and not list(tmp_path.glob("checkpoint-*.npz"))
 
 
+def test_a_blow_up_under_a_barostat_keeps_the_box_lammps_dumped(pot, tmp_path):
+    """NPT moves the box during the segment: the blow-up's last frame (labelled next) must carry the
+    box LAMMPS had at that step, which ASE's own dump reader gives, not the segment's start box."""
+    from autopipe.md import BlowUpLimits
+
+    a = fcc()  # at a = 3.4 Å the crystal is under strong tension: the barostat shrinks it
+    md = md_config(ensemble="npt", temperature=50.0, pressure=0.0, barostat_damping=200.0, segment_steps=300,
+                   dump_every=10)
+    otf = otf_config(uncertainty_threshold=1e9)
+    state = initial_state(a, md)
+    calm = run_segment(state, pot, md, otf, workdir=tmp_path / "calm", route="native")
+    assert calm.status == "completed", calm.error
+    vol, pe = np.array(calm.thermo["vol"]), np.array(calm.thermo["pe"])
+    shrunk = int(np.argmax(vol < 0.98 * vol[0]))  # the first record 2 % below the start volume
+    assert shrunk > 0
+    bound = abs(pe[shrunk] - pe[0]) / len(a)  # an energy bound the same dynamics crosses only there
+    res = run_segment(state, pot, md, otf, workdir=tmp_path / "halted", route="native",
+                      limits=BlowUpLimits(max_energy_change=bound))
+    assert res.status == "failed" and res.failure == "blowup", res.error
+    frame = res.last_frame
+    assert frame is not None and 0 < frame.info["step"] <= res.failed_step
+    dumped = {f.info["timestep"]: f for f in read(res.lammps_dump, index=":", format="lammps-dump-text")}
+    assert np.allclose(frame.cell[:], dumped[frame.info["step"]].cell[:], atol=1e-9)  # the cube stays a cube
+    assert frame.get_volume() < 0.985 * a.get_volume()
+
+
 def test_the_process_is_fine_after_a_lammps_error(pot, tmp_path):
     md = md_config(ensemble="nvt-nose-hoover", temperature=0.0)  # LAMMPS rejects a 0 K Nose-Hoover target
     state = initial_state(fcc(), md)
