@@ -43,7 +43,6 @@ from ase.geometry import find_mic
 from scipy.spatial import cKDTree
 
 __all__ = [
-    "smaller_than_box",
     "DEFAULT_MIN_DISTANCE",
     "extract_periodic_subsystem",
     "select_centers",
@@ -448,21 +447,6 @@ def _sub_distance(x: np.ndarray, a: int, b: int, periodic: np.ndarray, side: flo
     delta = x[a] - x[b]
     delta[periodic] -= side * np.round(delta[periodic] / side)
     return float(np.linalg.norm(delta))
-
-
-def smaller_than_box(atoms: Atoms, side: float) -> bool:
-    """True when the parent's periodic cell is no bigger than the carved cube (side ``side`` Å):
-    its area (2D layers) or volume (bulk) is at most ``side**2`` or ``side**3``.
-
-    The cube would then hold about as many atoms as the parent, or more (periodic images
-    of the same atoms): the parent itself is the cheaper, exact thing to label.
-    """
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    if not pbc.any():
-        return False
-    vectors = np.asarray(atoms.cell.array, dtype=float)[pbc]
-    measure = float(np.sqrt(max(np.linalg.det(vectors @ vectors.T), 0.0)))
-    return measure <= float(side) ** int(pbc.sum())
 
 
 def select_centers(

@@ -169,8 +169,53 @@ class OTFConfig(StrictModel):
     max_extractions: int = Field(default=1, ge=1, description="Sub-cells carved per trigger frame.")
 
 
+class LatticeConfig(StrictModel):
+    """The reference lattice of commensurate carving: a unit cell from ase.build.bulk, or a file."""
+
+    crystal: Literal["fcc", "bcc", "sc", "hcp", "diamond", "rocksalt", "zincblende", "wurtzite", "cesiumchloride",
+                     "fluorite"] | None = Field(default=None, description="Lattice type (ase.build.bulk).")
+    elements: str | None = Field(
+        default=None, description="Chemical formula of the unit cell's species for bulk (e.g. 'Si', 'MgO'); "
+        "default: the bulk structure's element.")
+    a: float | None = Field(default=None, gt=0, description="Lattice constant (Å).")
+    c: float | None = Field(default=None, gt=0, description="Second lattice constant of hcp/wurtzite (Å).")
+    cubic: bool = Field(default=True, description="Conventional cubic cell (else the primitive one).")
+    file: Path | None = Field(default=None, description="A unit cell file any ASE reader understands, instead.")
+
+    _resolve = field_validator("file")(classmethod(_relative_to_file))
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LatticeConfig":
+        if (self.file is None) == (self.crystal is None):
+            raise KeyProblem("crystal", "give either crystal (with a) or file")
+        if self.crystal is not None and self.a is None:
+            raise KeyProblem("a", "a crystal lattice needs its lattice constant a (Å)")
+        return self
+
+
 class EmbeddingConfig(StrictModel):
     """Periodic sub-cell carved around an uncertain atom: side 2*(core_radius+buffer)."""
+
+    strategy: Literal["cube", "commensurate"] = Field(
+        default="cube",
+        description="'cube': a cube of side 2*(core_radius+buffer) around the atom (any structure); "
+        "'commensurate': whole periods of the reference lattice (crystals; embedding.lattice, or the bulk "
+        "structure's own), one atom per site, so no bond is cut at a wrong length at the seams.",
+    )
+    lattice: LatticeConfig | None = Field(
+        default=None, description="Reference lattice of commensurate carving; default: the unit cell of a bulk "
+        "system.structure.")
+    kpoints: Literal["density", "fold"] = Field(
+        default="density",
+        description="k-points of carved cells (pw.x): 'density' keeps dft.kspacing; 'fold' takes the smallest "
+        "Gamma-centred mesh holding every k-point of the parent's mesh (commensurate cells; a cube falls back "
+        "to density).",
+    )
+    whole_frame_fraction: float = Field(
+        default=0.75, gt=0, le=1,
+        description="Label the whole frame instead when a carved cell holds at least this fraction of the "
+        "frame's atoms (periodic images counted): the frame costs little more and is exact, with nothing masked.",
+    )
 
     core_radius: float = Field(
         gt=0,
@@ -418,6 +463,12 @@ class RunConfig(StrictModel):
                 "trained on (or set train.retrain: false to only monitor and label)"
             )
         self._check_elements()
+        if self.embedding.strategy == "commensurate":
+            if self.embedding.lattice is None and not isinstance(self.system.structure, BulkStructure):
+                raise KeyProblem("embedding.lattice", "commensurate carving needs a reference lattice: give "
+                                 "embedding.lattice, or start from a bulk system.structure")
+            if self.md.dimension == 2:
+                raise KeyProblem("embedding.strategy", "commensurate carving needs a 3D crystal (md.dimension is 2)")
         return self
 
     def _check_elements(self) -> None:
@@ -478,6 +529,8 @@ def _input_files(cfg: RunConfig) -> list[tuple[str, Path]]:
         for name in ("path", "asi", "training_data"):
             if getattr(cfg.initial_potential, name) is not None:
                 found.append((f"initial_potential.{name}", getattr(cfg.initial_potential, name)))
+    if cfg.embedding.lattice is not None and cfg.embedding.lattice.file is not None:
+        found.append(("embedding.lattice.file", cfg.embedding.lattice.file))
     if isinstance(cfg.dft, EspressoConfig):
         found.append(("dft.pseudo_dir", cfg.dft.pseudo_dir))
         found += [(f"dft.pseudopotentials.{el}", cfg.dft.pseudo_dir / name)
@@ -508,6 +561,28 @@ def check_run_files(cfg: RunConfig) -> None:
         if extra:
             raise KeyProblem(key, f"{src.path} holds {', '.join(extra)}, not in system.elements "
                                   f"({', '.join(cfg.system.elements)})")
+    if cfg.embedding.strategy == "commensurate":
+        _check_tiling(cfg)
+
+
+def _check_tiling(cfg: RunConfig) -> None:
+    """The reference lattice must tile the starting structure's cell (within 2 %)."""
+    import numpy as np
+
+    from autopipe.carving.lattice import LatticeMismatch, tiling_matrix
+    from autopipe.carving.reference import reference_lattice, starting_cell
+
+    key = "embedding.lattice" if cfg.embedding.lattice is not None else "system.structure"
+    try:
+        lattice = reference_lattice(cfg)
+        parent = starting_cell(cfg)
+        if not np.all(parent.pbc):
+            raise LatticeMismatch("the starting structure is not periodic along all three axes")
+        tiling_matrix(np.array(parent.cell), lattice, max_strain=0.02)
+    except LatticeMismatch as exc:
+        raise KeyProblem(key, f"commensurate carving: {exc}") from None
+    except Exception as exc:  # an unreadable lattice file, a crystal ASE cannot build with these elements
+        raise KeyProblem(key, f"commensurate carving: no reference lattice: {' '.join(str(exc).split())}") from None
 
 
 def load_run(path: Path | str, workdir: Path | None = None) -> RunConfig:

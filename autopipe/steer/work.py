@@ -98,33 +98,45 @@ class CarvedCell:
     masked: list[int] = field(default_factory=list)
     refused: str | None = None
     whole_frame: bool = False
+    note: str = ""  # why the whole frame is labelled
 
 
 #: Centres tried per trigger frame whose carving is refused before giving up on the frame.
 MAX_REFUSED = 8
 
 
-def embed_work(frame, embedding_config, threshold: float, max_extractions: int,
+def embed_work(frame, embedding_config, threshold: float, max_extractions: int, lattice=None,
+               kpoint_settings: tuple[float, float] | None = None,
                parsl_resource_specification: dict | None = None) -> list[CarvedCell]:
     """Carve up to ``max_extractions`` periodic sub-cells around the frame's most uncertain
-    atoms (centres at least one box apart). A centre whose cell cannot be made (a close
-    contact in its core, ...) is recorded as refused and the next one is tried. A frame
-    no bigger than the box is labelled whole instead (cheaper and exact), as is every
-    frame with ``embedding.whole_frame: always``.
+    atoms (centres at least one box apart) with the run's strategy (``cube``, or
+    ``commensurate`` with ``lattice``, a :class:`autopipe.carving.lattice.ReferenceLattice`).
+    A centre whose cell cannot be made (a close contact in its core, ...) is recorded as
+    refused and the next one is tried. The whole frame is labelled instead (exact, nothing
+    masked) with ``embedding.whole_frame: always``, when a carved cell would hold at least
+    ``embedding.whole_frame_fraction`` of the frame's atoms, or when the frame is smaller than
+    a commensurate cell; ``CarvedCell.note`` says why. ``kpoint_settings``: the run's pw.x
+    ``(kspacing, gamma_only_length)``, for the k-point rule of carved cells (None: no k-points,
+    an analytic labeller).
     """
     import numpy as np
 
-    from autopipe.embedding import extract_periodic_subsystem, select_centers, smaller_than_box
+    from autopipe.carving.lattice import ParentTooSmall
+    from autopipe.carving.strategies import apply_kpoint_rule, carve
+    from autopipe.embedding import select_centers
 
     e = embedding_config
     gamma = np.asarray(frame.arrays["gamma"], dtype=float)
     side = 2 * (e.core_radius + e.buffer)
     top = int(np.argmax(gamma))
-    if e.whole_frame == "always" or smaller_than_box(frame, side):
-        whole = frame.copy()
-        for key in ("gamma",):
-            whole.arrays.pop(key, None)
-        return [CarvedCell(center=top, gamma=float(gamma[top]), atoms=whole, whole_frame=True)]
+
+    def whole(note: str) -> list[CarvedCell]:
+        atoms = frame.copy()
+        atoms.arrays.pop("gamma", None)
+        return [CarvedCell(center=top, gamma=float(gamma[top]), atoms=atoms, whole_frame=True, note=note)]
+
+    if e.whole_frame == "always":
+        return whole("embedding.whole_frame is 'always'")
     order = select_centers(frame, gamma, threshold, len(frame), 0.0)  # every atom above it, most uncertain first
     out: list[CarvedCell] = []
     chosen: list[int] = []
@@ -135,11 +147,20 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int,
         if chosen and np.min(frame.get_distances(c, chosen, mic=True)) < side:
             continue
         try:
-            sub, masked = extract_periodic_subsystem(frame, c, e.core_radius, e.buffer, min_distance=e.min_distance)
+            sub, masked = carve(frame, c, e.strategy, e.core_radius, e.buffer, lattice=lattice,
+                                min_distance=e.min_distance)
+        except ParentTooSmall as exc:
+            return whole(str(exc))
         except ValueError as exc:
             out.append(CarvedCell(center=int(c), gamma=float(gamma[c]), refused=str(exc)))
             refused += 1
             continue
+        if len(sub) >= e.whole_frame_fraction * len(frame):
+            # Atom counts, not volumes: a long thin parent's cube holds as many atoms as the parent.
+            return whole(f"a carved cell would hold {len(sub)} atoms, at least {e.whole_frame_fraction:g} of the "
+                         f"frame's {len(frame)}")
+        if kpoint_settings is not None:
+            apply_kpoint_rule(sub, frame, e.kpoints, *kpoint_settings)
         chosen.append(int(c))
         out.append(CarvedCell(center=int(c), gamma=float(gamma[c]), atoms=sub, masked=[int(i) for i in masked]))
     return out

@@ -74,18 +74,46 @@ def test_a_walker_whose_frame_cannot_be_carved_goes_on_and_is_retired_after_its_
         assert len(list(s.scalars(select(Event).where(Event.kind == "carve_refused")))) == 3
 
 
-def test_smaller_than_box_compares_the_periodic_area_or_volume():
+def test_whole_frame_when_the_cell_holds_about_as_many_atoms_as_the_frame():
+    """Atom counts, not volumes: a 10 x 10 x 60 Å parent has more volume than an 18 Å cube (5,832 Å³),
+    yet the cube, wrapping the 10 Å axes, holds about as many atoms as the parent (issue 23)."""
+    from ase import Atoms
+
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(4), np.arange(4), np.arange(24), indexing="ij"), -1).reshape(-1, 3)
+    long = Atoms("Ar" * len(grid), positions=(grid + 0.5) * 2.5 + rng.normal(0, 0.05, grid.shape),
+                 cell=[10.0, 10.0, 60.0], pbc=True)
+    long.arrays["gamma"] = np.ones(len(long))
+    long.arrays["gamma"][5] = 9.0
+    cube = EmbeddingConfig(core_radius=3.0, buffer=6.0, min_distance=0.5)  # 18 Å box
+    [c] = embed_work(long, cube, threshold=5.0, max_extractions=1)
+    assert c.whole_frame and len(c.atoms) == len(long) and "would hold" in c.note
+    # The same frame carved with a box that holds fewer atoms than the threshold fraction is carved.
+    small = EmbeddingConfig(core_radius=2.0, buffer=3.0, min_distance=0.5)  # 10 Å box: ~1/6 of the atoms
+    [c] = embed_work(long, small, threshold=5.0, max_extractions=1)
+    assert not c.whole_frame and len(c.atoms) < 0.75 * len(long)
+    strict = small.model_copy(update={"whole_frame_fraction": 0.1})
+    [c] = embed_work(long, strict, threshold=5.0, max_extractions=1)
+    assert c.whole_frame
+
+
+def test_commensurate_carving_in_the_embed_step():
     from ase.build import bulk
 
-    from autopipe.embedding import smaller_than_box
+    from autopipe.carving.lattice import ReferenceLattice
 
-    cube = bulk("Ar", "fcc", a=5.0, cubic=True)  # 125 Å³
-    assert smaller_than_box(cube, 5.0) and not smaller_than_box(cube, 4.9)
-    sheared = cube.copy()
-    sheared.set_cell(cube.cell @ [[1, 0, 0], [0.7, 1, 0], [0, 0, 1]], scale_atoms=True)  # same volume
-    assert smaller_than_box(sheared, 5.0) and not smaller_than_box(sheared, 4.9)
-    layer = _layer(n_side=4)  # 9.6 x 16.6 Å in plane, 15 Å of vacuum along z does not count
-    assert smaller_than_box(layer, 12.7) and not smaller_than_box(layer, 12.6)
-    cluster = cube.copy()
-    cluster.pbc = False
-    assert not smaller_than_box(cluster, 100.0)
+    unit = bulk("Cu", "fcc", a=3.61, cubic=True)
+    parent = unit.repeat((5, 5, 5))
+    parent.arrays["gamma"] = np.ones(len(parent))
+    parent.arrays["gamma"][17] = 9.0
+    emb = EmbeddingConfig(core_radius=2.6, buffer=2.0, strategy="commensurate", kpoints="fold")
+    [c] = embed_work(parent, emb, threshold=5.0, max_extractions=1, lattice=ReferenceLattice.from_atoms(unit),
+                     kpoint_settings=(0.6, 9.5))
+    assert not c.whole_frame and len(c.atoms) == 4 * 3**3  # 3x3x3 conventional cells of 10.83 Å
+    assert c.atoms.info["embedding_strategy"] == "commensurate"
+    assert c.atoms.info["embedding_kpts"] == [5, 5, 5] and c.atoms.info["embedding_kpoint_rule"] == "fold"
+    # A frame smaller than the commensurate cell is labelled whole, with the reason.
+    small = unit.repeat((2, 2, 2))
+    small.arrays["gamma"] = np.full(len(small), 9.0)
+    [c] = embed_work(small, emb, threshold=5.0, max_extractions=1, lattice=ReferenceLattice.from_atoms(unit))
+    assert c.whole_frame and "whole frame" in c.note

@@ -40,7 +40,13 @@ if TYPE_CHECKING:
 def args(ctx: Context, task: Task) -> tuple:
     with ctx.db.session() as s:
         frame = atoms_from_structure(s.get(Structure, task.structure_id))
-    return (frame, ctx.run.embedding, ctx.run.otf.uncertainty_threshold, ctx.run.otf.max_extractions)
+    from autopipe.carving.reference import reference_lattice
+    from autopipe.config.run import EspressoConfig
+
+    e, dft = ctx.run.embedding, ctx.run.dft
+    lattice = reference_lattice(ctx.run) if e.strategy == "commensurate" else None
+    kpoints = (dft.kspacing, dft.gamma_only_length) if isinstance(dft, EspressoConfig) else None
+    return (frame, e, ctx.run.otf.uncertainty_threshold, ctx.run.otf.max_extractions, lattice, kpoints)
 
 
 def coming_cells(ctx: Context, newest_snapshot: int) -> list[tuple]:
@@ -120,7 +126,11 @@ def done(ctx: Context, task_id: int, cells: list[CarvedCell]) -> None:
     if refusal is not None:
         ctx.db.record_event("carve_refused", refusal, walker=walker_index, frame=frame_id, retired=retired)
     ctx.push(*new_tasks)
-    what = "the whole frame" if carved and carved[0].whole_frame else f"{len(carved)} sub-cell(s)"
+    whole = carved[0] if carved and carved[0].whole_frame else None
+    if whole is not None and whole.note and ctx.db.last_event("whole_frames") is None:
+        # Said once per run: every later frame goes the same way for the same reason.
+        ctx.db.record_event("whole_frames", f"trigger frames are labelled whole: {whole.note}", frame=frame_id)
+    what = "the whole frame" if whole is not None else f"{len(carved)} sub-cell(s)"
     ctx.progress.log(f"trigger frame {frame_id}: {what}, {len(new_tasks)} to DFT"
                      + (f"; {'; '.join(notes)}" if notes else ""))
 
