@@ -426,6 +426,9 @@ class StopConfig(StrictModel):
         default=None, ge=1, description="Stop after this many consecutive segments without a trigger (all walkers)."
     )
     max_dft_calls: int | None = Field(default=None, ge=1, description="Budget of DFT labels.")
+    max_dft_seconds: float | None = Field(
+        default=None, gt=0, description="Budget of DFT wall time (s, every attempt of every label the loop chose): "
+        "compares strategies at equal DFT cost.")
     max_trainings: int | None = Field(default=None, ge=1, description="Budget of retrains.")
     max_walltime: float | None = Field(default=None, gt=0, description="Wall-time budget of this process (s).")
     max_train_failures: int = Field(default=3, ge=1, description="Stop after this many failed fits in a row.")

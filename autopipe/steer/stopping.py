@@ -47,6 +47,8 @@ def dft_budget_used(v: RunView, stop: StopConfig) -> str | None:
     # A fit already running on those labels may finish first: its potential is worth having.
     if stop.max_dft_calls is not None and v.dft_calls >= stop.max_dft_calls and not v.busy("train"):
         return f"DFT budget of {stop.max_dft_calls} calls used"
+    if stop.max_dft_seconds is not None and v.dft_seconds >= stop.max_dft_seconds and not v.busy("train"):
+        return f"DFT budget of {stop.max_dft_seconds:g} s used ({v.dft_seconds:.0f} s of DFT wall time)"
     return None
 
 

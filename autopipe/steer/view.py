@@ -39,7 +39,7 @@ class RunView:
     ``active``: pending or running tasks per kind (``"md"``, ``"embed"``, ``"dft"``,
     ``"train"``); ``tasks``: tasks per (kind, state), all states; ``labels``: labels per status. ``new_labels``: successful labels newer than the newest potential's
     training snapshot. ``dft_calls``: labels of structures the loop chose (everything but
-    the generated initial dataset and the user's imported data). ``first_potential``: ``None`` once a potential exists,
+    the generated initial dataset and the user's imported data); ``dft_seconds``: their DFT wall time. ``first_potential``: ``None`` once a potential exists,
     else ``"labelling"``, ``"ready"`` (train version 1 now) or why it is impossible.
     """
 
@@ -52,6 +52,7 @@ class RunView:
     labels: dict[str, int] = field(default_factory=dict)
     new_labels: int = 0
     dft_calls: int = 0
+    dft_seconds: float = 0.0  # wall seconds of those labels (every attempt)
     train_failures: int = 0  # consecutive failed fits in this process
     first_potential: str | None = None
     idle: bool = False  # nothing queued or in flight in the dispatcher
@@ -86,12 +87,12 @@ def read_view(ctx: Context) -> RunView:
             select(Label.status, func.count()).group_by(Label.status)).all()}
         new_labels = s.scalar(select(func.count()).select_from(Label).where(
             Label.status == LabelStatus.done, Label.id > snapshot))
-        dft_calls = s.scalar(select(func.count()).select_from(Label).join(Structure).where(
-            Structure.origin.not_in([Origin.generated, Origin.imported])))
+        dft_calls, dft_seconds = s.execute(select(func.count(), func.sum(Label.walltime)).select_from(Label).join(
+            Structure).where(Structure.origin.not_in([Origin.generated, Origin.imported]))).one()
     return RunView(
         elapsed=time.monotonic() - ctx.t0, newest_version=newest, retrains=max(n_versions - 1, 0), walkers=walkers,
         active=_active(tasks), tasks=tasks, labels=labels, new_labels=int(new_labels or 0),
-        dft_calls=int(dft_calls or 0), train_failures=ctx.train_failures,
+        dft_calls=int(dft_calls or 0), dft_seconds=float(dft_seconds or 0.0), train_failures=ctx.train_failures,
         first_potential=None if newest is not None else ctx.first_potential,
         idle=ctx.dispatcher.idle() if ctx.dispatcher is not None else True, limit_problem=ctx.limit_problem,
         cannot_run=ctx.cannot_run,

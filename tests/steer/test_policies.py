@@ -46,6 +46,13 @@ def test_dft_budget_waits_for_a_running_fit():
     assert "DFT budget of 4" in stopping.dft_budget_used(view(dft_calls=4, active={"md": 1}), stop)
 
 
+def test_dft_seconds_budget():
+    stop = StopConfig(max_dft_seconds=2700)
+    assert stopping.dft_budget_used(view(dft_seconds=2699.0), stop) is None
+    assert stopping.dft_budget_used(view(dft_seconds=2800.0, active={"train": 1}), stop) is None
+    assert "DFT budget of 2700 s used (2800 s" in stopping.dft_budget_used(view(dft_seconds=2800.0), stop)
+
+
 def test_no_initial_potential_only_when_it_is_impossible_and_nothing_runs():
     none = dict(newest_version=None, walkers=())
     stop = StopConfig()
