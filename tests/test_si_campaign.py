@@ -21,6 +21,7 @@ from sqlalchemy import select
 from autopipe.config import load_run
 from autopipe.db import Database, Label, LabelStatus, Origin, Potential, Segment, Structure, atoms_from_structure
 from autopipe.potentials import PotentialStore
+from tests.aceutil import per_atom_energies
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -38,18 +39,6 @@ def _reduced_run(tmp_path: Path) -> Path:
     path = tmp_path / "si-vacancy-reduced.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _per_atom_energies(yaml_file: str, structures) -> np.ndarray:
-    from pyace import PyACECalculator
-
-    calc = PyACECalculator(yaml_file)
-    out = []
-    for a in structures:
-        a = a.copy()
-        a.calc = calc
-        out.append(a.get_potential_energy() / len(a))
-    return np.array(out)
 
 
 def test_import_trigger_pwx_label_retrain_and_hot_swap(tmp_path):
@@ -100,7 +89,7 @@ def test_import_trigger_pwx_label_retrain_and_hot_swap(tmp_path):
 
     data = pd.read_pickle(load_run(RUN).initial_potential.training_data, compression="gzip")
     ref = np.array([e / len(a) for e, a in zip(data["energy_corrected"], data["ase_atoms"])])
-    e1, e2 = _per_atom_energies(v1_yaml, structures), _per_atom_energies(v2_yaml, structures)
+    e1, e2 = per_atom_energies(v1_yaml, structures), per_atom_energies(v2_yaml, structures)
     rmse1, rmse2 = np.sqrt(np.mean((e1 - ref) ** 2)), np.sqrt(np.mean((e2 - ref) ** 2))
     assert abs(np.mean(e2 - e1)) < 0.01, np.mean(e2 - e1)
     assert rmse2 < max(2 * rmse1, 0.02), (rmse1, rmse2)

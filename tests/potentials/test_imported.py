@@ -22,6 +22,7 @@ from autopipe.potentials.imported import (
     read_training_data,
     validate_potential_file,
 )
+from tests.aceutil import per_atom_energies
 from tests.lj import fixture_train_dir, lj_label, lj_run_config
 
 from tests.potentials.helpers import add_labelled, lj_structures
@@ -267,8 +268,6 @@ def test_retrain_on_imported_and_new_total_energy_labels_keeps_the_imported_ener
     1e-6 eV/atom, RMSE 9.0 -> 9.3 meV/atom, largest change 14 meV/atom. A reference mix-up (new
     labels left as totals, or 'auto' re-fitting the references) moves the energy zero by hundreds
     of meV/atom."""
-    from pyace import PyACECalculator
-
     from autopipe.potentials.pacemaker import run_pacemaker
 
     src = pd.read_pickle(fixture_train_dir(lj_potential) / "fitting_data_info.pckl.gzip",
@@ -290,17 +289,8 @@ def test_retrain_on_imported_and_new_total_energy_labels_keeps_the_imported_ener
                         initial_potential=lj_potential.yaml)
     assert fit.ok, fit.log_tail
 
-    def per_atom(yaml, atoms_list):
-        calc = PyACECalculator(str(yaml))
-        out = []
-        for a in atoms_list:
-            a = a.copy()
-            a.calc = calc
-            out.append(a.get_potential_energy() / len(a))
-        return np.array(out)
-
-    before = per_atom(lj_potential.yaml, user["ase_atoms"])
-    after = per_atom(fit.potential, user["ase_atoms"])
+    before = per_atom_energies(lj_potential.yaml, user["ase_atoms"])
+    after = per_atom_energies(fit.potential, user["ase_atoms"])
     ref = user["energy_corrected"].to_numpy() / n.to_numpy()
     rmse_before = np.sqrt(np.mean((before - ref) ** 2))  # the imported fit's own error: ~9 meV/atom
     rmse_after = np.sqrt(np.mean((after - ref) ** 2))

@@ -19,6 +19,7 @@ from autopipe.potentials.activeset import GAMMA_TOLERANCE
 from tests.lj import fixture_train_dir, lj3d_template, lj_label, lj_run_config
 from autopipe.potentials.trainer import TrainOutcome, max_label_id
 
+from tests.aceutil import pyace_gamma
 from tests.potentials.helpers import copy_cached_run
 
 
@@ -125,22 +126,10 @@ def test_import_from_file_computes_the_active_set(lj_potential, db, tmp_path):
     assert v1.asi.exists() and v1.yace.exists()
     # What makes it a MaxVol active set of this data, graded by pyace's own calculator: every training
     # atom has gamma <= the MaxVol tolerance, the selected ones exactly 1; a squeezed crystal is far out.
-    training = [_pyace_gamma(a, v1).max() for a in pd.read_pickle(training_data, compression="gzip")["ase_atoms"]]
+    training = [pyace_gamma(a, v1).max() for a in pd.read_pickle(training_data, compression="gzip")["ase_atoms"]]
     assert max(training) == pytest.approx(1.0, abs=GAMMA_TOLERANCE - 1 + 1e-6)
-    assert _pyace_gamma(lj3d_template(a=2.7), v1).max() > 5.0
+    assert pyace_gamma(lj3d_template(a=2.7), v1).max() > 5.0
     assert build_initial_potential(db, store, cfg) == v1  # idempotent
-
-
-def _pyace_gamma(atoms, potential) -> np.ndarray:
-    """Per-atom extrapolation grade from pyace's ASE calculator (not autopipe's route)."""
-    from pyace import PyACECalculator
-
-    calc = PyACECalculator(str(potential.yaml))
-    calc.set_active_set(str(potential.asi))
-    a = atoms.copy()
-    a.calc = calc
-    a.get_potential_energy()
-    return np.asarray(calc.results["gamma"])
 
 
 def test_import_from_file_with_asi_and_without_anything(lj_potential, db, tmp_path):
