@@ -196,12 +196,27 @@ class LatticeConfig(StrictModel):
 class EmbeddingConfig(StrictModel):
     """Periodic sub-cell carved around an uncertain atom: side 2*(core_radius+buffer)."""
 
-    strategy: Literal["cube", "commensurate"] = Field(
+    strategy: Literal["cube", "commensurate", "budget"] = Field(
         default="cube",
         description="'cube': a cube of side 2*(core_radius+buffer) around the atom (any structure); "
         "'commensurate': whole periods of the reference lattice (crystals; embedding.lattice, or the bulk "
-        "structure's own), one atom per site, so no bond is cut at a wrong length at the seams.",
+        "structure's own), one atom per site, so no bond is cut at a wrong length at the seams; 'budget': "
+        "measure the candidates against a whole-frame label on the first trigger frame and carve with the "
+        "cheapest whose core error is within max_error_ratio of the potential's (else label whole frames), "
+        "re-checked every recheck_every carved labels.",
     )
+    candidates: list[Literal["cube", "commensurate"]] | None = Field(
+        default=None, min_length=1,
+        description="Strategies the budget weighs; default: commensurate (with a reference lattice) and cube.")
+    max_error_ratio: float = Field(
+        default=0.5, gt=0,
+        description="Budget: a carve is used when its core rms force error against the whole frame is at most "
+        "this times the current potential's error on the same atoms. Provisional default (see README).")
+    max_core_force_error: float | None = Field(
+        default=None, gt=0, description="Budget: an absolute bound on the carve's core rms force error (eV/Å) "
+        "instead of the ratio.")
+    recheck_every: int = Field(
+        default=10, ge=0, description="Budget: carved labels between re-checks against a whole frame (0: never).")
     lattice: LatticeConfig | None = Field(
         default=None, description="Reference lattice of commensurate carving; default: the unit cell of a bulk "
         "system.structure.")
@@ -466,7 +481,9 @@ class RunConfig(StrictModel):
                 "trained on (or set train.retrain: false to only monitor and label)"
             )
         self._check_elements()
-        if self.embedding.strategy == "commensurate":
+        uses_lattice = self.embedding.strategy == "commensurate" or (
+            self.embedding.strategy == "budget" and "commensurate" in (self.embedding.candidates or []))
+        if uses_lattice:
             if self.embedding.lattice is None and not isinstance(self.system.structure, BulkStructure):
                 raise KeyProblem("embedding.lattice", "commensurate carving needs a reference lattice: give "
                                  "embedding.lattice, or start from a bulk system.structure")
@@ -564,7 +581,8 @@ def check_run_files(cfg: RunConfig) -> None:
         if extra:
             raise KeyProblem(key, f"{src.path} holds {', '.join(extra)}, not in system.elements "
                                   f"({', '.join(cfg.system.elements)})")
-    if cfg.embedding.strategy == "commensurate":
+    if cfg.embedding.strategy == "commensurate" or (cfg.embedding.strategy == "budget" and (
+            cfg.embedding.lattice is not None or isinstance(cfg.system.structure, BulkStructure))):
         _check_tiling(cfg)
 
 

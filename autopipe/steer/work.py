@@ -99,6 +99,7 @@ class CarvedCell:
     refused: str | None = None
     whole_frame: bool = False
     note: str = ""  # why the whole frame is labelled
+    calibration: bool = False  # a measurement for the carving budget, not a training label
 
 
 #: Centres tried per trigger frame whose carving is refused before giving up on the frame.
@@ -106,7 +107,8 @@ MAX_REFUSED = 8
 
 
 def embed_work(frame, embedding_config, threshold: float, max_extractions: int, lattice=None,
-               kpoint_settings: tuple[float, float] | None = None,
+               kpoint_settings: tuple[float, float] | None = None, strategy: str | None = None,
+               calibrate: tuple[str, ...] = (),
                parsl_resource_specification: dict | None = None) -> list[CarvedCell]:
     """Carve up to ``max_extractions`` periodic sub-cells around the frame's most uncertain
     atoms (centres at least one box apart) with the run's strategy (``cube``, or
@@ -117,7 +119,9 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
     ``embedding.whole_frame_fraction`` of the frame's atoms, or when the frame is smaller than
     a commensurate cell; ``CarvedCell.note`` says why. ``kpoint_settings``: the run's pw.x
     ``(kspacing, gamma_only_length)``, for the k-point rule of carved cells (None: no k-points,
-    an analytic labeller).
+    an analytic labeller). ``strategy`` overrides ``embedding.strategy`` (the budget's choice;
+    ``whole``: the whole frame). ``calibrate``: strategies whose cells around the most uncertain
+    atom are carved too, as measurements for the carving budget (``CarvedCell.calibration``).
     """
     import numpy as np
 
@@ -135,8 +139,14 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
         atoms.arrays.pop("gamma", None)
         return [CarvedCell(center=top, gamma=float(gamma[top]), atoms=atoms, whole_frame=True, note=note)]
 
+    strategy = strategy or e.strategy
+    if calibrate:
+        return whole("calibrating the carving budget") + _calibration_cells(frame, top, gamma, e, calibrate, lattice,
+                                                                            kpoint_settings)
     if e.whole_frame == "always":
         return whole("embedding.whole_frame is 'always'")
+    if strategy == "whole":
+        return whole("the carving budget chose whole frames")
     order = select_centers(frame, gamma, threshold, len(frame), 0.0)  # every atom above it, most uncertain first
     out: list[CarvedCell] = []
     chosen: list[int] = []
@@ -147,7 +157,7 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
         if chosen and np.min(frame.get_distances(c, chosen, mic=True)) < side:
             continue
         try:
-            sub, masked = carve(frame, c, e.strategy, e.core_radius, e.buffer, lattice=lattice,
+            sub, masked = carve(frame, c, strategy, e.core_radius, e.buffer, lattice=lattice,
                                 min_distance=e.min_distance)
         except ParentTooSmall as exc:
             return whole(str(exc))
@@ -163,6 +173,25 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
             apply_kpoint_rule(sub, frame, e.kpoints, *kpoint_settings)
         chosen.append(int(c))
         out.append(CarvedCell(center=int(c), gamma=float(gamma[c]), atoms=sub, masked=[int(i) for i in masked]))
+    return out
+
+
+def _calibration_cells(frame, center: int, gamma, e, strategies, lattice, kpoint_settings) -> list[CarvedCell]:
+    """One cell per strategy around ``center``, for the carving budget's measurement (a strategy
+    that cannot carve here is recorded as refused)."""
+    from autopipe.carving.strategies import apply_kpoint_rule, carve
+
+    out = []
+    for name in strategies:
+        try:
+            sub, masked = carve(frame, center, name, e.core_radius, e.buffer, lattice=lattice, min_distance=e.min_distance)
+        except ValueError as exc:
+            out.append(CarvedCell(center=center, gamma=float(gamma[center]), refused=f"{name}: {exc}", calibration=True))
+            continue
+        if kpoint_settings is not None:
+            apply_kpoint_rule(sub, frame, e.kpoints, *kpoint_settings)
+        out.append(CarvedCell(center=center, gamma=float(gamma[center]), atoms=sub, masked=[int(i) for i in masked],
+                              calibration=True))
     return out
 
 

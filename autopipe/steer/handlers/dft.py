@@ -34,6 +34,10 @@ def done(ctx: Context, task_id: int, result: LabelResult) -> None:
     # The label is committed first; on restart a task whose structure has a label counts as done.
     store_label(ctx.db, sid, result)
     tasks.mark(ctx.db, task_id, TaskState.done, error=result.error)
+    if ctx.run.embedding.strategy == "budget":
+        from autopipe.steer import budget
+
+        budget.maybe_decide(ctx)  # a calibration whose last label this was is judged now
     if result.status != "done":
         ctx.progress.log(f"DFT {result.status} for structure {sid}: {result.error}")
     else:
@@ -67,3 +71,7 @@ def crashed(ctx: Context, task_id: int, error: str) -> None:
 
     store_label(ctx.db, _structure_id(ctx, task_id), LabelResult(status="failed", code=str(ctx.run.dft.code),
                                                                  error=error))
+    if ctx.run.embedding.strategy == "budget":
+        from autopipe.steer import budget
+
+        budget.maybe_decide(ctx)

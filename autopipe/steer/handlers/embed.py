@@ -43,10 +43,14 @@ def args(ctx: Context, task: Task) -> tuple:
     from autopipe.carving.reference import reference_lattice
     from autopipe.config.run import EspressoConfig
 
+    from autopipe.steer import budget
+
     e, dft = ctx.run.embedding, ctx.run.dft
-    lattice = reference_lattice(ctx.run) if e.strategy == "commensurate" else None
+    lattice = reference_lattice(ctx.run) if e.strategy in ("commensurate", "budget") else None
     kpoints = (dft.kspacing, dft.gamma_only_length) if isinstance(dft, EspressoConfig) else None
-    return (frame, e, ctx.run.otf.uncertainty_threshold, ctx.run.otf.max_extractions, lattice, kpoints)
+    p = budget.plan(ctx)
+    return (frame, e, ctx.run.otf.uncertainty_threshold, ctx.run.otf.max_extractions, lattice, kpoints, p.strategy,
+            p.calibrate)
 
 
 def coming_cells(ctx: Context, newest_snapshot: int) -> list[tuple]:
@@ -59,7 +63,9 @@ def coming_cells(ctx: Context, newest_snapshot: int) -> list[tuple]:
         fresh = select(Label.structure_id).where(Label.status == LabelStatus.done, Label.id > newest_snapshot)
         rows = s.scalars(select(Structure).where(Structure.origin.not_in([Origin.generated, Origin.imported]),
                                                  Structure.id.in_(queued.union(fresh))))
-        return [(atoms_from_structure(r), list(r.force_mask or [])) for r in rows]
+        # Calibration cells of the carving budget are measurements, never trained on.
+        return [(atoms_from_structure(r), list(r.force_mask or [])) for r in rows
+                if not (r.info or {}).get("calibration_for")]
 
 
 def decide(ctx: Context, carved: list[CarvedCell], label_anyway: bool = False):
@@ -84,8 +90,19 @@ def done(ctx: Context, task_id: int, cells: list[CarvedCell]) -> None:
         frame = s.get(Structure, s.get(Task, task_id).structure_id)
         info = frame.info or {}
         frame_id, version, walker_index = frame.id, frame.potential_version, info.get("walker")
+    from autopipe.steer import budget
+
+    calibration = [c for c in cells if c.calibration]
+    cells = [c for c in cells if not c.calibration]
+    if calibration and budget.plan(ctx).calibrate == ():
+        calibration = []  # another frame's calibration began meanwhile: this one is labelled whole only
     carved = [c for c in cells if c.atoms is not None]
     decisions = decide(ctx, carved, bool(info.get("label_anyway"))) if carved else []
+    if calibration and carved and carved[0].whole_frame:
+        from autopipe.steer.selection import Decision
+
+        # The reference of the measurement must be labelled, whatever selection thinks of it.
+        decisions[0] = Decision(True, decisions[0].score, "selected: whole-frame reference of the carving budget")
     new_tasks, notes = [], []
     with ctx.db.session() as s:
         for c in cells:
@@ -114,6 +131,25 @@ def done(ctx: Context, task_id: int, cells: list[CarvedCell]) -> None:
                 new_tasks.append(task.id)
             else:
                 notes.append(f"centre {c.center} {d.reason}")
+        measured_ids = []
+        for c in calibration:
+            if c.refused:
+                notes.append(f"calibration {c.refused.splitlines()[0]}")
+                continue
+            row = structure_from_atoms(
+                c.atoms, Origin.embedded, parent_id=frame_id, center_index=c.center, force_mask=c.masked,
+                potential_version=version, selected=True, selection_note="calibration of the carving budget",
+                info={**{k: v for k, v in c.atoms.info.items() if k.startswith("embedding_")},
+                      "calibration_for": frame_id},
+                **budget.weights_for_measurement(len(c.atoms)),
+            )
+            s.add(row)
+            s.flush()
+            task = ctx.new_task(TaskKind.dft, structure_id=row.id)
+            s.add(task)
+            s.flush()
+            new_tasks.append(task.id)
+            measured_ids.append(row.id)
         t = s.get(Task, task_id)
         t.state, t.finished_at = TaskState.done, utcnow()
         refusal = None
@@ -125,9 +161,13 @@ def done(ctx: Context, task_id: int, cells: list[CarvedCell]) -> None:
                                             ctx.run.faults.segment_failures)
     if refusal is not None:
         ctx.db.record_event("carve_refused", refusal, walker=walker_index, frame=frame_id, retired=retired)
+    if measured_ids:
+        strategies = [str(c.atoms.info.get("embedding_strategy")) for c in calibration if c.atoms is not None]
+        budget.record_calibration(ctx, frame_id, measured_ids, strategies, budget.plan(ctx).reason)
     ctx.push(*new_tasks)
     whole = carved[0] if carved and carved[0].whole_frame else None
-    if whole is not None and whole.note and ctx.db.last_event("whole_frames") is None:
+    if (whole is not None and whole.note and ctx.run.embedding.strategy != "budget"
+            and ctx.db.last_event("whole_frames") is None):
         # Said once per run: every later frame goes the same way for the same reason.
         ctx.db.record_event("whole_frames", f"trigger frames are labelled whole: {whole.note}", frame=frame_id)
     what = "the whole frame" if whole is not None else f"{len(carved)} sub-cell(s)"
