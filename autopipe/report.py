@@ -261,6 +261,27 @@ def fresh_section(fresh, out: Path) -> str:
         + fresh_table(fresh) + _img(plot_fresh(fresh, out), "fresh trajectories"))
 
 
+def carving_section(st: dict[str, Any]) -> str:
+    """HTML: how trigger frames were carved: every budget decision with its measurements (carve error
+    against the whole frame and the potential's error on the same core atoms), and whole-frame notes."""
+    if not st.get("carving"):
+        return ""
+    rows = []
+    for d in st["carving"]:
+        ms = d.get("measured") or []
+        detail = "; ".join(
+            f"{m['strategy']}: core {1000 * m['core_rms']:.0f} meV/Å vs potential {1000 * m['potential_rms']:.0f} "
+            f"meV/Å, {m['cost']:.0f} s vs whole {m['frame_cost']:.0f} s" for m in ms) or "–"
+        rows.append(f"<tr><td>{html.escape(d['at'])}</td><td>{html.escape(str(d.get('chosen') or 'whole'))}</td>"
+                    f"<td style='text-align:left'>{html.escape(detail)}</td>"
+                    f"<td style='text-align:left'>{html.escape(d['message'])}</td></tr>")
+    return ("<h2>How trigger frames were carved</h2><p>Each carving-budget decision measured the candidate "
+            "carves of one trigger frame against its whole-frame label, beside the potential's own error on the "
+            f"same core atoms. DFT time of the loop's labels: {st.get('dft_seconds', 0.0):.0f} s.</p>"
+            "<table><tr><th>when</th><th>chosen</th><th>measured</th><th>decision</th></tr>" + "".join(rows)
+            + "</table>")
+
+
 def build_report(db: Database, workdir: Path | str) -> Path:
     """Write ``<workdir>/report/index.html`` (and its PNGs); returns its path."""
     from autopipe.status import collect_status
@@ -319,6 +340,7 @@ Stopped because: <b>{html.escape(str(st['stopped_because'] or 'not stopped (runn
 segments {st['segments']}, triggers {st['triggers']}{_rewinds(st)}.</p>
 {replay_html}
 {fresh_html}
+{carving_section(st)}
 <h2>Uncertainty during MD</h2>{_img(gamma_png, 'max gamma against MD time')}
 <div class="grid"><div><h2>Learning curve</h2>{_img(learn_png, 'force RMSE per version')}
 <table><tr><th>version</th><th>name</th><th>parent</th><th>train F RMSE (meV/Å)</th><th>trigger frames (in-sample) F RMSE (meV/Å)</th><th>fresh close-contact frames F RMSE (meV/Å)</th></tr>{rows}</table>

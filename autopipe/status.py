@@ -43,6 +43,13 @@ def collect_status(db: Database) -> dict[str, Any]:
                               .where(Segment.status == SegmentStatus.triggered).order_by(Segment.id)).all()
         max_gamma = s.scalar(select(func.max(Segment.max_gamma)))
         stop = s.scalars(select(Event).where(Event.kind == "stop").order_by(Event.id.desc()).limit(1)).first()
+        # How trigger frames are carved: the carving budget's decisions, or why frames go whole.
+        carving = [{"at": e.created_at.isoformat(timespec="seconds"), "kind": e.kind, "message": e.message,
+                    "chosen": (e.data or {}).get("chosen"), "measured": (e.data or {}).get("measured", [])}
+                   for e in s.scalars(select(Event).where(Event.kind.in_(["carve_budget", "whole_frames"]))
+                                      .order_by(Event.id))]
+        dft_seconds = s.scalar(select(func.sum(Label.walltime)).join(Structure).where(
+            Structure.origin.not_in([Origin.generated, Origin.imported])))
     return {
         "structures": {"total": sum(structures.values()), **structures},
         "labels": labels,
@@ -58,6 +65,8 @@ def collect_status(db: Database) -> dict[str, Any]:
                                         for start, end, rewind in triggered if end is not None],
         "max_gamma": max_gamma,
         "stopped_because": stop.message if stop else None,
+        "carving": carving,
+        "dft_seconds": float(dft_seconds or 0.0),
     }
 
 
@@ -84,5 +93,9 @@ def render_status(st: dict[str, Any]) -> str:
     for w in st["walkers"]:
         lines.append(f"walker {w['index']}   : {w['status']} at step {w['step']}"
                      + (f" ({w['note']})" if w.get("note") else ""))
+    if st.get("dft_seconds"):
+        lines.insert(2, f"dft time   : {st['dft_seconds']:.0f} s of labelling the loop's choices")
+    if st.get("carving"):
+        lines.append(f"carving    : {st['carving'][-1]['message']}")
     lines.append(f"stopped    : {st['stopped_because'] or 'not stopped (running, or killed)'}")
     return "\n".join(lines)

@@ -168,11 +168,3 @@ def measure(ctx: Context, frame, labels: dict, frame_id: int, cells: dict) -> tu
 def weights_for_measurement(n_atoms: int) -> dict:
     """Structure fields that keep a calibration cell out of training: zero energy and force weights."""
     return {"energy_weight": 0.0, "force_weights": np.zeros(n_atoms)}
-
-
-def summary(db) -> list[dict]:
-    """Every budget decision of a run's database (for status and the report): time, message,
-    choice and measurements."""
-    with db.session() as s:
-        return [{"at": ev.created_at.isoformat(timespec="seconds"), "message": ev.message, **(ev.data or {})}
-                for ev in s.scalars(select(Event).where(Event.kind == DECISION).order_by(Event.id))]

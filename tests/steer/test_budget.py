@@ -96,6 +96,14 @@ def test_calibrate_choose_carve_and_recheck(budget_ctx):
     assert m["core_rms"] < 1e-6 < m["potential_rms"] and m["cost"] < m["frame_cost"]
     assert data["chosen"] == "cube" and "cube" in msg
     assert budget.plan(ctx).strategy == "cube" and budget.plan(ctx).calibrate == ()
+    # The decision and its numbers are in `autopipe status` and in the report.
+    from autopipe.report import carving_section
+    from autopipe.status import collect_status, render_status
+
+    st = collect_status(ctx.db)
+    assert st["carving"][-1]["chosen"] == "cube" and st["dft_seconds"] > 0
+    assert "carving    : carving budget: cube" in render_status(st)
+    assert "core 0 meV/Å vs potential" in carving_section(st)
     # Carved labels count towards the re-check; calibration cells do not.
     for pair in (1.40, 1.25):  # holes the labels so far do not cover
         tasks = _trigger(ctx, _frame(pair=pair))
