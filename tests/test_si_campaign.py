@@ -19,7 +19,7 @@ import yaml
 from sqlalchemy import select
 
 from autopipe.config import load_run
-from autopipe.db import Database, Label, LabelStatus, Origin, Potential, Segment, Structure, atoms_from_structure
+from autopipe.db import Database, Event, Label, LabelStatus, Origin, Potential, Segment, Structure, atoms_from_structure
 from autopipe.potentials import PotentialStore
 from tests.aceutil import per_atom_energies
 
@@ -62,6 +62,10 @@ def test_import_trigger_pwx_label_retrain_and_hot_swap(tmp_path):
         assert lab.status is LabelStatus.done, lab.error
         frame = s.get(Structure, lab.structure_id)
         assert frame.origin == Origin.md_frame and not frame.force_mask  # the whole trigger frame, nothing masked
+        # Chosen by the carving budget, said in the events: no carve of a 7-atom parent is worth measuring.
+        decision = s.scalars(select(Event).where(Event.kind == "carve_budget")).first()
+        assert decision is not None and decision.data["chosen"] == "whole", out.stdout[-3000:]
+        assert "no carve to measure" in decision.message
         assert frame.n_atoms == 7 and max(frame.gamma) > 3.0  # the vacancy's neighbours triggered
         assert lab.code == "espresso" and lab.parameters["pseudopotentials"] == {"Si": "Si.pz-vbc.UPF"}
         assert lab.walltime > 0 and lab.forces.shape == (7, 3)

@@ -35,8 +35,8 @@ def test_run_file_imports_the_users_potential_and_data():
     out = subprocess.run([str(Path(sys.executable).parent / "autopipe"), "check", "--run", str(RUN)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "training data: " in out.stdout
-    # Whole frames (the buffer scan showed carving costs ~0.6 eV/Å here): check says the buffer is unused.
-    assert "whole_frame is 'always'" in out.stdout + out.stderr
+    # The carving budget decides by measurement: check says so instead of applying the buffer rule.
+    assert "embedding.strategy is 'budget'" in out.stdout + out.stderr
     assert "below the potential's cutoff" not in out.stdout + out.stderr
 
 

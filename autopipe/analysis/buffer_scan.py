@@ -293,6 +293,13 @@ def buffer_warnings(run_config: RunConfig) -> list[str]:
     if emb.whole_frame == "always":
         return ["note: embedding.whole_frame is 'always': trigger frames are labelled whole (exact, nothing "
                 "masked), so embedding.buffer is not used"]
+    if emb.strategy == "budget":
+        bound = (f"{1000 * emb.max_core_force_error:g} meV/Å" if emb.max_core_force_error is not None
+                 else f"{emb.max_error_ratio:g} x the potential's error on the same atoms")
+        return [f"note: embedding.strategy is 'budget': the first trigger frame is labelled whole and the carves "
+                f"of buffer {buf:g} Å are measured against it; they are used only while their core error is within "
+                f"{bound} (else whole frames), so the buffer is judged by measurement, not by the rule "
+                f"buffer >= 2*rc + min_distance/2 = {2 * rc + half_gap:g} Å"]
     if buf < rc + half_gap:
         return [f"warning: embedding.buffer {buf:g} Å is below the potential's cutoff {rc:g} Å + min_distance/2 "
                 f"({rc + half_gap:g} Å), so the core forces of carved cells feel the artificial boundary even for a "

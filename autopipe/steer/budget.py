@@ -103,6 +103,14 @@ def record_calibration(ctx: Context, frame_id: int, cell_ids: list[int], strateg
                         frame=frame_id, cells=cell_ids, strategies=strategies)
 
 
+def nothing_to_measure(ctx: Context, reasons: list[str]) -> None:
+    """No candidate could carve a cell worth measuring (a frame no bigger than the cells): whole
+    frames, decided now so the next trigger frame does not try again until the re-check."""
+    message = f"carving budget: no carve to measure ({'; '.join(reasons) or 'no candidate'}): whole frames"
+    ctx.db.record_event(DECISION, message, chosen=WHOLE, measured=[], potential_version=ctx.store.latest().version)
+    ctx.progress.log(message)
+
+
 def maybe_decide(ctx: Context) -> str | None:
     """When the pending calibration's labels are all in, choose and record; returns the decision's
     message (None while waiting, or with no calibration pending)."""

@@ -188,6 +188,11 @@ def _calibration_cells(frame, center: int, gamma, e, strategies, lattice, kpoint
         except ValueError as exc:
             out.append(CarvedCell(center=center, gamma=float(gamma[center]), refused=f"{name}: {exc}", calibration=True))
             continue
+        if len(sub) >= e.whole_frame_fraction * len(frame):  # never cheaper than the frame: not worth measuring
+            out.append(CarvedCell(center=center, gamma=float(gamma[center]), calibration=True,
+                                  refused=f"{name}: its cell would hold {len(sub)} atoms, at least "
+                                          f"{e.whole_frame_fraction:g} of the frame's {len(frame)}"))
+            continue
         if kpoint_settings is not None:
             apply_kpoint_rule(sub, frame, e.kpoints, *kpoint_settings)
         out.append(CarvedCell(center=center, gamma=float(gamma[center]), atoms=sub, masked=[int(i) for i in masked],

@@ -130,3 +130,14 @@ def test_no_strategy_within_the_budget_means_whole_frames(budget_ctx):
 
     with ctx.db.session() as s:
         assert [s.get(Structure, s.get(Task, t).structure_id).parent_id for t in tasks] == [None]
+
+
+def test_a_frame_no_bigger_than_the_cells_is_decided_whole_at_once(budget_ctx):
+    from autopipe.steer import budget
+
+    ctx = budget_ctx
+    tasks = _trigger(ctx, _frame(n_side=4))  # 9.6 x 16.6 Å: a 16 Å cube holds images of the whole frame
+    assert len(tasks) == 1  # the whole frame only: a cell as big as the frame is not worth measuring
+    [(msg, data)] = _events(ctx, budget.DECISION)
+    assert data["chosen"] == budget.WHOLE and "no carve to measure" in msg and "would hold" in msg
+    assert budget.plan(ctx).strategy == budget.WHOLE and budget.plan(ctx).calibrate == ()

@@ -164,6 +164,8 @@ def done(ctx: Context, task_id: int, cells: list[CarvedCell]) -> None:
     if measured_ids:
         strategies = [str(c.atoms.info.get("embedding_strategy")) for c in calibration if c.atoms is not None]
         budget.record_calibration(ctx, frame_id, measured_ids, strategies, budget.plan(ctx).reason)
+    elif calibration:
+        budget.nothing_to_measure(ctx, [c.refused.splitlines()[0] for c in calibration if c.refused])
     ctx.push(*new_tasks)
     whole = carved[0] if carved and carved[0].whole_frame else None
     if (whole is not None and whole.note and ctx.run.embedding.strategy != "budget"
