@@ -17,27 +17,9 @@ def _frame(n_side: int = 12, pair: float = 1.55):
 
 
 def _trigger(ctx, frame) -> list[int]:
-    """Store a trigger frame, run the embed step with the handler's own arguments; new DFT task ids."""
-    from autopipe.db import Origin, Task, TaskKind, TaskState, structure_from_atoms
-    from autopipe.potentials import gamma
-    from autopipe.steer.handlers import embed
-    from autopipe.steer.work import embed_work
+    from tests.steer.test_selection import _trigger as trigger
 
-    frame.arrays["gamma"] = gamma(frame, ctx.store.latest())
-    with ctx.db.session() as s:
-        row = structure_from_atoms(frame, Origin.md_frame, potential_version=1, info={"walker": 0})
-        s.add(row)
-        s.flush()
-        task = ctx.new_task(TaskKind.embed, structure_id=row.id, payload={"version": 1})
-        s.add(task)
-        s.flush()
-        tid = task.id
-    with ctx.db.session() as s:
-        task = s.get(Task, tid)
-        s.expunge(task)
-    embed.done(ctx, tid, embed_work(*embed.args(ctx, task)))
-    with ctx.db.session() as s:
-        return list(s.scalars(select(Task.id).where(Task.kind == TaskKind.dft, Task.state == TaskState.pending)))
+    return trigger(ctx, frame, walker=0)
 
 
 def _label_all(ctx, task_ids) -> None:

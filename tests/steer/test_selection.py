@@ -75,7 +75,7 @@ def _frame(shift=(0.0, 0.0)):
 
 
 def _trigger(ctx, frame, walker: int) -> list[int]:
-    """Store a trigger frame (with gamma), carve it and run the embed handler; returns new DFT task ids."""
+    """Store a trigger frame (with gamma), carve it and run the embed handler; returns the pending DFT task ids."""
     from autopipe.db import Origin, Task, TaskKind, TaskState, structure_from_atoms
     from autopipe.potentials import gamma
     from autopipe.steer.handlers import embed
@@ -90,8 +90,10 @@ def _trigger(ctx, frame, walker: int) -> list[int]:
         s.add(task)
         s.flush()
         tid = task.id
-    thr = ctx.run.otf.uncertainty_threshold
-    embed.done(ctx, tid, embed_work(frame, ctx.run.embedding, thr, 1))
+    with ctx.db.session() as s:
+        task = s.get(Task, tid)
+        s.expunge(task)
+    embed.done(ctx, tid, embed_work(*embed.args(ctx, task)))  # the handler's own arguments, as the loop sends them
     with ctx.db.session() as s:
         from sqlalchemy import select
 
