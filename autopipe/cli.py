@@ -257,15 +257,30 @@ def buffer_scan(
     center: Optional[int] = typer.Option(None, "--center", help="Centre atom (default: where the loop carved, else max gamma)."),
     buffers: Optional[str] = typer.Option(None, "--buffers", help="Buffer widths in Å, comma-separated "
                                           "(default: 0.5, 1, 1.5, 2 and 3 times embedding.buffer)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: buffer-scan.png in the work directory or here)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: buffer-scan.png, or carve-scan/scan.png "
+                                       "for the carving instrument, in the work directory or here)."),
     against_frame: bool = typer.Option(False, "--against-frame", help="Also label the whole frame and use its "
                                        "forces as the reference (exact; affordable for small frames)."),
+    strategies: Optional[str] = typer.Option(None, "--strategies", help="Carving instrument: strategies to compare "
+                                             "against the whole frame, comma-separated (cube, commensurate; "
+                                             "default cube)."),
+    kpoints: Optional[str] = typer.Option(None, "--kpoints", help="Carving instrument: k-point rules of the cells "
+                                          "(density, fold; default density)."),
+    frames: Optional[str] = typer.Option(None, "--frames", help="Carving instrument: more frames from files "
+                                         "(comma-separated), besides the run's trigger frame."),
+    centres: Optional[str] = typer.Option(None, "--centres", help="Centre atom of each --frames file (default: "
+                                          "the argmax of its gamma array)."),
+    max_error_ratio: Optional[float] = typer.Option(None, "--max-error-ratio", help="Carving instrument: the "
+                                                    "budget's bound, core rms over the potential's (default 0.5)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Label sub-cells of growing buffer around a trigger atom: how much do the core forces still change?
 
     Uses the run's labeller; prints and plots the largest core-force change against buffer
-    width and each cell's cost (atoms, wall time).
+    width and each cell's cost (atoms, wall time). With --strategies, --kpoints or --frames it
+    is the carving instrument: every strategy x buffer x k rule x frame against the whole
+    frame's label (cached in <workdir>/carve-scan/cache) and the newest potential's error on
+    the same atoms, with the budget's choice.
     """
     try:
         from autopipe.analysis.buffer_scan import (
@@ -275,9 +290,22 @@ def buffer_scan(
         from autopipe.config.run import RunConfig
         from autopipe.dft import label
 
+        instrument = strategies is not None or kpoints is not None or frames is not None
+        if instrument:  # options first: a typo must not cost a whole-frame label
+            from autopipe.carving.strategies import STRATEGIES
+
+            chosen = _choices(strategies, "--strategies", STRATEGIES, ("cube",))
+            rules = _choices(kpoints, "--kpoints", ("density", "fold"), ("density",))
+            extra = _file_frames(frames, centres) if frames else []
         if workdir is not None:
             cfg = RunConfig.model_validate_json((workdir / "run.resolved.json").read_text())
-            frame, c, sid = trigger_frame(_database_for(workdir), structure_id)
+            db = _database_for(workdir)
+            try:
+                frame, c, sid = trigger_frame(db, structure_id)
+            except AutopipeError:
+                if not (instrument and extra and structure_id is None):
+                    raise
+                frame, c, sid = None, None, None  # no trigger frame yet: the files' frames alone
             base = workdir
         elif structure is not None and run is not None:
             from ase.io import read
@@ -287,11 +315,19 @@ def buffer_scan(
         else:
             raise AutopipeError("give --workdir (a run) or --structure with --run")
         c = c if center is None else center
-        if c is None:
+        if c is None and frame is not None:
             raise AutopipeError("the frame has no per-atom gamma and no carved sub-cell: give --center")
         e = cfg.embedding
         widths = ([float(x) for x in buffers.split(",") if x.strip()] if buffers
                   else [round(k * e.buffer, 3) for k in (0.5, 1, 1.5, 2, 3)])
+        if instrument:
+            from autopipe.analysis.carve_scan import Frame
+            from autopipe.carving.budget import DEFAULT_MAX_ERROR_RATIO
+
+            own = [] if frame is None else [Frame(f"s{sid}" if sid is not None else Path(structure).stem, frame, c)]
+            _carve_instrument(cfg, own + extra, base, workdir, widths, chosen, rules,
+                              DEFAULT_MAX_ERROR_RATIO if max_error_ratio is None else max_error_ratio, out)
+            return
         scratch = base / "buffer-scan"
         typer.echo(f"frame {sid if sid is not None else structure}: {len(frame)} atoms, centre atom {c}, "
                    f"buffers {widths} Å, labeller {cfg.dft.code}")
@@ -309,6 +345,112 @@ def buffer_scan(
         typer.echo(f"plot written to {plot_scan(scan, out or base / 'buffer-scan.png')}")
     except (AutopipeError, FileNotFoundError, ValueError) as exc:
         _fail(exc, debug)
+
+
+def _choices(text: Optional[str], option: str, allowed, default) -> list[str]:
+    """The comma-separated names of ``option``, each one of ``allowed`` (none given: ``default``)."""
+    names = list(dict.fromkeys(x.strip() for x in (text or "").split(",") if x.strip()))
+    for name in names:
+        if name not in allowed:
+            raise AutopipeError(f"{option}: unknown {name!r} (one of {', '.join(allowed)})")
+    return names or list(default)
+
+
+def _file_frames(frames: str, centres: Optional[str]) -> list:
+    """``--frames`` files as carve-scan frames, centred on ``--centres`` or each file's largest gamma."""
+    from ase.io import read
+
+    from autopipe.analysis.buffer_scan import default_center
+    from autopipe.analysis.carve_scan import Frame
+
+    paths = [Path(x.strip()) for x in frames.split(",") if x.strip()]
+    given = [int(x) for x in centres.split(",") if x.strip()] if centres else None
+    if given is not None and len(given) != len(paths):
+        raise AutopipeError(f"--centres: {len(given)} centre(s) for {len(paths)} frame(s) in --frames")
+    out = []
+    for k, path in enumerate(paths):
+        atoms = read(path)
+        c = given[k] if given is not None else default_center(atoms)
+        if c is None:
+            raise AutopipeError(f"{path}: no per-atom gamma array to pick the centre atom: give --centres")
+        if not 0 <= c < len(atoms):
+            raise AutopipeError(f"{path}: centre atom {c} is not one of its {len(atoms)} atoms (--centres)")
+        out.append(Frame(path.stem, atoms, int(c)))
+    return out
+
+
+def _newest_potential(workdir: Optional[Path]):
+    """The run's newest intact potential (read-only), or None (no run, nothing published)."""
+    if workdir is None:
+        return None
+    from autopipe.layout import RunLayout
+    from autopipe.potentials import PotentialStore
+
+    root = RunLayout(workdir).potentials
+    return PotentialStore(_database_for(workdir), root).latest() if root.is_dir() else None
+
+
+def _carve_instrument(cfg, frames, base: Path, workdir: Optional[Path], widths, strategies, rules,
+                      max_error_ratio: float, out: Optional[Path]) -> None:
+    """``buffer-scan --strategies/--kpoints/--frames``: scan, print the table, the pooled measurements and the
+    budget's choice; write ``<base>/carve-scan/table.md`` and the plot. Whole-frame labels are cached."""
+    import numpy as np
+
+    from autopipe.analysis.carve_scan import (
+        cached_whole_label, format_table, measurements, plot_points, scan_carves, whole_frame_key,
+    )
+    from autopipe.carving.budget import choose
+    from autopipe.carving.reference import reference_lattice
+    from autopipe.dft import label
+    from autopipe.potentials.uncertainty import evaluate
+
+    scratch, e = base / "carve-scan", cfg.embedding
+    settings = cfg.dft.model_dump(mode="json")
+    pot = _newest_potential(workdir)
+    lattice = reference_lattice(cfg)
+    typer.echo(f"{len(frames)} frame(s), strategies {', '.join(strategies)}, buffers {widths} Å, k rules "
+               f"{', '.join(rules)}, labeller {cfg.dft.code}, potential "
+               + (f"v{pot.version}" if pot else "none published (no potential error, no budget)")
+               + ("" if lattice is not None or "commensurate" not in strategies
+                  else "; no reference lattice: commensurate cells are refused"))
+    names = {id(f.atoms): f.name for f in frames}
+    calls = iter(range(1, 1_000_000))
+
+    def label_cell(atoms):
+        return label(atoms, cfg.dft, workdir=scratch / f"cell-{next(calls)}-{len(atoms)}-atoms")
+
+    def whole(atoms):
+        key = whole_frame_key(atoms, settings)
+        cached = (scratch / "cache" / f"{key}.json").exists()
+        forces, seconds, status = cached_whole_label(
+            atoms, settings, scratch / "cache", lambda a: label(a, cfg.dft, workdir=scratch / f"whole-{key}"))
+        typer.echo(f"  whole frame {names.get(id(atoms), '?')}: {len(atoms)} atoms, "
+                   + (f"cached ({seconds:.1f} s of DFT)" if cached else f"{status} in {seconds:.1f} s"))
+        return forces, seconds, status
+
+    def progress(p) -> None:
+        typer.echo(f"  {p.frame} {p.strategy}, buffer {p.buffer:g} Å, k {p.kpoints} ({p.mesh}): {p.n_atoms} atoms "
+                   f"labelled: {p.status} in {p.dft_seconds:.1f} s")
+
+    kpt = {k: getattr(cfg.dft, k) for k in ("kspacing", "gamma_only_length") if hasattr(cfg.dft, k)}
+    points = scan_carves(frames, core_radius=e.core_radius, strategies=strategies, buffers=widths,
+                         kpoint_rules=rules, label_fn=label_cell, whole_label=whole,
+                         potential_forces=(lambda a: np.asarray(evaluate(a, pot)["forces"])) if pot else None,
+                         lattice=lattice, min_distance=e.min_distance, progress=progress, **kpt)
+    table = format_table(points)
+    typer.echo(table)
+    measured = measurements(points)
+    typer.echo(f"measured (core atoms pooled over {len(frames)} frame(s)):")
+    for m in measured:
+        typer.echo(f"  {m.name}: core rms {1000 * m.core_rms:.0f} meV/Å, potential {1000 * m.potential_rms:.0f} "
+                   f"meV/Å (ratio {m.ratio:.2f}), {m.cost:.1f} s per cell ({m.n_atoms} atoms), "
+                   f"{m.frame_cost:.1f} s per whole frame")
+    typer.echo("budget: " + (choose(measured, max_error_ratio).reason if pot is not None else
+                             "not chosen: no published potential whose error the carves could be weighed against"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "table.md").write_text(table + "\n")
+    typer.echo(f"table written to {scratch / 'table.md'}")
+    typer.echo(f"plot written to {plot_points(points, out or scratch / 'scan.png')}")
 
 
 def main() -> None:
