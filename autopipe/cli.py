@@ -57,14 +57,16 @@ def plan_text(site_cfg, run_cfg) -> str:
         f"steps, up to {run_cfg.otf.max_extractions} sub-cell(s) per trigger",
         "  embedding      : "
         + ("whole trigger frames (no carving)" if run_cfg.embedding.whole_frame == "always" else
-           f"core {run_cfg.embedding.core_radius:g} Å + buffer {run_cfg.embedding.buffer:g} Å "
-           f"-> box {2 * (run_cfg.embedding.core_radius + run_cfg.embedding.buffer):g} Å"),
+           f"{run_cfg.embedding.strategy}: core {run_cfg.embedding.core_radius:g} Å + buffer "
+           f"{run_cfg.embedding.buffer:g} Å (half-width {run_cfg.embedding.core_radius + run_cfg.embedding.buffer:g} Å)"
+           + (f", k-points {run_cfg.embedding.kpoints}" if run_cfg.dft.code == "espresso" else "")),
         f"  dft            : {run_cfg.dft.code}",
         f"  training       : retrain after {run_cfg.train.min_new_labels} new labels, "
         f"{run_cfg.train.max_iterations} iterations, backend {run_cfg.train.backend}",
         f"  stop           : {run_cfg.stop.max_md_steps} MD steps per walker"
         + (f", {run_cfg.stop.converged_segments} quiet segments" if run_cfg.stop.converged_segments else "")
         + (f", {run_cfg.stop.max_dft_calls} DFT calls" if run_cfg.stop.max_dft_calls else "")
+        + (f", {run_cfg.stop.max_dft_seconds:g} s of DFT" if run_cfg.stop.max_dft_seconds else "")
         + (f", {run_cfg.stop.max_trainings} trainings" if run_cfg.stop.max_trainings else "")
         + (f", {run_cfg.stop.max_walltime:g} s" if run_cfg.stop.max_walltime else ""),
         "  executors      : "
