@@ -297,7 +297,7 @@ def buffer_scan(
             from autopipe.carving.strategies import STRATEGIES
 
             chosen = _choices(strategies, "--strategies", STRATEGIES, ("cube",))
-            rules = _choices(kpoints, "--kpoints", ("density", "fold"), ("density",))
+            rules = _choices(kpoints, "--kpoints", ("density", "fold"), None)
             extra = _file_frames(frames, centres) if frames else []
         if workdir is not None:
             cfg = RunConfig.model_validate_json((workdir / "run.resolved.json").read_text())
@@ -324,11 +324,11 @@ def buffer_scan(
                   else [round(k * e.buffer, 3) for k in (0.5, 1, 1.5, 2, 3)])
         if instrument:
             from autopipe.analysis.carve_scan import Frame
-            from autopipe.carving.budget import DEFAULT_MAX_ERROR_RATIO
 
             own = [] if frame is None else [Frame(f"s{sid}" if sid is not None else Path(structure).stem, frame, c)]
-            _carve_instrument(cfg, own + extra, base, workdir, widths, chosen, rules,
-                              DEFAULT_MAX_ERROR_RATIO if max_error_ratio is None else max_error_ratio, out)
+            # Defaults from the run's own carving settings: the scan judges what the run would do.
+            _carve_instrument(cfg, own + extra, base, workdir, widths, chosen, rules or (e.kpoints,),
+                              e.max_error_ratio if max_error_ratio is None else max_error_ratio, out)
             return
         scratch = base / "buffer-scan"
         typer.echo(f"frame {sid if sid is not None else structure}: {len(frame)} atoms, centre atom {c}, "
@@ -350,12 +350,12 @@ def buffer_scan(
 
 
 def _choices(text: Optional[str], option: str, allowed, default) -> list[str]:
-    """The comma-separated names of ``option``, each one of ``allowed`` (none given: ``default``)."""
+    """The comma-separated names of ``option``, each one of ``allowed`` (none given: ``default``, or empty)."""
     names = list(dict.fromkeys(x.strip() for x in (text or "").split(",") if x.strip()))
     for name in names:
         if name not in allowed:
             raise AutopipeError(f"{option}: unknown {name!r} (one of {', '.join(allowed)})")
-    return names or list(default)
+    return names or list(default or ())
 
 
 def _file_frames(frames: str, centres: Optional[str]) -> list:
@@ -447,7 +447,8 @@ def _carve_instrument(cfg, frames, base: Path, workdir: Optional[Path], widths, 
         typer.echo(f"  {m.name}: core rms {1000 * m.core_rms:.0f} meV/Å, potential {1000 * m.potential_rms:.0f} "
                    f"meV/Å (ratio {m.ratio:.2f}), {m.cost:.1f} s per cell ({m.n_atoms} atoms), "
                    f"{m.frame_cost:.1f} s per whole frame")
-    typer.echo("budget: " + (choose(measured, max_error_ratio).reason if pot is not None else
+    bound = cfg.embedding.max_core_force_error
+    typer.echo("budget: " + (choose(measured, max_error_ratio, bound).reason if pot is not None else
                              "not chosen: no published potential whose error the carves could be weighed against"))
     scratch.mkdir(parents=True, exist_ok=True)
     (scratch / "table.md").write_text(table + "\n")
