@@ -52,9 +52,9 @@ def test_one_iteration_with_pwx_labels_an_embedded_cell_and_publishes_a_new_vers
     # carved from, same parameters (both at the Gamma point; 50-70 s of pw.x CPU time).
     # Measured with the 10 Å cube on two trigger frames: errors 0.15-0.72 eV/Å on the 5 core atoms
     # (|F| 0.6-1.8 eV/Å), RMS 0.37 and 0.41 of the RMS force: the cube's seams are close and pw.x is
-    # not short-ranged. A wrong atom map
-    # would give about 1.4 times the RMS force (uncorrelated forces), a lost sign 2, no forces 1; the
-    # bounds leave room for another trigger frame and can tighten once carving follows the lattice.
+    # not short-ranged. A wrong atom map would give about 1.4 times the RMS force (uncorrelated
+    # forces), a lost sign 2, no forces 1; the bounds leave room for other trigger frames and can
+    # tighten once carving follows the lattice.
     whole = dft_label(parent, load_run(ROOT / "configs/runs/si-pwx.yaml").dft, workdir=tmp_path / "whole")
     assert whole.status == "done", whole.error
     reference = whole.forces[core_in_parent]
