@@ -33,7 +33,8 @@ def short_run(tmp_path: Path, **overrides) -> Path:
         "md": {"ensemble": "nve", "initial_temperature": 2500.0, "segment_steps": 100, "dimension": 2,
                "dump_every": 10, "thermo_every": 10, "seed": 11},
         "otf": {"uncertainty_threshold": 3.0, "check_frequency": 5, "max_extractions": 2},
-        "embedding": {"core_radius": 3.0, "buffer": 5.0, "min_distance": 1.0},
+        # A 16 Å box holds ~80 % of this 48-atom layer: carved anyway, since these tests are about carving.
+        "embedding": {"core_radius": 3.0, "buffer": 5.0, "min_distance": 1.0, "whole_frame_fraction": 0.95},
         "dft": {"code": "lj", "epsilon": 0.1, "sigma": 2.0, "cutoff": 5.0},
         "train": {"min_new_labels": 2, "cutoff": 5.0, "number_of_functions_per_element": 20,
                   "max_iterations": 25, "retrain_iterations": 10},
