@@ -43,13 +43,20 @@ def work_cannot_run(v: RunView, stop: StopConfig) -> str | None:
     return v.cannot_run
 
 
+def dft_budget_spent(v: RunView, stop: StopConfig) -> bool:
+    """The DFT budget (calls or seconds) is used up."""
+    return ((stop.max_dft_calls is not None and v.dft_calls >= stop.max_dft_calls)
+            or (stop.max_dft_seconds is not None and v.dft_seconds >= stop.max_dft_seconds))
+
+
 def dft_budget_used(v: RunView, stop: StopConfig) -> str | None:
-    # A fit already running on those labels may finish first: its potential is worth having.
-    if stop.max_dft_calls is not None and v.dft_calls >= stop.max_dft_calls and not v.busy("train"):
+    # The labels the budget bought are trained on first (a fit running or owed): the potential they
+    # make is what the budget was spent for.
+    if not dft_budget_spent(v, stop) or v.busy("train") or v.fit_owed:
+        return None
+    if stop.max_dft_calls is not None and v.dft_calls >= stop.max_dft_calls:
         return f"DFT budget of {stop.max_dft_calls} calls used"
-    if stop.max_dft_seconds is not None and v.dft_seconds >= stop.max_dft_seconds and not v.busy("train"):
-        return f"DFT budget of {stop.max_dft_seconds:g} s used ({v.dft_seconds:.0f} s of DFT wall time)"
-    return None
+    return f"DFT budget of {stop.max_dft_seconds:g} s used ({v.dft_seconds:.0f} s of DFT wall time)"
 
 
 def no_initial_potential(v: RunView, stop: StopConfig) -> str | None:

@@ -43,6 +43,10 @@ def training_due(v: RunView, train: TrainConfig, stop: StopConfig) -> str | None
         return None
     if v.new_labels >= train.min_new_labels:
         return f"{v.new_labels} new label(s)"
+    from autopipe.steer.stopping import dft_budget_spent
+
+    if v.new_labels and dft_budget_spent(v, stop) and not v.busy("dft"):
+        return f"the DFT budget is spent: training on the {v.new_labels} label(s) it bought"
     if v.new_labels and v.all_waiting and not v.busy("dft", "embed"):
         return f"every walker waits and no more labels are coming: training on {v.new_labels}"
     return None

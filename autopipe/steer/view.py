@@ -51,6 +51,7 @@ class RunView:
     tasks: dict[tuple[str, str], int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
     new_labels: int = 0
+    fit_owed: bool = False  # new labels exist and the run may still retrain on them
     dft_calls: int = 0
     dft_seconds: float = 0.0  # wall seconds of those labels (every attempt)
     train_failures: int = 0  # consecutive failed fits in this process
@@ -92,6 +93,8 @@ def read_view(ctx: Context) -> RunView:
     return RunView(
         elapsed=time.monotonic() - ctx.t0, newest_version=newest, retrains=max(n_versions - 1, 0), walkers=walkers,
         active=_active(tasks), tasks=tasks, labels=labels, new_labels=int(new_labels or 0),
+        fit_owed=bool(new_labels) and newest is not None and ctx.run.train.retrain and (
+            ctx.run.stop.max_trainings is None or max(n_versions - 1, 0) < ctx.run.stop.max_trainings),
         dft_calls=int(dft_calls or 0), dft_seconds=float(dft_seconds or 0.0), train_failures=ctx.train_failures,
         first_potential=None if newest is not None else ctx.first_potential,
         idle=ctx.dispatcher.idle() if ctx.dispatcher is not None else True, limit_problem=ctx.limit_problem,

@@ -53,6 +53,17 @@ def test_dft_seconds_budget():
     assert "DFT budget of 2700 s used (2800 s" in stopping.dft_budget_used(view(dft_seconds=2800.0), stop)
 
 
+def test_the_labels_a_spent_budget_bought_are_trained_on_before_the_stop():
+    stop = StopConfig(max_dft_seconds=1200)
+    spent = view(dft_seconds=2082.0, new_labels=1, fit_owed=True, walkers=(RUN,))
+    assert stopping.dft_budget_used(spent, stop) is None  # a fit is owed: not yet
+    train = TrainConfig(min_new_labels=4)
+    assert "DFT budget is spent: training on the 1 label" in training_due(spent, train, stop)
+    assert training_due(view(dft_seconds=2082.0, new_labels=1, active={"dft": 1}), train, stop) is None
+    assert training_due(view(dft_seconds=100.0, new_labels=1), train, stop) is None  # budget left: wait for 4
+    assert "DFT budget of 1200 s used" in stopping.dft_budget_used(view(dft_seconds=2082.0), stop)
+
+
 def test_no_initial_potential_only_when_it_is_impossible_and_nothing_runs():
     none = dict(newest_version=None, walkers=())
     stop = StopConfig()
