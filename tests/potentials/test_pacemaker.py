@@ -38,8 +38,12 @@ def test_render_input_puts_cutoff_in_bonds_and_has_backend(tmp_path):
     assert render_input(TrainConfig(test_size=0.2), ["Cu"], "d")["data"]["test_size"] == 0.2
     # Round trip through YAML (what pacemaker reads).
     assert yaml.safe_load(write_input(cfg, tmp_path / "input.yaml").read_text()) == cfg
+    # Lists of different lengths are refused when the run file is loaded; render_input keeps its own
+    # guard for a config built without validation.
+    with pytest.raises(ValueError, match="3 entries but ranks has 2"):
+        TrainConfig(ranks=[6, 4], lmax=[0, 3, 2])
     with pytest.raises(ValueError, match="same length"):
-        render_input(TrainConfig(ranks=[6, 4], lmax=[0, 3, 2]), ["Cu"], "d")
+        render_input(TrainConfig.model_construct(ranks=[6, 4], lmax=[0, 3, 2]), ["Cu"], "d")
 
 
 def test_the_yace_converter_writes_what_pace_yaml2yace_writes(lj_potential, tmp_path):
