@@ -15,8 +15,11 @@ by pw.x once and cached in ``benchmarks/carve_campaign/heldout/``. The table giv
 version, the pw.x seconds spent before it was published and its held-out force rms, so the
 pw.x time each arm needs to reach a given error can be read off.
 
-Resumable: run it again and each arm resumes where it stopped (a killed run loses nothing
-labelled); ``--budget S`` raises both arms' pw.x budget and continues them.
+Resumable on the machine that ran it: run it again and each arm resumes where it stopped (a
+killed run loses nothing labelled); ``--budget S`` raises both arms' pw.x budget and continues
+them. The repository keeps each arm's database, resolved run file and potentials (enough for
+``--score-only``), not the walkers' checkpoints (~200 MB): from a fresh clone, delete
+``runs/`` to run the arms again.
 
     .venv/bin/python benchmarks/carve_campaign.py [--budget 2700] [--fresh 2] [--score-only]
 """
