@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--centres", default="131,18,60,190", help="centre atoms (per frame, same list)")
     ap.add_argument("--core", type=float, default=2.6, help="core radius (Å)")
     ap.add_argument("--buffers", default="2.8", help="buffer widths (Å), comma-separated")
+    ap.add_argument("--min-distance", type=float, default=1.5,
+                    help="carving's min_distance (Å): the Si runs' 1.5 removes seam contacts below a bond")
     ap.add_argument("--strategies", default="cube,commensurate")
     ap.add_argument("--fold-centres", type=int, default=1, help="how many centres also get the folded k rule")
     ap.add_argument("--lattice-a", type=float, default=5.43, help="diamond lattice constant of the reference (Å)")
@@ -128,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         points += scan_carves([fr], core_radius=args.core, strategies=args.strategies.split(","),
                               buffers=[float(b) for b in args.buffers.split(",")], kpoint_rules=rules,
                               label_fn=label_fn, whole_label=whole, potential_forces=pot_forces, lattice=lattice,
-                              min_distance=0.5, kspacing=config.kspacing, gamma_only_length=config.gamma_only_length)
+                              min_distance=args.min_distance, kspacing=config.kspacing,
+                              gamma_only_length=config.gamma_only_length)
     table = format_table(points)
     m = measurements(points)
     pooled = "\n".join(f"- {x.name}: core rms {1000 * x.core_rms:.0f} meV/Å, potential {1000 * x.potential_rms:.0f} "

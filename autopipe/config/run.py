@@ -209,7 +209,7 @@ class EmbeddingConfig(StrictModel):
         default=None, min_length=1,
         description="Strategies the budget weighs; default: commensurate (with a reference lattice) and cube.")
     max_error_ratio: float = Field(
-        default=1.1, gt=0,
+        default=1.0, gt=0,
         description="Budget: a carve is used when its core rms force error against the whole frame is at most "
         "this times the current potential's error on the same atoms. Default from one equal-pw.x comparison "
         "(README, 'Carving for real DFT').")
