@@ -126,7 +126,6 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
     import numpy as np
 
     from autopipe.carving.lattice import ParentTooSmall
-    from autopipe.carving.strategies import apply_kpoint_rule, carve
     from autopipe.embedding import select_centers
 
     e = embedding_config
@@ -157,46 +156,48 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
         if chosen and np.min(frame.get_distances(c, chosen, mic=True)) < side:
             continue
         try:
-            sub, masked = carve(frame, c, strategy, e.core_radius, e.buffer, lattice=lattice,
-                                min_distance=e.min_distance)
-        except ParentTooSmall as exc:
+            sub, masked = _carve_cell(frame, c, strategy, e, lattice, kpoint_settings)
+        except (ParentTooSmall, _AsBigAsTheFrame) as exc:
             return whole(str(exc))
         except ValueError as exc:
             out.append(CarvedCell(center=int(c), gamma=float(gamma[c]), refused=str(exc)))
             refused += 1
             continue
-        if len(sub) >= e.whole_frame_fraction * len(frame):
-            # Atom counts, not volumes: a long thin parent's cube holds as many atoms as the parent.
-            return whole(f"a carved cell would hold {len(sub)} atoms, at least {e.whole_frame_fraction:g} of the "
-                         f"frame's {len(frame)}")
-        if kpoint_settings is not None:
-            apply_kpoint_rule(sub, frame, e.kpoints, *kpoint_settings)
         chosen.append(int(c))
-        out.append(CarvedCell(center=int(c), gamma=float(gamma[c]), atoms=sub, masked=[int(i) for i in masked]))
+        out.append(CarvedCell(center=int(c), gamma=float(gamma[c]), atoms=sub, masked=masked))
     return out
+
+
+class _AsBigAsTheFrame(ValueError):
+    """A carved cell holding at least ``embedding.whole_frame_fraction`` of the frame's atoms."""
+
+
+def _carve_cell(frame, center: int, strategy: str, e, lattice, kpoint_settings) -> tuple[Any, list[int]]:
+    """``(cell, masked)`` around ``center`` with ``strategy``, its k-point mesh set by the run's rule.
+    Raises ``ValueError`` when it cannot be carved, :class:`_AsBigAsTheFrame` when it is not worth it."""
+    from autopipe.carving.strategies import apply_kpoint_rule, carve
+
+    sub, masked = carve(frame, center, strategy, e.core_radius, e.buffer, lattice=lattice, min_distance=e.min_distance)
+    if len(sub) >= e.whole_frame_fraction * len(frame):
+        # Atom counts, not volumes: a long thin parent's cube holds as many atoms as the parent.
+        raise _AsBigAsTheFrame(f"a carved cell would hold {len(sub)} atoms, at least {e.whole_frame_fraction:g} "
+                               f"of the frame's {len(frame)}")
+    if kpoint_settings is not None:
+        apply_kpoint_rule(sub, frame, e.kpoints, *kpoint_settings)
+    return sub, [int(i) for i in masked]
 
 
 def _calibration_cells(frame, center: int, gamma, e, strategies, lattice, kpoint_settings) -> list[CarvedCell]:
     """One cell per strategy around ``center``, for the carving budget's measurement (a strategy
-    that cannot carve here is recorded as refused)."""
-    from autopipe.carving.strategies import apply_kpoint_rule, carve
-
+    that cannot carve here, or whose cell is as big as the frame, is recorded as refused)."""
     out = []
     for name in strategies:
         try:
-            sub, masked = carve(frame, center, name, e.core_radius, e.buffer, lattice=lattice, min_distance=e.min_distance)
+            sub, masked = _carve_cell(frame, center, name, e, lattice, kpoint_settings)
         except ValueError as exc:
             out.append(CarvedCell(center=center, gamma=float(gamma[center]), refused=f"{name}: {exc}", calibration=True))
             continue
-        if len(sub) >= e.whole_frame_fraction * len(frame):  # never cheaper than the frame: not worth measuring
-            out.append(CarvedCell(center=center, gamma=float(gamma[center]), calibration=True,
-                                  refused=f"{name}: its cell would hold {len(sub)} atoms, at least "
-                                          f"{e.whole_frame_fraction:g} of the frame's {len(frame)}"))
-            continue
-        if kpoint_settings is not None:
-            apply_kpoint_rule(sub, frame, e.kpoints, *kpoint_settings)
-        out.append(CarvedCell(center=center, gamma=float(gamma[center]), atoms=sub, masked=[int(i) for i in masked],
-                              calibration=True))
+        out.append(CarvedCell(center=center, gamma=float(gamma[center]), atoms=sub, masked=masked, calibration=True))
     return out
 
 
