@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -175,3 +176,65 @@ def test_refused_run_file_writes_nothing(tmp_path):
     assert out.exit_code == 2 and "train.lmax" in out.output
     assert not workdir.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]
+
+
+def _binary(structure: dict, elements=("Cu", "Au")) -> dict:
+    return _with(system={"elements": list(elements), "structure": {"kind": "bulk", "a": 3.75, **structure}},
+                 dft={"code": "emt"})
+
+
+def test_bulk_random_alloy_from_a_composition(tmp_path):
+    """composition: seeded random substitution of a one-element crystal's sites, exact counts."""
+    from autopipe.generate import template_atoms
+
+    data = _binary({"crystal": "fcc", "repeat": [2, 2, 2], "composition": {"Cu": 0.75, "Au": 0.25}, "seed": 3})
+    run = load_run(_run_file(tmp_path, data))
+    atoms = template_atoms(run.system)
+    symbols = atoms.get_chemical_symbols()
+    assert len(atoms) == 32 and symbols.count("Cu") == 24 and symbols.count("Au") == 8
+    assert template_atoms(run.system).get_chemical_symbols() == symbols  # seeded
+    data["system"]["structure"]["seed"] = 4
+    assert template_atoms(load_run(_run_file(tmp_path, data)).system).get_chemical_symbols() != symbols
+    # The sites stay the crystal's: only species change.
+    from ase.build import bulk
+
+    assert abs(atoms.positions - bulk("Cu", "fcc", a=3.75, cubic=True).repeat(2).positions).max() < 1e-12
+
+
+def test_bulk_compound_prototype(tmp_path):
+    from autopipe.generate import template_atoms
+
+    data = _binary({"crystal": "rocksalt", "elements": ["Mg", "O"], "a": 4.21, "repeat": [2, 2, 2]},
+                   elements=("Mg", "O"))
+    atoms = template_atoms(load_run(_run_file(tmp_path, data)).system)
+    assert atoms.get_chemical_symbols().count("Mg") == 32 and atoms.get_chemical_symbols().count("O") == 32
+    d = atoms.get_all_distances(mic=True)
+    mg = [i for i, s in enumerate(atoms.get_chemical_symbols()) if s == "Mg"]
+    assert abs(np.min(d[mg][:, [i for i in range(64) if i not in mg]]) - 4.21 / 2) < 1e-9  # Mg-O at a/2
+
+
+@pytest.mark.parametrize("structure, elements, key, words", [
+    ({"crystal": "fcc", "composition": {"Cu": 0.75, "Ag": 0.25}}, ("Cu", "Au"), "system.structure.composition", "Ag"),
+    ({"crystal": "fcc", "composition": {"Cu": 0.75, "Au": 0.5}}, ("Cu", "Au"), "system.structure.composition", "sum"),
+    ({"crystal": "fcc", "composition": {"Cu": 1.0, "Au": 0.0}}, ("Cu", "Au"), "system.structure.composition", "Au"),
+    ({"crystal": "fcc", "element": "Cu", "composition": {"Cu": 0.5, "Au": 0.5}}, ("Cu", "Au"),
+     "system.structure.composition", "one of"),
+    ({"crystal": "rocksalt", "element": "Mg"}, ("Mg", "O"), "system.structure.elements", "rocksalt"),
+    ({"crystal": "rocksalt", "elements": ["Mg", "O", "Mg"]}, ("Mg", "O"), "system.structure.elements", "two"),
+    ({"crystal": "rocksalt", "elements": ["Mg", "S"]}, ("Mg", "O"), "system.structure.elements", "S"),
+    ({"crystal": "fcc", "elements": ["Cu", "Au"]}, ("Cu", "Au"), "system.structure.elements", "composition"),
+    ({"crystal": "fcc"}, ("Cu", "Au"), "system.structure.element", "composition"),
+    ({"crystal": "fcc", "repeat": [1, 1, 1], "composition": {"Cu": 0.9, "Au": 0.1}}, ("Cu", "Au"),
+     "system.structure.composition", "no Au"),
+])
+def test_bad_multi_element_bulk_is_one_line(tmp_path, structure, elements, key, words):
+    text = _one_line_error(_run_file(tmp_path, _binary(structure, elements)))
+    assert f"{key}: " in text and words in text, text
+
+
+def test_generated_template_structure_is_checked_too(tmp_path):
+    data = _binary({"crystal": "fcc", "composition": {"Cu": 0.5, "Au": 0.5}})
+    data["initial_potential"] = {"kind": "generate", "structure": {"kind": "bulk", "crystal": "fcc", "a": 3.7,
+                                                                   "composition": {"Cu": 0.5, "Ni": 0.5}}}
+    text = _one_line_error(_run_file(tmp_path, data))
+    assert "initial_potential.structure.composition: " in text and "Ni" in text

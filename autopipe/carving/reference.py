@@ -25,13 +25,18 @@ def reference_lattice(run: RunConfig) -> ReferenceLattice | None:
         return ReferenceLattice.from_atoms(bulk(element, spec.crystal, a=spec.a, cubic=spec.cubic, **kwargs))
     src = run.system.structure
     if src.kind == "bulk":
-        return ReferenceLattice.from_atoms(bulk(_bulk_element(run), src.crystal, a=src.a, cubic=src.cubic))
+        from autopipe.generate import bulk_unit_cell
+
+        # An alloy's sites are its crystal's: carving reads species from the frame, not the lattice.
+        return ReferenceLattice.from_atoms(bulk_unit_cell(src, run.system.elements))
     return None
 
 
 def _bulk_element(run: RunConfig) -> str:
+    from autopipe.generate import bulk_formula
+
     src = run.system.structure
-    return getattr(src, "element", None) or run.system.elements[0]
+    return bulk_formula(src, run.system.elements) if src.kind == "bulk" else run.system.elements[0]
 
 
 def starting_cell(run: RunConfig):
@@ -40,10 +45,9 @@ def starting_cell(run: RunConfig):
 
     src = run.system.structure
     if src.kind == "bulk":
-        from ase.build import bulk
+        from autopipe.generate import bulk_unit_cell
 
-        unit = bulk(_bulk_element(run), src.crystal, a=src.a, cubic=src.cubic)
-        return unit.repeat(src.repeat)
+        return bulk_unit_cell(src, run.system.elements).repeat(src.repeat)
     if src.kind == "file":
         from ase.io import read
 

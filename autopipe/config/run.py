@@ -36,22 +36,40 @@ class FileStructure(StrictModel):
     _resolve = field_validator("path")(classmethod(_relative_to_file))
 
 
+#: Crystals of ase.build.bulk with one species, and compound prototypes with their number of species.
+ONE_ELEMENT_CRYSTALS = ("fcc", "bcc", "sc", "hcp", "diamond")
+PROTOTYPES = {"rocksalt": 2, "zincblende": 2, "cesiumchloride": 2, "wurtzite": 2, "fluorite": 2}
+
+
 class BulkStructure(StrictModel):
-    """A crystal from ase.build.bulk, repeated and optionally rattled."""
+    """A crystal from ase.build.bulk, repeated and optionally rattled: one element, a random alloy of
+    several on its sites (``composition``), or a compound prototype (``elements``)."""
 
     kind: Literal["bulk"]
-    crystal: Literal["fcc", "bcc", "sc", "hcp", "diamond"] = Field(description="Lattice type.")
+    crystal: Literal["fcc", "bcc", "sc", "hcp", "diamond", "rocksalt", "zincblende", "cesiumchloride", "wurtzite",
+                     "fluorite"] = Field(description="Lattice type; the last five are two-element prototypes.")
     element: str | None = Field(
         default=None,
-        description="Element of the crystal (one of system.elements); required when system.elements has more "
-        "than one, default: the only one.",
+        description="Element of a one-element crystal (one of system.elements); required when system.elements has "
+        "more than one and neither composition nor elements is given, default: the only one.",
+    )
+    elements: list[str] | None = Field(
+        default=None,
+        description="Species of a prototype in its site order (rocksalt, zincblende, wurtzite, cesiumchloride: "
+        "[cation, anion], e.g. [Mg, O]; fluorite: [Ca, F] for CaF2).",
+    )
+    composition: dict[str, float] | None = Field(
+        default=None,
+        description="Random alloy: element -> fraction of the repeated one-element crystal's sites (fractions sum "
+        "to 1; counts rounded to whole atoms), substituted at random with seed.",
     )
     a: float = Field(gt=0, description="Lattice constant (Å).")
     repeat: tuple[int, int, int] = Field(default=(1, 1, 1), description="Supercell repetitions.")
     cubic: bool = Field(default=True, description="Use the conventional cubic cell.")
     rattle: float = Field(default=0.0, ge=0, description="Gaussian displacement std (Å).")
     vacancies: int = Field(default=0, ge=0, description="Atoms removed at random from the repeated crystal (point defects).")
-    seed: int = Field(default=0, description="Random seed of the rattle and of the vacancy sites.")
+    seed: int = Field(default=0, description="Random seed of the rattle, of the vacancy sites and of the alloy's "
+                      "species.")
 
 
 class Liquid2DStructure(StrictModel):
@@ -508,14 +526,10 @@ class RunConfig(StrictModel):
                 extra = [e for e in getattr(self.dft, key) if e not in elements]
                 if extra:
                     raise KeyProblem(f"dft.{key}", f"{', '.join(extra)} is not one of system.elements ({known})")
-        src = self.system.structure
-        if isinstance(src, BulkStructure):
-            # ase.build.bulk makes a one-element crystal: which one must not be a silent guess.
-            if src.element is None and len(elements) > 1:
-                raise KeyProblem("system.structure.element", f"required: system.elements has {len(elements)} "
-                                                             f"elements ({known}); name the crystal's")
-            if src.element is not None and src.element not in elements:
-                raise KeyProblem("system.structure.element", f"{src.element} is not one of system.elements ({known})")
+        for key, src in (("system.structure", self.system.structure),
+                         ("initial_potential.structure", getattr(self.initial_potential, "structure", None))):
+            if isinstance(src, BulkStructure):
+                _check_bulk(key, src, elements)
 
     def database_url(self) -> str:
         """The SQLAlchemy URL of this run's database."""
@@ -523,6 +537,49 @@ class RunConfig(StrictModel):
 
         return self.database or f"sqlite:///{RunLayout(self.workdir).database_file.resolve()}"
 
+
+
+def _check_bulk(key: str, src: BulkStructure, elements: list[str]) -> None:
+    """A bulk crystal names which of the run's elements it holds, in a form ase.build.bulk builds.
+    Raises :class:`KeyProblem` naming ``key``'s sub-key."""
+    from autopipe.generate import alloy_counts, bulk_unit_cell
+
+    known = ", ".join(elements)
+    given = [k for k in ("element", "elements", "composition") if getattr(src, k) is not None]
+    if len(given) > 1:
+        raise KeyProblem(f"{key}.{given[-1]}", f"give one of element, elements or composition, not {' and '.join(given)}")
+    n_species = PROTOTYPES.get(src.crystal)
+    if n_species is not None:
+        if src.elements is None or len(src.elements) != n_species:
+            raise KeyProblem(f"{key}.elements", f"{src.crystal} is a prototype of two species: give elements, two "
+                                                "symbols in site order (e.g. [Mg, O])")
+    elif src.elements is not None:
+        raise KeyProblem(f"{key}.elements", f"{src.crystal} has one species: give element, or composition for a "
+                                            "random alloy")
+    if src.composition is not None:
+        empty = [e for e, f in src.composition.items() if not f > 0]
+        if empty:
+            raise KeyProblem(f"{key}.composition", f"{', '.join(empty)} has no positive fraction: leave it out")
+        total = sum(src.composition.values())
+        if abs(total - 1.0) > 1e-6:
+            raise KeyProblem(f"{key}.composition", f"the fractions sum to {total:g}, not 1")
+    species = list(src.elements or src.composition or ([src.element] if src.element else []))
+    extra = [e for e in species if e not in elements]
+    if extra:
+        raise KeyProblem(f"{key}.{given[0]}", f"{', '.join(extra)} is not one of system.elements ({known})")
+    if not species and len(elements) > 1:
+        # ase.build.bulk makes a one-element crystal: which one must not be a silent guess.
+        raise KeyProblem(f"{key}.element", f"required: system.elements has {len(elements)} elements ({known}); "
+                                           "name the crystal's, or give composition (a random alloy)")
+    try:
+        unit = bulk_unit_cell(src, elements)
+    except Exception as exc:  # ASE refuses combinations (a cubic wurtzite, ...) with its own exceptions
+        raise KeyProblem(f"{key}.crystal", f"ase.build.bulk cannot build it: {' '.join(str(exc).split())}") from None
+    if src.composition is not None:
+        try:
+            alloy_counts(src.composition, len(unit) * src.repeat[0] * src.repeat[1] * src.repeat[2])
+        except ValueError as exc:
+            raise KeyProblem(f"{key}.composition", str(exc)) from None
 
 
 def load_resolved_run(workdir: Path | str) -> RunConfig:

@@ -356,6 +356,11 @@ def read_training_data(
         forces_list.append(forces)
         e_list.append(e)
         c_list.append(c)
+    absent = [e for e in elements if not any(e in a.symbols for a in atoms_list)]
+    if absent:
+        # pacemaker would fit that element's embedding and reference on no data at all.
+        raise _bad(path, f"has no {', '.join(absent)} atom in any row, so the potential cannot learn it "
+                         f"(run elements: {', '.join(elements)})")
     has_e = all(e is not None for e in e_list)
     has_c = all(c is not None for c in c_list)
     configured = reference_energies if isinstance(reference_energies, Mapping) else None

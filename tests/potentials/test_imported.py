@@ -297,3 +297,15 @@ def test_retrain_on_imported_and_new_total_energy_labels_keeps_the_imported_ener
     assert abs(np.mean(after - before)) < 0.005, np.mean(after - before)
     assert rmse_after < max(1.5 * rmse_before, 0.005), (rmse_before, rmse_after)
     assert np.max(np.abs(after - before)) < 0.03
+
+
+def test_a_dataset_without_one_of_the_run_elements_is_refused_in_one_line(tmp_path):
+    """A two-element run whose training data hold no Ne: pacemaker would fit Ne's embedding on
+    nothing, so the file is refused at load time, naming the file and the missing element."""
+    frame = _user_frame(weights=False).drop(columns=["energy_corrected"])  # raw totals: no reference to derive
+    path = _write(frame, tmp_path / "d.pckl.gzip")
+    with pytest.raises(AutopipeError) as err:
+        read_training_data(path, ["Ar", "Ne"])
+    msg = str(err.value)
+    assert "\n" not in msg and str(path) in msg and "no Ne" in msg, msg
+    assert len(read_training_data(path, ["Ar"]).rows) == 4  # the same file in a one-element run is fine
