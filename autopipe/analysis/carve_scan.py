@@ -1,7 +1,8 @@
 """The carving instrument: strategies x buffers x k-point rules x frames against whole-frame labels.
 
 For each trigger frame and centre, every combination of carving strategy (``cube``,
-``commensurate``), buffer width and k-point rule (``density``, ``fold``) is carved and
+``commensurate``, and ``healed``: a cube whose seams the potential relaxed first,
+:mod:`autopipe.carving.heal`), buffer width and k-point rule (``density``, ``fold``) is carved and
 labelled; the core atoms' forces are compared with the whole frame's label, and with the
 current potential's forces on the same atoms. Whole-frame labels are the expensive part
 (a 215-atom Si frame: ~1,000 s of pw.x on 2 ranks), so they are cached by a hash of the
@@ -115,12 +116,22 @@ def scan_carves(
     kspacing: float = 0.6,
     gamma_only_length: float = 9.5,
     progress: Callable[[CarvePoint], None] | None = None,
+    heal_calc: Any = None,
+    heal_bounds: Any = None,
 ) -> list[CarvePoint]:
     """Carve, label and compare every (frame, strategy, buffer, k rule). Cells identical across k
     rules (the rule gave the same mesh) are labelled once. ``label_fn(atoms)`` returns a
     :class:`autopipe.dft.LabelResult`; ``whole_label(frame)`` gives (forces, seconds, status),
     cached (:func:`cached_whole_label`); ``potential_forces(frame)`` the current potential's
-    forces on the whole frame (eV/Å), for its error on the same core atoms."""
+    forces on the whole frame (eV/Å), for its error on the same core atoms.
+
+    Strategy ``healed`` (needs ``heal_calc``, an ASE calculator of the current potential, and
+    ``potential_forces``): the cube carve with its seam atoms relaxed under the force the carve
+    added (:func:`autopipe.carving.heal.heal_seams` with the potential's parent-frame forces as
+    target, within ``heal_bounds``, a :class:`~autopipe.carving.heal.HealBounds`); a cell the bounds
+    refuse is a ``refused`` point with the reason."""
+    if "healed" in strategies and (heal_calc is None or potential_forces is None):
+        raise ValueError("the healed strategy needs the potential: heal_calc and potential_forces")
     points: list[CarvePoint] = []
     for fr in frames:
         f_ref, frame_s, frame_status = whole_label(fr.atoms)
@@ -132,8 +143,14 @@ def scan_carves(
                     base = dict(frame=fr.name, center=fr.center, strategy=strategy, buffer=b, kpoints=rule,
                                 frame_seconds=frame_s)
                     try:
-                        sub, masked = carve(fr.atoms, fr.center, strategy, core_radius, b, lattice=lattice,
-                                            min_distance=min_distance)
+                        sub, masked = carve(fr.atoms, fr.center, "cube" if strategy == "healed" else strategy,
+                                            core_radius, b, lattice=lattice, min_distance=min_distance)
+                        if strategy == "healed":
+                            from autopipe.carving.heal import HealBounds, heal_seams
+
+                            target = np.asarray(f_pot)[np.asarray(sub.arrays["parent_index"])]
+                            sub, _ = heal_seams(sub, masked, heal_calc, heal_bounds or HealBounds(),
+                                                target_forces=target)
                     except ParentTooSmall as exc:
                         points.append(CarvePoint(**base, mesh="-", n_atoms=len(fr.atoms), n_core=0,
                                                  status="not carved", dft_seconds=0.0, core_max=None, core_rms=None,
@@ -143,6 +160,11 @@ def scan_carves(
                         points.append(CarvePoint(**base, mesh="-", n_atoms=0, n_core=0, status="refused",
                                                  dft_seconds=0.0, core_max=None, core_rms=None, potential_rms=None,
                                                  note=str(exc).splitlines()[0]))
+                        continue
+                    if len(sub) >= len(fr.atoms):  # as big as the parent (a whole period of it): no saving
+                        points.append(CarvePoint(**base, mesh="-", n_atoms=len(sub), n_core=0, status="not carved",
+                                                 dft_seconds=0.0, core_max=None, core_rms=None, potential_rms=None,
+                                                 note="the cell holds as many atoms as the parent: label the whole frame"))
                         continue
                     choice = apply_kpoint_rule(sub, fr.atoms, rule, kspacing, gamma_only_length)
                     mesh = "gamma" if choice.mesh is None else "x".join(map(str, choice.mesh))

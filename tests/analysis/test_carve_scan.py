@@ -78,3 +78,59 @@ def test_parent_too_small_is_recorded_not_raised(tmp_path) -> None:
                          whole_label=lambda a: cached_whole_label(a, {"code": "emt"}, tmp_path, lambda x: label(x, {"code": "emt"})),
                          lattice=lattice)
     assert points[0].status == "not carved" and "whole frame" in points[0].note
+
+
+def test_healed_strategy_and_a_cell_as_big_as_the_parent(tmp_path) -> None:
+    """``healed``: the cube with its seams relaxed by the potential is labelled as its own strategy (its
+    cell differs from the cube's, its core does not); it needs the potential. A commensurate cell with
+    as many atoms as the parent is not carved (no saving) and costs no label."""
+    import pytest
+
+    lattice = ReferenceLattice.from_atoms(bulk("Cu", "fcc", a=3.61, cubic=True))
+    dft = {"code": "emt"}
+    cells = []
+
+    def label_fn(atoms):
+        cells.append(atoms.copy())
+        return label(atoms, dft)
+
+    def whole(atoms):
+        return cached_whole_label(atoms, dft, tmp_path / "cache", lambda a: label(a, dft))
+
+    def potential(atoms):
+        a = atoms.copy()
+        a.calc = EMT()
+        return a.get_forces()
+
+    from autopipe.carving.heal import HealBounds
+
+    frame = Frame("cu", bulk("Cu", "fcc", a=3.61, cubic=True).repeat((5, 5, 5)), 0)
+    frame.atoms.positions += np.random.default_rng(0).normal(0, 0.05, frame.atoms.positions.shape)
+    # The bounds of tests/carving/test_heal.py, where healing is measured to halve the seam's artefact force.
+    bounds = HealBounds(fixed_shell=1.0, seam_width=1.5, steps=40, max_displacement=1.0, min_distance=1.0)
+    points = scan_carves([frame], core_radius=2.6, strategies=["cube", "healed"], buffers=[2.2],
+                         kpoint_rules=["density"], label_fn=label_fn, whole_label=whole, potential_forces=potential,
+                         lattice=lattice, min_distance=1.5, heal_calc=EMT(), heal_bounds=bounds)
+    by = {p.strategy: p for p in points}
+    assert by["cube"].status == by["healed"].status == "done"
+    cube, healed = cells
+    assert healed.info["embedding_strategy"] == "healed" and healed.info["embedding_healed"]["moved"] > 0
+    assert np.abs(healed.positions - cube.positions).max() > 1e-3  # the seams moved
+    core = [i for i, d in enumerate(cube.get_distances(0, range(len(cube)), mic=True)) if d <= 2.6]
+    assert np.allclose(healed.positions[core], cube.positions[core])  # the core did not
+    # A cell the bounds refuse is a point with the reason, not an exception and not a label.
+    n = len(cells)
+    [refused] = scan_carves([frame], core_radius=2.6, strategies=["healed"], buffers=[2.2], kpoint_rules=["density"],
+                            label_fn=label_fn, whole_label=whole, potential_forces=potential, lattice=lattice,
+                            min_distance=1.5, heal_calc=EMT(), heal_bounds=HealBounds(steps=40, max_displacement=0.01))
+    assert refused.status == "refused" and "seam healing moved an atom" in refused.note and len(cells) == n
+    with pytest.raises(ValueError, match="healed strategy needs the potential"):
+        scan_carves([frame], core_radius=2.6, strategies=["healed"], buffers=[2.2], kpoint_rules=["density"],
+                    label_fn=label_fn, whole_label=whole, lattice=lattice)
+
+    parent = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((3, 3, 3))
+    cells.clear()
+    [point] = scan_carves([Frame("p3", parent, 0)], core_radius=2.6, strategies=["commensurate"], buffers=[2.8],
+                          kpoint_rules=["density"], label_fn=label_fn, whole_label=whole, lattice=lattice)
+    assert point.status == "not carved" and point.n_atoms == len(parent) and "whole frame" in point.note
+    assert cells == []
