@@ -65,8 +65,15 @@ class CarvePoint:
     note: str = ""
 
 
+#: DFT settings that decide how a label is run, not what it gives: left out of the cache key, so a
+#: benchmark with a longer timeout finds the labels another one paid for.
+_NOT_IN_KEY = frozenset({"timeout", "max_attempts"})
+
+
 def whole_frame_key(atoms: Atoms, settings: dict[str, Any]) -> str:
-    """Hash of what determines a whole-frame label: positions (to 1e-6 Å), cell, species, settings."""
+    """Hash of what determines a whole-frame label: positions (to 1e-6 Å), cell, species, and the
+    settings that change the result (not ``timeout`` or ``max_attempts``)."""
+    settings = {k: v for k, v in settings.items() if k not in _NOT_IN_KEY}
     h = hashlib.sha256()
     h.update(np.round(np.asarray(atoms.positions, dtype=float), 6).tobytes())
     h.update(np.round(np.asarray(atoms.cell, dtype=float), 6).tobytes())

@@ -134,3 +134,15 @@ def test_healed_strategy_and_a_cell_as_big_as_the_parent(tmp_path) -> None:
                           kpoint_rules=["density"], label_fn=label_fn, whole_label=whole, lattice=lattice)
     assert point.status == "not carved" and point.n_atoms == len(parent) and "whole frame" in point.note
     assert cells == []
+
+
+def test_the_cache_key_ignores_how_a_label_is_run_not_what_it_gives() -> None:
+    from autopipe.analysis.carve_scan import whole_frame_key
+
+    atoms = _frame(1).atoms
+    base = {"code": "espresso", "ecutwfc": 12.0, "timeout": 900, "max_attempts": 2}
+    assert whole_frame_key(atoms, base) == whole_frame_key(atoms, {**base, "timeout": 3600, "max_attempts": 1})
+    assert whole_frame_key(atoms, base) != whole_frame_key(atoms, {**base, "ecutwfc": 20.0})
+    moved = atoms.copy()
+    moved.positions[0, 0] += 1e-4
+    assert whole_frame_key(atoms, base) != whole_frame_key(moved, base)
