@@ -25,7 +25,7 @@ def reference_lattice(run: RunConfig) -> ReferenceLattice | None:
         return ReferenceLattice.from_atoms(bulk(element, spec.crystal, a=spec.a, cubic=spec.cubic, **kwargs))
     src = run.system.structure
     if src.kind == "bulk":
-        from autopipe.generate import bulk_unit_cell
+        from autopipe.bulk import bulk_unit_cell
 
         # An alloy's sites are its crystal's: carving reads species from the frame, not the lattice.
         return ReferenceLattice.from_atoms(bulk_unit_cell(src, run.system.elements))
@@ -33,7 +33,7 @@ def reference_lattice(run: RunConfig) -> ReferenceLattice | None:
 
 
 def _bulk_element(run: RunConfig) -> str:
-    from autopipe.generate import bulk_formula
+    from autopipe.bulk import bulk_formula
 
     src = run.system.structure
     return bulk_formula(src, run.system.elements) if src.kind == "bulk" else run.system.elements[0]
@@ -45,7 +45,7 @@ def starting_cell(run: RunConfig):
 
     src = run.system.structure
     if src.kind == "bulk":
-        from autopipe.generate import bulk_unit_cell
+        from autopipe.bulk import bulk_unit_cell
 
         return bulk_unit_cell(src, run.system.elements).repeat(src.repeat)
     if src.kind == "file":

@@ -264,6 +264,18 @@ class EmbeddingConfig(StrictModel):
         "`autopipe buffer-scan`.",
     )
     min_distance: float = Field(default=0.5, ge=0, description="Remove masked atoms closer than this across the new boundary (Å).")
+    charge_policy: Literal["none", "neutralise", "spin", "refuse"] = Field(
+        default="none",
+        description="pw.x only: a carved cell with an odd valence-electron count (from the UPF files) or a formal "
+        "charge (from oxidation_states). 'neutralise': remove masked atoms farthest from the centre, none within "
+        "core_radius + buffer, until it is neutral and even (else refuse); 'spin': label it spin-polarised and "
+        "smeared; 'refuse': record the refusal; 'none': send it as carved (autopipe.carving.charge).",
+    )
+    oxidation_states: dict[str, float] = Field(
+        default_factory=dict,
+        description="Element -> formal charge (e) for the charge policy, e.g. {Mg: 2, O: -2}; neutralise needs every "
+        "element's.",
+    )
     whole_frame: Literal["if_smaller", "always"] = Field(
         default="if_smaller",
         description="Label the whole MD frame instead of carving: 'if_smaller' when the frame fits inside the "
@@ -521,6 +533,13 @@ class RunConfig(StrictModel):
             if missing or extra:
                 raise KeyProblem("train.reference_energies", (f"no energy for {', '.join(missing)}" if missing else
                                  f"{', '.join(extra)} is not one of system.elements") + f" (the run's elements: {known})")
+        extra = [e for e in self.embedding.oxidation_states if e not in elements]
+        if extra:
+            raise KeyProblem("embedding.oxidation_states", f"{', '.join(extra)} is not one of system.elements ({known})")
+        missing = [e for e in elements if e not in self.embedding.oxidation_states]
+        if self.embedding.charge_policy == "neutralise" and missing:
+            raise KeyProblem("embedding.oxidation_states", f"no oxidation state for {', '.join(missing)}: "
+                                                           "charge_policy neutralise needs one per element")
         if isinstance(self.dft, EspressoConfig):
             for key in ("pseudopotentials", "starting_magnetization"):
                 extra = [e for e in getattr(self.dft, key) if e not in elements]
@@ -542,7 +561,7 @@ class RunConfig(StrictModel):
 def _check_bulk(key: str, src: BulkStructure, elements: list[str]) -> None:
     """A bulk crystal names which of the run's elements it holds, in a form ase.build.bulk builds.
     Raises :class:`KeyProblem` naming ``key``'s sub-key."""
-    from autopipe.generate import alloy_counts, bulk_unit_cell
+    from autopipe.bulk import alloy_counts, bulk_unit_cell
 
     known = ", ".join(elements)
     given = [k for k in ("element", "elements", "composition") if getattr(src, k) is not None]
@@ -639,6 +658,14 @@ def check_run_files(cfg: RunConfig) -> None:
         if extra:
             raise KeyProblem(key, f"{src.path} holds {', '.join(extra)}, not in system.elements "
                                   f"({', '.join(cfg.system.elements)})")
+    if isinstance(cfg.dft, EspressoConfig) and cfg.embedding.charge_policy != "none":
+        from autopipe.carving.charge import ChargeRule
+        from autopipe.errors import AutopipeError
+
+        try:
+            ChargeRule.from_run(cfg)  # reads every element's valence, as each carve will
+        except AutopipeError as exc:
+            raise KeyProblem("dft.pseudopotentials", f"embedding.charge_policy needs valences: {exc}") from None
     if cfg.embedding.strategy == "commensurate" or (cfg.embedding.strategy == "budget" and (
             cfg.embedding.lattice is not None or isinstance(cfg.system.structure, BulkStructure))):
         _check_tiling(cfg)

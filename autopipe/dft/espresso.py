@@ -81,6 +81,19 @@ def input_data(config: EspressoConfig, pseudo_dir: Path, overrides: dict[str, An
     }
 
 
+def cell_config(config: EspressoConfig, atoms: Atoms) -> EspressoConfig:
+    """The run's pw.x settings for ``atoms``: a carved cell the charge policy marked
+    (``info["embedding_spin_polarized"]``, :mod:`autopipe.carving.charge`: an odd electron count or
+    a formal charge) is labelled spin-polarised, and smeared (``mv``, the run's ``degauss``) when the
+    run has fixed occupations, which a half-filled level cannot have. Other cells: ``config`` itself."""
+    if not atoms.info.get("embedding_spin_polarized") or (config.spin_polarized and config.smearing != "none"):
+        return config
+    update: dict[str, Any] = {"spin_polarized": True}
+    if config.smearing == "none":
+        update["smearing"] = "mv"
+    return config.model_copy(update=update)
+
+
 def starting_magnetization(symbols: list[str], config: EspressoConfig) -> dict[str, float]:
     """Element -> pw.x ``starting_magnetization`` (fraction of valence charge, -1..1).
 
@@ -288,6 +301,7 @@ def label_espresso(
     pseudo_dir or named UPF file, an executable that cannot be started).
     ``workdir=None`` runs in a temporary directory that is removed afterwards.
     """
+    config = cell_config(config, atoms)
     periodic3d = bool(np.all(atoms.pbc))
     base = {"command": build_command(config, launcher), "pseudo_dir": str(config.pseudo_dir)}
     problem = geometry.structure_problem(atoms, min_distance=config.min_distance, needs_full_cell=True)

@@ -108,7 +108,7 @@ MAX_REFUSED = 8
 
 def embed_work(frame, embedding_config, threshold: float, max_extractions: int, lattice=None,
                kpoint_settings: tuple[float, float] | None = None, strategy: str | None = None,
-               calibrate: tuple[str, ...] = (),
+               calibrate: tuple[str, ...] = (), charge=None,
                parsl_resource_specification: dict | None = None) -> list[CarvedCell]:
     """Carve up to ``max_extractions`` periodic sub-cells around the frame's most uncertain
     atoms (centres at least one box apart) with the run's strategy (``cube``, or
@@ -122,6 +122,8 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
     an analytic labeller). ``strategy`` overrides ``embedding.strategy`` (the budget's choice;
     ``whole``: the whole frame). ``calibrate``: strategies whose cells around the most uncertain
     atom are carved too, as measurements for the carving budget (``CarvedCell.calibration``).
+    ``charge``: the run's :class:`autopipe.carving.charge.ChargeRule` (pw.x runs with a charge
+    policy; None: cells go as carved); a cell it refuses is a refused centre with its reason.
     """
     import numpy as np
 
@@ -141,7 +143,7 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
     strategy = strategy or e.strategy
     if calibrate:
         return whole("calibrating the carving budget") + _calibration_cells(frame, top, gamma, e, calibrate, lattice,
-                                                                            kpoint_settings)
+                                                                            kpoint_settings, charge)
     if e.whole_frame == "always":
         return whole("embedding.whole_frame is 'always'")
     if strategy == "whole":
@@ -156,7 +158,7 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
         if chosen and np.min(frame.get_distances(c, chosen, mic=True)) < side:
             continue
         try:
-            sub, masked = _carve_cell(frame, c, strategy, e, lattice, kpoint_settings)
+            sub, masked = _carve_cell(frame, c, strategy, e, lattice, kpoint_settings, charge)
         except (ParentTooSmall, _AsBigAsTheFrame) as exc:
             return whole(str(exc))
         except ValueError as exc:
@@ -172,9 +174,10 @@ class _AsBigAsTheFrame(ValueError):
     """A carved cell holding at least ``embedding.whole_frame_fraction`` of the frame's atoms."""
 
 
-def _carve_cell(frame, center: int, strategy: str, e, lattice, kpoint_settings) -> tuple[Any, list[int]]:
-    """``(cell, masked)`` around ``center`` with ``strategy``, its k-point mesh set by the run's rule.
-    Raises ``ValueError`` when it cannot be carved, :class:`_AsBigAsTheFrame` when it is not worth it."""
+def _carve_cell(frame, center: int, strategy: str, e, lattice, kpoint_settings, charge=None) -> tuple[Any, list[int]]:
+    """``(cell, masked)`` around ``center`` with ``strategy``, its k-point mesh set by the run's rule
+    and the charge policy applied (``charge``, a ``ChargeRule``, or None). Raises ``ValueError`` when it
+    cannot be carved or the policy refuses it, :class:`_AsBigAsTheFrame` when it is not worth it."""
     from autopipe.carving.strategies import apply_kpoint_rule, carve
 
     sub, masked = carve(frame, center, strategy, e.core_radius, e.buffer, lattice=lattice, min_distance=e.min_distance)
@@ -184,16 +187,21 @@ def _carve_cell(frame, center: int, strategy: str, e, lattice, kpoint_settings) 
                                f"of the frame's {len(frame)}")
     if kpoint_settings is not None:
         apply_kpoint_rule(sub, frame, e.kpoints, *kpoint_settings)
+    if charge is not None:
+        from autopipe.carving.charge import apply_charge_policy
+
+        sub, masked = apply_charge_policy(sub, masked, charge)  # removing atoms keeps the cell: k-points stand
     return sub, [int(i) for i in masked]
 
 
-def _calibration_cells(frame, center: int, gamma, e, strategies, lattice, kpoint_settings) -> list[CarvedCell]:
+def _calibration_cells(frame, center: int, gamma, e, strategies, lattice, kpoint_settings,
+                       charge=None) -> list[CarvedCell]:
     """One cell per strategy around ``center``, for the carving budget's measurement (a strategy
     that cannot carve here, or whose cell is as big as the frame, is recorded as refused)."""
     out = []
     for name in strategies:
         try:
-            sub, masked = _carve_cell(frame, center, name, e, lattice, kpoint_settings)
+            sub, masked = _carve_cell(frame, center, name, e, lattice, kpoint_settings, charge)
         except ValueError as exc:
             out.append(CarvedCell(center=center, gamma=float(gamma[center]), refused=f"{name}: {exc}", calibration=True))
             continue

@@ -1,5 +1,5 @@
 """Carving a two-element frame: a random Cu3Au-like fcc alloy (species substituted at random on the
-sites by :func:`autopipe.generate.substitute`), carved by both strategies around a Cu and an Au centre.
+sites by :func:`autopipe.bulk.substitute`), carved by both strategies around a Cu and an Au centre.
 The sub-cell must keep each core atom's element and its whole neighbourhood (which species at which
 distance), and under ASE's EMT (many-body, multi-element) its core forces must be the parent's once
 the buffer covers EMT's range."""
@@ -15,7 +15,7 @@ from ase.neighborlist import neighbor_list
 
 from autopipe.carving.lattice import ReferenceLattice
 from autopipe.carving.strategies import carve
-from autopipe.generate import substitute
+from autopipe.bulk import substitute
 
 CORE, BUFFER = 3.0, 6.5  # Å; measured: buffer 6.0 leaves 1e-4 eV/Å on the cube, 6.5 leaves 4e-5
 

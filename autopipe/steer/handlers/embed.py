@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 def args(ctx: Context, task: Task) -> tuple:
     with ctx.db.session() as s:
         frame = atoms_from_structure(s.get(Structure, task.structure_id))
+    from autopipe.carving.charge import ChargeRule
     from autopipe.carving.reference import reference_lattice
     from autopipe.config.run import EspressoConfig
 
@@ -49,8 +50,10 @@ def args(ctx: Context, task: Task) -> tuple:
     lattice = reference_lattice(ctx.run) if e.strategy in ("commensurate", "budget") else None
     kpoints = (dft.kspacing, dft.gamma_only_length) if isinstance(dft, EspressoConfig) else None
     p = budget.plan(ctx)
+    # pw.x runs with a charge policy: every carved cell is checked before it is sent (valences read here,
+    # on the steering side, from the same UPF files the labeller gets).
     return (frame, e, ctx.run.otf.uncertainty_threshold, ctx.run.otf.max_extractions, lattice, kpoints, p.strategy,
-            p.calibrate)
+            p.calibrate, ChargeRule.from_run(ctx.run))
 
 
 def coming_cells(ctx: Context, newest_snapshot: int) -> list[tuple]:
