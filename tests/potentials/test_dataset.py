@@ -101,3 +101,18 @@ def test_masked_weights_reach_pacemaker(db, tmp_path):
     unmasked = np.concatenate([np.asarray(w) for w in seen["w_forces"]])
     assert np.allclose(unmasked[unmasked > 0], 1.0 / n_weighted)
     assert np.isclose(unmasked.sum(), 1.0)
+
+
+def test_per_element_references_of_a_binary(db):
+    """Two elements: each structure's energy_corrected subtracts its own composition's references."""
+    from autopipe.bulk import substitute
+
+    cells = lj_structures(3, seed=5)
+    for k, a in enumerate(cells):
+        substitute(a, {"Ar": 0.5 + 0.1 * k, "Ne": 0.5 - 0.1 * k}, seed=k)  # three compositions
+    add_labelled(db, cells)
+    df, _ = build_dataset(db, TrainConfig(reference_energies={"Ar": -0.5, "Ne": -0.25}))
+    n_ar = np.array([a.get_chemical_symbols().count("Ar") for a in df["ase_atoms"]])
+    n_ne = np.array([a.get_chemical_symbols().count("Ne") for a in df["ase_atoms"]])
+    assert len(set(n_ar.tolist())) == 3  # really three compositions
+    assert np.allclose(df["energy_corrected"], df["energy"] + 0.5 * n_ar + 0.25 * n_ne)
