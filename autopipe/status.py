@@ -28,6 +28,7 @@ def collect_status(db: Database) -> dict[str, Any]:
                 "name": p.name,
                 "parent_version": p.parent_version,
                 "n_train": p.n_train,
+                "status": p.status.value if p.status is not None else "served",
                 "metrics": p.metrics,
                 "created_at": p.created_at.isoformat(timespec="seconds"),
             }
@@ -48,6 +49,8 @@ def collect_status(db: Database) -> dict[str, Any]:
                     "chosen": (e.data or {}).get("chosen"), "measured": (e.data or {}).get("measured", [])}
                    for e in s.scalars(select(Event).where(Event.kind.in_(["carve_budget", "whole_frames"]))
                                       .order_by(Event.id))]
+        gate = gate_history(s)
+        heldout = _counts(s, Structure.heldout)
         dft_seconds = s.scalar(select(func.sum(Label.walltime)).join(Structure).where(
             Structure.origin.not_in([Origin.generated, Origin.imported])))
     return {
@@ -67,7 +70,36 @@ def collect_status(db: Database) -> dict[str, Any]:
         "stopped_because": stop.message if stop else None,
         "carving": carving,
         "dft_seconds": float(dft_seconds or 0.0),
+        # Structures kept out of training per role (None: trained on), and the gate's decisions and rollbacks.
+        "heldout": {k: n for k, n in heldout.items() if k != "None"},
+        **gate,
     }
+
+
+def gate_history(session) -> dict[str, list[dict[str, Any]]]:
+    """The gate's decisions and the rollbacks, oldest first: ``{"gate": [...], "rollbacks": [...]}``.
+
+    A gate entry: version, parent_version, force_rmse and parent_force_rmse (eV/Å, None when
+    nothing was held out), tolerance, n_atoms, accepted, message; a rollback: version,
+    previous_version, withdrawn, message."""
+    from autopipe.steer.gate import GATE_EVENT, ROLLBACK_EVENT
+
+    out: dict[str, list[dict[str, Any]]] = {"gate": [], "rollbacks": []}
+    for e in session.scalars(select(Event).where(Event.kind.in_([GATE_EVENT, ROLLBACK_EVENT])).order_by(Event.id)):
+        entry = {**(e.data or {}), "message": e.message, "at": e.created_at.isoformat(timespec="seconds")}
+        out["gate" if e.kind == GATE_EVENT else "rollbacks"].append(entry)
+    return out
+
+
+def gate_line(g: dict[str, Any]) -> str:
+    """One gate decision in words: ``v5 (parent v4): rejected, held-out force RMSE 212.0 vs 150.0 meV/Å ...``."""
+    verdict = "accepted" if g.get("accepted") else "rejected"
+    new, old = g.get("force_rmse"), g.get("parent_force_rmse")
+    if new is None or old is None:
+        return str(g.get("message") or f"v{g.get('version')}: {verdict}")
+    return (f"v{g['version']} (parent v{g['parent_version']}): {verdict}, held-out force RMSE "
+            f"{new * 1000:.1f} vs {old * 1000:.1f} meV/Å (tolerance {g.get('tolerance', 0) * 100:g} %, "
+            f"{g.get('n_atoms', 0)} atoms)")
 
 
 def render_status(st: dict[str, Any]) -> str:
@@ -82,7 +114,8 @@ def render_status(st: dict[str, Any]) -> str:
         f"segments   : {fmt(st['segments'])} (triggers {st['triggers']})",
         f"tasks      : {fmt(st['tasks'])}",
         "potentials : "
-        + (", ".join(f"v{p['version']} {p['name']} (parent {p['parent_version']}, {p['n_train']} structures)"
+        + (", ".join(f"v{p['version']} {p['name']} (parent {p['parent_version']}, {p['n_train']} structures"
+                     + ("" if p.get("status", "served") == "served" else f", {p['status']}") + ")"
                      for p in st["potentials"]) or "none"),
     ]
     if st.get("candidates"):
@@ -95,6 +128,12 @@ def render_status(st: dict[str, Any]) -> str:
                      + (f" ({w['note']})" if w.get("note") else ""))
     if st.get("dft_seconds"):
         lines.insert(2, f"dft time   : {st['dft_seconds']:.0f} s of labelling the loop's choices")
+    if st.get("heldout"):
+        lines.append(f"held out   : {fmt(st['heldout'])} (never trained on; the gate scores on them)")
+    for g in st.get("gate", []):
+        lines.append(f"gate       : {gate_line(g)}")
+    for r in st.get("rollbacks", []):
+        lines.append(f"rollback   : {r['message']}")
     if st.get("carving"):
         lines.append(f"carving    : {st['carving'][-1]['message']}")
     lines.append(f"stopped    : {st['stopped_because'] or 'not stopped (running, or killed)'}")

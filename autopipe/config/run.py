@@ -435,6 +435,22 @@ class TrainConfig(StrictModel):
         "loaded between fits (autopipe.potentials.warm); false: a fresh pacemaker program per fit.",
     )
     seed: int = Field(default=42, description="Random seed of the fit.")
+    heldout_every: int = Field(
+        default=10, ge=0,
+        description="Every Nth successful DFT label of a triggered candidate is held out: never trained on, "
+        "scored by the gate before each hot-swap. 0: no held-out slice of the triggered labels.",
+    )
+    gate: bool = Field(
+        default=True,
+        description="Publish a retrained version to the walkers only if its force RMSE (eV/Å, trusted atoms) on "
+        "the held-out labels is at most its parent's times (1 + gate_tolerance); with no held-out labels yet "
+        "every version passes. false: every successful fit is hot-swapped.",
+    )
+    gate_tolerance: float = Field(
+        default=0.05, ge=0,
+        description="Relative worsening of the held-out force RMSE the gate accepts (0.05: up to 5 % above the "
+        "parent's; dimensionless).",
+    )
 
     @model_validator(mode="after")
     def _one_entry_per_body_order(self) -> "TrainConfig":

@@ -6,10 +6,12 @@ from autopipe.db.models import (
     Candidate,
     CandidateStatus,
     Event,
+    HeldOut,
     Label,
     LabelStatus,
     Origin,
     Potential,
+    PotentialStatus,
     Segment,
     SegmentStatus,
     Structure,
@@ -22,7 +24,7 @@ from autopipe.db.models import (
 from autopipe.db.session import Database
 
 __all__ = [
-    "Base", "Candidate", "CandidateStatus", "Database", "Event", "Label", "LabelStatus", "Origin", "Potential", "Segment", "SegmentStatus",
+    "Base", "Candidate", "CandidateStatus", "Database", "Event", "HeldOut", "Label", "LabelStatus", "Origin", "Potential", "PotentialStatus", "Segment", "SegmentStatus",
     "Structure", "Task", "TaskKind", "TaskState", "Walker", "WalkerStatus", "atoms_from_structure",
     "structure_from_atoms",
 ]

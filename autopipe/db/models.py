@@ -69,6 +69,26 @@ class TaskState(str, enum.Enum):
     failed = "failed"
 
 
+class HeldOut(str, enum.Enum):
+    """Why a labelled structure is kept out of every training set (``Structure.heldout``).
+
+    Held-out labels measure a potential on data it never saw: the gate before a hot-swap
+    (:mod:`autopipe.steer.gate`) scores a new version and its parent on all of them.
+    """
+
+    triggered = "triggered"  # every Nth label of a triggered candidate (train.heldout_every)
+    probe = "probe"  # a configuration the potential called safe, labelled to measure its error
+
+
+class PotentialStatus(str, enum.Enum):
+    """Whether walkers may use a published version (``Potential.status``; NULL reads as ``served``)."""
+
+    served = "served"  # published to walkers (the newest served intact version is the one they use)
+    pending = "pending"  # published, waiting for the gate's decision (a crash here leaves it unserved)
+    rejected = "rejected"  # worse than its parent on the held-out labels: kept, never given to walkers
+    withdrawn = "withdrawn"  # taken off the walkers by ``autopipe rollback`` (may be rolled back to again)
+
+
 class TaskKind(str, enum.Enum):
     md = "md"
     dft = "dft"
@@ -103,6 +123,8 @@ class Structure(Base):
     potential_version: Mapped[int | None] = mapped_column(Integer)  # potential that produced gamma
     selected: Mapped[bool | None] = mapped_column(default=None)  # None: not yet judged by selection
     selection_note: Mapped[str | None] = mapped_column(Text)
+    # Not None: a held-out label's structure, never trained on (see HeldOut).
+    heldout: Mapped[HeldOut | None] = mapped_column(_enum(HeldOut), index=True, default=None)
     info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -146,6 +168,8 @@ class Potential(Base):
     last_label_id: Mapped[int] = mapped_column(Integer, default=0)  # newest label the fit saw
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     walltime: Mapped[float] = mapped_column(Float, default=0.0)  # s
+    # NULL (rows of older runs) reads as served; see PotentialStatus.
+    status: Mapped[PotentialStatus | None] = mapped_column(_enum(PotentialStatus), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -116,7 +116,8 @@ def build_dataset(
     max_label_id: int | None = None,
     reference_energies: Mapping[str, float] | None = None,
 ) -> tuple[pd.DataFrame, DatasetInfo]:
-    """pacemaker's DataFrame from every successful label (``LabelStatus.done``) up to ``max_label_id``.
+    """pacemaker's DataFrame from every successful label (``LabelStatus.done``) up to ``max_label_id``,
+    except held-out ones (``Structure.heldout``), which are never trained on.
 
     A structure with several successful labels contributes once, with its newest label
     (within the id limit). ``reference_energies`` (eV per atom of each element) are
@@ -146,6 +147,8 @@ def build_dataset(
             select(Label, Structure)
             .join(Structure, Label.structure_id == Structure.id)
             .where(Label.status == LabelStatus.done)
+            # Held-out labels (Structure.heldout) measure potentials; training on them would void the gate.
+            .where(Structure.heldout.is_(None))
             .order_by(Label.id)
         )
         if max_label_id is not None:

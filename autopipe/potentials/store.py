@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from autopipe.potentials.activeset import FALLBACK_METRIC, describe_fallback
 
 if TYPE_CHECKING:
-    from autopipe.db import Database, Potential
+    from autopipe.db import Database, Potential, PotentialStatus
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +157,21 @@ class PotentialStore:
             return list(s.scalars(select(Potential).order_by(Potential.version.desc())))
 
     def versions(self) -> list[int]:
-        """Every published version number, oldest first (intact or not)."""
+        """Every published version number, oldest first (intact or not, served or not)."""
         return sorted(r.version for r in self._rows())
 
+    def unserved(self) -> set[int]:
+        """Versions walkers must not use: rejected by the gate, withdrawn by a rollback, or still being gated."""
+        return {r.version for r in self._rows() if not is_served(r.status)}
+
     def latest(self) -> PotentialFiles | None:
-        """The newest published potential whose files are intact; None if there is none."""
+        """The potential walkers use: the newest served version whose files are intact; None if there is none.
+
+        Versions the gate rejected (or has not judged yet) and versions a rollback withdrew are
+        kept in the store but skipped here (see :class:`~autopipe.db.PotentialStatus`)."""
         for row in self._rows():
+            if not is_served(row.status):
+                continue
             bad = self.verify(row)
             if not bad:
                 return self._to_files(row)
@@ -207,12 +216,15 @@ class PotentialStore:
         last_label_id: int = 0,
         metrics: Mapping[str, Any] | None = None,
         walltime: float = 0.0,
+        status: PotentialStatus | None = None,
     ) -> PotentialFiles:
         """Copy ``files`` (role -> path; ``yaml`` required, ``yace``/``asi`` expected, any other
         role such as ``log`` or ``input`` kept too) into a new version directory and record it.
 
         ``version`` defaults to :meth:`next_version`; a version that is taken raises
-        ``FileExistsError``. Returns the published :class:`PotentialFiles`.
+        ``FileExistsError``. ``status``: ``PotentialStatus.pending`` keeps the version from the
+        walkers until the gate has judged it (None: served at once). Returns the published
+        :class:`PotentialFiles`.
         """
         from autopipe.db import Potential
 
@@ -269,6 +281,7 @@ class PotentialStore:
                         last_label_id=int(last_label_id),
                         metrics=_jsonable(dict(metrics or {})),
                         walltime=float(walltime),
+                        status=status,
                     )
                 )
         except BaseException:
@@ -277,7 +290,9 @@ class PotentialStore:
             raise
         pot = self.get(version, verify=False)
         try:
-            self.db.record_event("publish", f"published potential v{version} ({name})", version=version, name=name)
+            held = "" if is_served(status) else " (kept from the walkers until the gate has judged it)"
+            self.db.record_event("publish", f"published potential v{version} ({name}){held}", version=version,
+                                 name=name)
             fallback = (metrics or {}).get(FALLBACK_METRIC)
             if fallback:  # its gamma leans on boundary-corrupted environments: say so where the run is read
                 self.db.record_event("active_set_fallback", f"v{version}: {describe_fallback(fallback)}",
@@ -285,6 +300,13 @@ class PotentialStore:
         except Exception:  # the event log is informative only
             pass
         return pot
+
+
+def is_served(status: PotentialStatus | str | None) -> bool:
+    """Whether a version with this ``Potential.status`` may be given to walkers (NULL: rows of older runs)."""
+    from autopipe.db import PotentialStatus
+
+    return status is None or PotentialStatus(status) is PotentialStatus.served
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     from autopipe.config.run import RunConfig, TrainConfig
-    from autopipe.db import Database
+    from autopipe.db import Database, PotentialStatus
     from autopipe.layout import RunLayout
     from autopipe.potentials.packed import TrainingSet
     from autopipe.potentials.store import PotentialFiles, PotentialStore
@@ -249,9 +249,10 @@ def fit_round(request: TrainRequest, data: TrainingSet, *, workdir: Path | str,
     return out
 
 
-def publish_round(store: PotentialStore, request: TrainRequest, fit: FitOutput) -> PotentialFiles:
+def publish_round(store: PotentialStore, request: TrainRequest, fit: FitOutput, *,
+                  status: PotentialStatus | None = None) -> PotentialFiles:
     """Write a successful fit's files into the round's directory and publish them as its
-    version (atomic; see the store)."""
+    version (atomic; see the store); ``status``: see :meth:`PotentialStore.publish`."""
     if not fit.ok:
         raise ValueError(f"cannot publish a failed fit: {fit.error}")
     workdir = Path(request.workdir)
@@ -265,6 +266,7 @@ def publish_round(store: PotentialStore, request: TrainRequest, fit: FitOutput) 
         last_label_id=request.snapshot,
         metrics=fit.metrics,
         walltime=fit.walltime,
+        status=status,
     )
 
 

@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
-from autopipe.db import Label, LabelStatus, Origin, Potential, Segment, Structure, Task, TaskState, Walker, WalkerStatus
+from autopipe.db import (Label, LabelStatus, Origin, Potential, PotentialStatus, Segment, Structure, Task, TaskState,
+                         Walker, WalkerStatus)
 
 if TYPE_CHECKING:
     from autopipe.steer.context import Context
@@ -74,7 +75,9 @@ class RunView:
 def read_view(ctx: Context) -> RunView:
     """Fill a :class:`RunView` from the database and the loop's context."""
     with ctx.db.session() as s:
-        newest = s.scalar(select(func.max(Potential.version)))
+        # The version walkers use: gate-rejected and rolled-back versions are not served.
+        newest = s.scalar(select(func.max(Potential.version)).where(or_(
+            Potential.status.is_(None), Potential.status == PotentialStatus.served)))
         n_versions = int(s.scalar(select(func.count()).select_from(Potential)) or 0)
         snapshot = s.scalar(select(Potential.last_label_id).order_by(Potential.version.desc()).limit(1)) or 0
         latest = select(func.max(Segment.id)).where(Segment.max_gamma.is_not(None)).group_by(Segment.walker_id)

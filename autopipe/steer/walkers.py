@@ -5,7 +5,8 @@ A walker is ``running`` (a segment may start), ``waiting`` (for a potential newe
 repeated failures; ``error`` says which). The transitions are plain functions over
 anything with a walker's attributes, so they are tested without a database or Parsl:
 
-* :func:`wake`: a waiting walker resumes when a newer potential is published (hot-swap);
+* :func:`wake`: a waiting walker resumes when a newer potential is published (hot-swap), or
+  when a rollback withdrew the version it waits on;
 * :func:`segment_due`: how many steps its next segment runs, or ``None``;
 * :func:`after_completed`, :func:`after_triggered`, :func:`after_failed`,
   :func:`after_refused`: what a finished segment (or an uncarvable trigger frame) does to
@@ -18,7 +19,7 @@ anything with a walker's attributes, so they are tested without a database or Pa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Protocol
+from typing import TYPE_CHECKING, Collection, Iterable, Protocol
 
 from sqlalchemy import func, select
 
@@ -42,11 +43,19 @@ class WalkerLike(Protocol):
 # ----------------------------------------------------------------------------- transitions
 
 
-def wake(w: WalkerLike, newest_version: int) -> bool:
-    """Resume a waiting walker once a potential newer than the one it waits on exists."""
-    if w.status is WalkerStatus.waiting and newest_version > (w.waiting_for_version or 0):
+def wake(w: WalkerLike, newest_version: int, unserved: Collection[int] = ()) -> bool:
+    """Resume a waiting walker once a potential newer than the one it waits on exists, or once the
+    version it waits on is no longer served (``unserved``: a rollback withdrew it): it then goes on
+    with ``newest_version``, the version walkers use now."""
+    if w.status is not WalkerStatus.waiting:
+        return False
+    if newest_version > (w.waiting_for_version or 0):
         w.status, w.waiting_for_version = WalkerStatus.running, None
         w.note = f"hot-swapped to v{newest_version} at step {w.step}"
+        return True
+    if w.waiting_for_version in unserved:
+        w.note = f"v{w.waiting_for_version} was withdrawn: going on with v{newest_version} at step {w.step}"
+        w.status, w.waiting_for_version = WalkerStatus.running, None
         return True
     return False
 
@@ -147,12 +156,13 @@ def start_segments(ctx: Context) -> None:
         return
     ensure_walkers(ctx)
     stop = ctx.run.stop
+    unserved = ctx.store.unserved()
     with ctx.db.session() as s:
         busy = set(s.scalars(select(Segment.walker_id).where(
             Segment.status.in_([SegmentStatus.pending, SegmentStatus.running]))))
         new_tasks = []
         for w in s.scalars(select(Walker).order_by(Walker.index)):
-            if wake(w, latest.version):
+            if wake(w, latest.version, unserved):
                 ctx.progress.log(f"walker {w.index}: hot-swap to v{latest.version}, resuming at step {w.step}")
             n_steps = segment_due(w, w.id in busy, stop.max_md_steps, ctx.run.md.segment_steps)
             if n_steps is None:

@@ -33,6 +33,11 @@ def done(ctx: Context, task_id: int, result: LabelResult) -> None:
     sid = _structure_id(ctx, task_id)
     # The label is committed first; on restart a task whose structure has a label counts as done.
     store_label(ctx.db, sid, result)
+    if result.status == "done":
+        from autopipe.steer.gate import mark_heldout
+
+        if mark_heldout(ctx.db, sid, ctx.run.train.heldout_every):
+            ctx.progress.log(f"structure {sid}: held out (every {ctx.run.train.heldout_every}th label; never trained on)")
     tasks.mark(ctx.db, task_id, TaskState.done, error=result.error)
     if ctx.run.embedding.strategy == "budget":
         from autopipe.steer import budget

@@ -65,6 +65,7 @@ def coming_cells(ctx: Context, newest_snapshot: int) -> list[tuple]:
         queued = select(Task.structure_id).where(Task.kind == TaskKind.dft, Task.state.in_(active))
         fresh = select(Label.structure_id).where(Label.status == LabelStatus.done, Label.id > newest_snapshot)
         rows = s.scalars(select(Structure).where(Structure.origin.not_in([Origin.generated, Origin.imported]),
+                                                 Structure.heldout.is_(None),  # never trained on
                                                  Structure.id.in_(queued.union(fresh))))
         # Calibration cells of the carving budget are measurements, never trained on.
         return [(atoms_from_structure(r), list(r.force_mask or [])) for r in rows
