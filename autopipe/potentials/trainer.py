@@ -198,11 +198,31 @@ def plan_round(
         parent_version=parent.version if parent is not None else None,
         parent_yaml=str(parent.yaml) if continuing else None,
         snapshot=snapshot,
-        iterations=(tc.retrain_iterations or tc.max_iterations) if continuing else tc.max_iterations,
+        iterations=round_iterations(tc, continuing, after_rejection=_newest_rejected(db)),
         train_config=tc,
         elements=tuple(run_config.system.elements),
         workdir=str(layout.fresh_train_dir(version)),
     )
+
+
+def round_iterations(tc: TrainConfig, continuing: bool, *, after_rejection: bool = False) -> int:
+    """Optimizer iterations of a round: ``retrain_iterations`` when continuing from the parent, the
+    full ``max_iterations`` for a fresh fit and for the round after the gate rejected a version
+    (the short continuation did not do)."""
+    if continuing and not after_rejection:
+        return tc.retrain_iterations or tc.max_iterations
+    return max(tc.max_iterations, tc.retrain_iterations or 0) if continuing else tc.max_iterations
+
+
+def _newest_rejected(db: Database) -> bool:
+    """Whether the newest version (by number) was rejected by the gate."""
+    from sqlalchemy import select
+
+    from autopipe.db import Potential, PotentialStatus
+
+    with db.session() as s:
+        return s.scalar(select(Potential.status).order_by(Potential.version.desc()).limit(1)) is \
+            PotentialStatus.rejected
 
 
 def training_set(db: Database, request: TrainRequest) -> TrainingSet:

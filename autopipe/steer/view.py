@@ -39,7 +39,7 @@ class RunView:
 
     ``active``: pending or running tasks per kind (``"md"``, ``"embed"``, ``"dft"``,
     ``"train"``); ``tasks``: tasks per (kind, state), all states; ``labels``: labels per status. ``new_labels``: successful labels newer than the newest potential's
-    training snapshot. ``dft_calls``: labels of structures the loop chose (everything but
+    training snapshot, held-out ones left out (never trained on). ``dft_calls``: labels of structures the loop chose (everything but
     the generated initial dataset and the user's imported data); ``dft_seconds``: their DFT wall time. ``first_potential``: ``None`` once a potential exists,
     else ``"labelling"``, ``"ready"`` (train version 1 now) or why it is impossible.
     """
@@ -89,8 +89,9 @@ def read_view(ctx: Context) -> RunView:
             select(Task.kind, Task.state, func.count()).group_by(Task.kind, Task.state)).all()}
         labels = {st.value: int(n) for st, n in s.execute(
             select(Label.status, func.count()).group_by(Label.status)).all()}
-        new_labels = s.scalar(select(func.count()).select_from(Label).where(
-            Label.status == LabelStatus.done, Label.id > snapshot))
+        # Held-out labels are never trained on: they cannot make a retrain worth its cost.
+        new_labels = s.scalar(select(func.count()).select_from(Label).join(Structure).where(
+            Label.status == LabelStatus.done, Label.id > snapshot, Structure.heldout.is_(None)))
         dft_calls, dft_seconds = s.execute(select(func.count(), func.sum(Label.walltime)).select_from(Label).join(
             Structure).where(Structure.origin.not_in([Origin.generated, Origin.imported]))).one()
     return RunView(

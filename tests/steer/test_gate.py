@@ -296,3 +296,27 @@ def test_with_nothing_held_out_the_gate_passes_and_says_so(ctx, lj2d_potential, 
     assert ctx.store.latest().version == 2
     ev = ctx.db.last_event("gate")
     assert ev.data["accepted"] and "no held-out labels yet" in ev.message
+
+
+def test_held_out_labels_do_not_count_as_new_labels_to_train_on(ctx):
+    from autopipe.steer.view import read_view
+
+    _held_out_layers(ctx, 2)  # labels newer than v1's snapshot, but none can be trained on
+    assert read_view(ctx).new_labels == 0 and not read_view(ctx).fit_owed
+    add_labelled(ctx.db, [lj2d_template()], origin="embedded")
+    assert read_view(ctx).new_labels == 1
+
+
+def test_after_a_rejection_the_next_round_continues_from_the_parent_with_the_full_iterations(ctx, lj2d_potential,
+                                                                                            tmp_path):
+    from autopipe.potentials.trainer import plan_round
+
+    ctx.run.train = ctx.run.train.model_copy(update={"retrain_iterations": 7, "max_iterations": 20})
+    assert plan_round(ctx.db, ctx.store, ctx.run, ctx.layout).iterations == 7  # an ordinary continuation
+    _held_out_layers(ctx, 3)
+    _finish_round(ctx, _damaged_copy(lj2d_potential, tmp_path / "damaged", 3.0))
+    nxt = ctx.db.last_event("gate_next")
+    assert "retrains from v1 (20 iterations)" in nxt.message
+    request = plan_round(ctx.db, ctx.store, ctx.run, ctx.layout)
+    assert (request.version, request.parent_version, request.iterations) == (3, 1, 20)
+    assert request.parent_yaml == str(ctx.store.get(1).yaml)

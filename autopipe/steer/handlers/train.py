@@ -72,11 +72,14 @@ def _gate(ctx: Context, version: int, parent: int | None) -> bool:
     ctx.progress.log(f"gate: v{version} {decision.reason}")
     if decision.accepted:
         return True
+    from autopipe.potentials.trainer import round_iterations
+
     tc = ctx.run.train
-    iterations = (tc.retrain_iterations or tc.max_iterations) if tc.continue_from_parent else tc.max_iterations
+    iterations = round_iterations(tc, tc.continue_from_parent, after_rejection=True)
     start = f"from v{parent}" if tc.continue_from_parent else "from scratch"
     next_round = (f"walkers stay on v{parent}; the next round retrains {start} ({iterations} iterations) on every "
-                  f"label so far, once {tc.min_new_labels} label(s) newer than v{version}'s arrive")
+                  f"label so far but the held-out ones, once {tc.min_new_labels} label(s) newer than v{version}'s "
+                  "arrive (or fewer when every walker waits or the DFT budget is spent)")
     with ctx.db.session() as s:
         released = []
         for w in s.scalars(select(Walker).where(Walker.status == WalkerStatus.waiting,
