@@ -215,9 +215,10 @@ def _damaged_copy(potential, dest: Path, scale: float) -> dict[str, Path]:
     return files
 
 
-def _held_out_layers(ctx, n: int) -> None:
+def _held_out_layers(db: Database, n: int) -> None:
+    """``n`` rattled 32-atom LJ layers with LJ labels, held out, three atoms of each masked."""
     rng = np.random.default_rng(3)
-    with ctx.db.session() as s:
+    with db.session() as s:
         for _ in range(n):
             atoms = lj2d_template()
             atoms.positions[:, :2] += rng.normal(0, 0.08, size=(len(atoms), 2))
@@ -257,7 +258,7 @@ def test_the_gate_rejects_a_damaged_fit_and_keeps_the_walkers_on_the_parent(ctx,
     from autopipe.steer.training import training_due
     from autopipe.steer.view import read_view
 
-    _held_out_layers(ctx, 3)
+    _held_out_layers(ctx.db, 3)
     _waiting_walker(ctx)
     _finish_round(ctx, _damaged_copy(lj2d_potential, tmp_path / "damaged", 3.0))
     with ctx.db.session() as s:
@@ -279,7 +280,7 @@ def test_the_gate_rejects_a_damaged_fit_and_keeps_the_walkers_on_the_parent(ctx,
 def test_the_gate_accepts_a_fit_as_good_as_its_parent_and_the_walkers_hot_swap(ctx, lj2d_potential, tmp_path):
     from autopipe.steer.walkers import wake
 
-    _held_out_layers(ctx, 3)
+    _held_out_layers(ctx.db, 3)
     _waiting_walker(ctx)
     _finish_round(ctx, _damaged_copy(lj2d_potential, tmp_path / "same", 1.0))
     with ctx.db.session() as s:
@@ -301,7 +302,7 @@ def test_with_nothing_held_out_the_gate_passes_and_says_so(ctx, lj2d_potential, 
 def test_held_out_labels_do_not_count_as_new_labels_to_train_on(ctx):
     from autopipe.steer.view import read_view
 
-    _held_out_layers(ctx, 2)  # labels newer than v1's snapshot, but none can be trained on
+    _held_out_layers(ctx.db, 2)  # labels newer than v1's snapshot, but none can be trained on
     assert read_view(ctx).new_labels == 0 and not read_view(ctx).fit_owed
     add_labelled(ctx.db, [lj2d_template()], origin="embedded")
     assert read_view(ctx).new_labels == 1
@@ -313,10 +314,39 @@ def test_after_a_rejection_the_next_round_continues_from_the_parent_with_the_ful
 
     ctx.run.train = ctx.run.train.model_copy(update={"retrain_iterations": 7, "max_iterations": 20})
     assert plan_round(ctx.db, ctx.store, ctx.run, ctx.layout).iterations == 7  # an ordinary continuation
-    _held_out_layers(ctx, 3)
+    _held_out_layers(ctx.db, 3)
     _finish_round(ctx, _damaged_copy(lj2d_potential, tmp_path / "damaged", 3.0))
     nxt = ctx.db.last_event("gate_next")
     assert "retrains from v1 (20 iterations)" in nxt.message
     request = plan_round(ctx.db, ctx.store, ctx.run, ctx.layout)
     assert (request.version, request.parent_version, request.iterations) == (3, 1, 20)
     assert request.parent_yaml == str(ctx.store.get(1).yaml)
+
+
+@pytest.mark.slow
+def test_a_real_fit_trained_without_forces_is_rejected_and_rollback_restores_the_parent(lj2d_potential, tmp_path):
+    """Issue 20's test: a pacemaker fit with its force weight at 0 (kappa 0, fresh) against the
+    fixture's v1 on held-out LJ layers. Needs pacemaker (slow)."""
+    from autopipe.potentials.trainer import fit_round, plan_round, publish_round, training_set
+    from autopipe.steer.gate import judge
+    from tests.lj import lj_recipe, lj_run_config
+    from tests.potentials.helpers import copy_cached_run
+
+    run = copy_cached_run(lj2d_potential, tmp_path / "run")
+    db = Database(f"sqlite:///{run / 'autopipe.db'}")
+    store = PotentialStore(db, run / "potentials")
+    assert store.latest().version == 1
+    _held_out_layers(db, 4)
+    cfg = lj_run_config("gate", run, dimension=2,
+                        train={**lj_recipe(2)["train"], "kappa": 0.0, "max_iterations": 40})
+    request = plan_round(db, store, cfg, RunLayout(run), fresh=True)  # parent v1, but no continuation
+    assert request.parent_version == 1 and request.parent_yaml is None
+    fit = fit_round(request, training_set(db, request), workdir=request.workdir)
+    assert fit.ok, fit.error
+    publish_round(store, request, fit, status=PotentialStatus.pending)
+    decision, data = judge(db, store, request.version, tolerance=0.05)
+    assert not decision.accepted, data
+    assert data["force_rmse"] > 1.05 * data["parent_force_rmse"] and data["n_atoms"] == 4 * 29
+    assert store.latest().version == 1 and request.version in store.unserved()
+    with pytest.raises(ValueError, match="rejected by the gate"):
+        rollback(db, store, request.version)
