@@ -51,7 +51,8 @@ def _versions(store, first: int | None, last: int | None, workdir) -> list[int]:
     versions = store.versions()
     if not versions:
         raise ValueError(f"{workdir}: no potential has been published")
-    return list(dict.fromkeys([first or versions[0], last or versions[-1]]))
+    served = store.latest()  # the newest version walkers use: not one the gate rejected
+    return list(dict.fromkeys([first or versions[0], last or (served.version if served else versions[-1])]))
 
 
 def replay(workdir: Path | str, version: int, *, n_steps: int | None = None, frames=None) -> ReplayResult:

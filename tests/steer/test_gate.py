@@ -350,3 +350,11 @@ def test_a_real_fit_trained_without_forces_is_rejected_and_rollback_restores_the
     assert store.latest().version == 1 and request.version in store.unserved()
     with pytest.raises(ValueError, match="rejected by the gate"):
         rollback(db, store, request.version)
+
+
+def test_replay_compares_the_first_with_the_version_walkers_use_not_a_rejected_one(tmp_path):
+    from autopipe.replay import _versions
+
+    db, store = _store_with_versions(tmp_path, {1: None, 2: None, 3: PotentialStatus.rejected})
+    assert _versions(store, None, None, tmp_path) == [1, 2]
+    assert _versions(store, None, 3, tmp_path) == [1, 3]  # asked for by name: still possible
