@@ -249,23 +249,25 @@ def _finish_round(ctx, files: dict[str, Path]) -> int:
     return task_id
 
 
-def _waiting_walker(ctx) -> None:
+def _gated_round(ctx, potential, dest: Path, scale: float):
+    """Three held-out layers, a walker waiting on v1, and v2 = v1 with its coefficients scaled
+    through the train handler; returns v2's status, the gate event and the walker."""
+    _held_out_layers(ctx.db, 3)
     with ctx.db.session() as s:
         s.add(Walker(index=0, status=WalkerStatus.waiting, step=300, waiting_for_version=1, checkpoint="ck"))
+    _finish_round(ctx, _damaged_copy(potential, dest, scale))
+    with ctx.db.session() as s:
+        status = s.scalars(select(Potential).where(Potential.version == 2)).one().status
+        return status, s.scalars(select(Event).where(Event.kind == "gate")).one(), s.scalars(select(Walker)).one()
 
 
 def test_the_gate_rejects_a_damaged_fit_and_keeps_the_walkers_on_the_parent(ctx, lj2d_potential, tmp_path):
     from autopipe.steer.training import training_due
     from autopipe.steer.view import read_view
 
-    _held_out_layers(ctx.db, 3)
-    _waiting_walker(ctx)
-    _finish_round(ctx, _damaged_copy(lj2d_potential, tmp_path / "damaged", 3.0))
-    with ctx.db.session() as s:
-        assert s.scalars(select(Potential).where(Potential.version == 2)).one().status is PotentialStatus.rejected
-        w = s.scalars(select(Walker)).one()
-        gate = s.scalars(select(Event).where(Event.kind == "gate")).one()
-        nxt = s.scalars(select(Event).where(Event.kind == "gate_next")).one()
+    status, gate, w = _gated_round(ctx, lj2d_potential, tmp_path / "damaged", 3.0)
+    assert status is PotentialStatus.rejected
+    nxt = ctx.db.last_event("gate_next")
     assert ctx.store.latest().version == 1  # kept in the store, never served
     assert gate.data["force_rmse"] > gate.data["parent_force_rmse"] * 1.05 and not gate.data["accepted"]
     assert gate.data["n_atoms"] == 3 * (32 - 3) and gate.data["tolerance"] == 0.05
@@ -280,13 +282,8 @@ def test_the_gate_rejects_a_damaged_fit_and_keeps_the_walkers_on_the_parent(ctx,
 def test_the_gate_accepts_a_fit_as_good_as_its_parent_and_the_walkers_hot_swap(ctx, lj2d_potential, tmp_path):
     from autopipe.steer.walkers import wake
 
-    _held_out_layers(ctx.db, 3)
-    _waiting_walker(ctx)
-    _finish_round(ctx, _damaged_copy(lj2d_potential, tmp_path / "same", 1.0))
-    with ctx.db.session() as s:
-        assert s.scalars(select(Potential).where(Potential.version == 2)).one().status is PotentialStatus.served
-        gate = s.scalars(select(Event).where(Event.kind == "gate")).one()
-        w = s.scalars(select(Walker)).one()
+    status, gate, w = _gated_round(ctx, lj2d_potential, tmp_path / "same", 1.0)
+    assert status is PotentialStatus.served
     assert gate.data["accepted"] and gate.data["n_atoms"] == 87
     assert ctx.store.latest().version == 2
     assert w.status is WalkerStatus.waiting and wake(w, ctx.store.latest().version)  # the existing hot-swap path
