@@ -159,9 +159,15 @@ def judge(db: Database, store: PotentialStore, version: int, *, tolerance: float
     return decision, data
 
 
-def set_status(db: Database, version: int, status: PotentialStatus) -> None:
+def set_status(db: Database, version: int, status: PotentialStatus) -> bool:
+    """The gate's verdict on a ``pending`` version; a version a rollback withdrew meanwhile stays
+    withdrawn. True when the status was set."""
     with db.session() as s:
-        s.scalars(select(Potential).where(Potential.version == version)).one().status = status
+        row = s.scalars(select(Potential).where(Potential.version == version)).one()
+        if row.status is not PotentialStatus.pending:
+            return False
+        row.status = status
+        return True
 
 
 # ----------------------------------------------------------------------------- rollback
@@ -184,6 +190,8 @@ def rollback(db: Database, store: PotentialStore, version: int) -> list[int]:
         if row.status is PotentialStatus.rejected:
             raise ValueError(f"v{version} was rejected by the gate (worse than its parent on held-out labels); "
                              "roll back to a served version")
+        if row.status is PotentialStatus.pending:
+            raise ValueError(f"v{version} has not been judged by the gate yet; roll back to a served version")
         if bad := store.verify(row):
             raise ValueError(f"v{version}: {', '.join(bad)} missing or corrupted (checksum mismatch)")
         current = max((v for v, p in rows.items() if is_served(p.status)), default=None)

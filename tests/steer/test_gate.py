@@ -141,6 +141,17 @@ def test_rollback_refuses_unknown_and_rejected_versions(tmp_path):
     assert db.last_event("rollback") is None
 
 
+def test_a_rollback_during_the_gate_keeps_the_judged_version_withdrawn(tmp_path):
+    from autopipe.steer.gate import set_status
+
+    db, store = _store_with_versions(tmp_path, {1: None, 2: PotentialStatus.pending})
+    with pytest.raises(ValueError, match="v2 has not been judged"):
+        rollback(db, store, 2)
+    assert rollback(db, store, 1) == [2]
+    assert not set_status(db, 2, PotentialStatus.served)  # the gate's verdict arrives after the rollback
+    assert store.latest().version == 1 and store.unserved() == {2}
+
+
 def test_rollback_command(tmp_path):
     from typer.testing import CliRunner
 
