@@ -366,3 +366,15 @@ def test_replay_compares_the_first_with_the_version_walkers_use_not_a_rejected_o
     db, store = _store_with_versions(tmp_path, {1: None, 2: None, 3: PotentialStatus.rejected})
     assert _versions(store, None, None, tmp_path) == [1, 2]
     assert _versions(store, None, 3, tmp_path) == [1, 3]  # asked for by name: still possible
+
+
+def test_a_version_the_gate_cannot_score_is_rejected_and_the_walkers_go_on(ctx, lj2d_potential, tmp_path):
+    files = _damaged_copy(lj2d_potential, tmp_path / "broken", 1.0)
+    files["yaml"].write_text("species: [not an ACE potential]\n")
+    _held_out_layers(ctx.db, 1)
+    with ctx.db.session() as s:
+        s.add(Walker(index=0, status=WalkerStatus.waiting, step=300, waiting_for_version=1, checkpoint="ck"))
+    _finish_round(ctx, files)
+    assert ctx.store.latest().version == 1 and ctx.store.unserved() == {2}
+    assert "scoring it failed" in ctx.db.last_event("gate").message
+    assert ctx.db.last_event("gate_next").data["released_walkers"] == [0]

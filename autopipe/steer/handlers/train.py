@@ -56,19 +56,15 @@ def _gate(ctx: Context, version: int, parent: int | None) -> bool:
 
     A rejected version stays in the store. Walkers that wait for a potential better than the
     parent go on with the parent, so the labels of the next round can come."""
-    from autopipe.steer.gate import judge
+    from autopipe.steer.gate import GATE_EVENT, GateDecision, judge, set_status
 
     try:
-        decision, data = judge(ctx.db, ctx.store, version, tolerance=ctx.run.train.gate_tolerance)
+        decision, _ = judge(ctx.db, ctx.store, version, tolerance=ctx.run.train.gate_tolerance)
     except Exception as exc:  # a potential that cannot be evaluated must not reach the walkers either
-        from autopipe.steer.gate import GATE_EVENT, set_status
-
+        decision = GateDecision(False, f"rejected: scoring it failed: {type(exc).__name__}: {exc}")
         set_status(ctx.db, version, PotentialStatus.rejected)
-        ctx.db.record_event(GATE_EVENT, f"v{version} rejected: scoring it failed: {type(exc).__name__}: {exc}",
-                            version=version, parent_version=parent, accepted=False,
-                            tolerance=ctx.run.train.gate_tolerance)
-        ctx.progress.log(f"gate: v{version} rejected, scoring failed: {exc}")
-        return False
+        ctx.db.record_event(GATE_EVENT, f"v{version} {decision.reason}", version=version, parent_version=parent,
+                            accepted=False, tolerance=ctx.run.train.gate_tolerance)
     ctx.progress.log(f"gate: v{version} {decision.reason}")
     if decision.accepted:
         return True
