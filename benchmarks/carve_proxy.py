@@ -198,6 +198,25 @@ def main(argv: list[str] | None = None) -> int:
         return cached_whole_label(atoms, settings, cache, label_fn)
 
     t0 = time.time()
+    potential = "EMT (stand-in for the potential)" if args.material == "al" else Path(args.potential).name
+    header = (f"{args.material}: core {core:g} Å, buffers {buffers} Å, min_distance {min_distance:g} Å, "
+              f"potential column {potential}, launcher {args.launcher!r}")
+
+    def write(points: list, done: bool) -> str:
+        """The table so far (rewritten after every centre, so a long scan that is stopped keeps its rows)."""
+        m = measurements(points)
+        pooled = "\n".join(f"- {x.name}: core rms {1000 * x.core_rms:.0f} meV/Å, potential {1000 * x.potential_rms:.0f} "
+                           f"meV/Å (ratio {x.ratio:.2f}), {x.cost:.0f} s per cell, whole frame {x.frame_cost:.0f} s, "
+                           f"{x.n_atoms} atoms" for x in m)
+        choice = choose(m, max_error_ratio=args.max_error_ratio)
+        state = "" if done else f"\n\n(partial: {len({(p.frame, p.center) for p in points})} of {len(frames)} centres)"
+        text = (f"{header}\n\n{format_table(points)}\n\nPooled over centres:\n{pooled}\n\nBudget (max_error_ratio "
+                f"{args.max_error_ratio:g}): {choice.reason}\n\nWall time of the benchmark: {time.time() - t0:.0f} s{state}\n")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{out}.md").write_text(text)
+        plot_points(points, RESULTS / f"{out}.png")
+        return text
+
     points = []
     for i, fr in enumerate(frames):
         rules = ["density", "fold"] if i < args.fold_centres else ["density"]
@@ -206,20 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                               kpoint_rules=rules, label_fn=label_fn, whole_label=whole, potential_forces=pot_forces,
                               lattice=lattice, min_distance=min_distance, kspacing=config.kspacing,
                               gamma_only_length=config.gamma_only_length, heal_calc=calc, heal_bounds=HEAL_BOUNDS)
-    table = format_table(points)
-    m = measurements(points)
-    pooled = "\n".join(f"- {x.name}: core rms {1000 * x.core_rms:.0f} meV/Å, potential {1000 * x.potential_rms:.0f} "
-                       f"meV/Å (ratio {x.ratio:.2f}), {x.cost:.0f} s per cell, whole frame {x.frame_cost:.0f} s, "
-                       f"{x.n_atoms} atoms" for x in m)
-    choice = choose(m, max_error_ratio=args.max_error_ratio)
-    potential = "EMT (stand-in for the potential)" if args.material == "al" else Path(args.potential).name
-    text = (f"{args.material}: core {core:g} Å, buffers {buffers} Å, min_distance {min_distance:g} Å, "
-            f"potential column {potential}, launcher {args.launcher!r}\n\n{table}\n\nPooled over centres:\n{pooled}\n\nBudget (max_error_ratio {args.max_error_ratio:g}): "
-            f"{choice.reason}\n\nWall time of the benchmark: {time.time() - t0:.0f} s\n")
-    print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{out}.md").write_text(text)
-    plot_points(points, RESULTS / f"{out}.png")
+        write(points, done=False)
+    print(write(points, done=True))
     return 0
 
 
