@@ -306,6 +306,77 @@ def gate_section(st: dict[str, Any]) -> str:
             + (f"<h3>Rollbacks</h3><ul>{back}</ul>" if back else ""))
 
 
+def _bin_name(b: dict[str, Any]) -> str:
+    return f"{b['lo']:g}–{b['hi']:g}" if b.get("hi") is not None else f"≥ {b['lo']:g}"
+
+
+def plot_calibration(probe: dict[str, Any], out: Path) -> Path | None:
+    """The calibration curve: force RMSE (meV/Å) of each version on the probe's labels per gamma
+    bin (gamma from that version), with the bootstrap interval as error bars."""
+    versions = [v for v in probe.get("versions", []) if v.get("curve")]
+    if not versions:
+        return None
+    plt = _mpl()
+    cmap = plt.get_cmap("viridis", max(len(versions), 2))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, v in enumerate(versions):
+        bins = [b for b in v["curve"] if b.get("rms") is not None]
+        x = np.array([(b["lo"] + b["hi"]) / 2 if b.get("hi") is not None else 1.25 * b["lo"] for b in bins])
+        y = np.array([1000 * b["rms"] for b in bins])
+        lo = np.array([1000 * b["low"] if b.get("low") is not None else np.nan for b in bins])
+        hi = np.array([1000 * b["high"] if b.get("high") is not None else np.nan for b in bins])
+        yerr = np.nan_to_num(np.vstack([y - lo, hi - y]), nan=0.0)
+        ax.errorbar(x, y, yerr=yerr, marker="o", ms=4, capsize=3, color=cmap(i), label=f"v{v['version']}")
+    if probe.get("threshold"):
+        ax.axvline(probe["threshold"], color="crimson", ls="--", lw=1, label=f"threshold {probe['threshold']:g}")
+    ax.set_yscale("log")
+    ax.set_xlabel("extrapolation grade γ of the atom (bin centre)")
+    ax.set_ylabel("force RMSE (meV/Å)")
+    ax.set_title("Calibration: force error against γ (probe labels)")
+    ax.legend(title="potential", fontsize=8)
+    fig.tight_layout()
+    path = out / "calibration.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def calibration_section(st: dict[str, Any], out: Path) -> str:
+    """HTML: the false-negative probe's spending, each version's force error on its labels with its
+    interval, and the calibration curve (plot and table); empty when the run has no probe label."""
+    from autopipe.status import interval_text
+
+    probe = st.get("probe")
+    if not probe:
+        return ""
+    sh = probe["share"]
+    spent = "nothing yet" if sh["spent"] is None else (
+        f"{100 * sh['spent']:.1f} % of the loop's DFT {'seconds' if sh['unit'] == 's' else 'labels'}")
+    versions = probe.get("versions", [])
+    bins = list(dict.fromkeys(_bin_name(b) for v in versions for b in v.get("curve", [])))
+
+    def cell(b: dict[str, Any] | None) -> str:
+        if b is None or b.get("rms") is None:
+            return "–"
+        ci = (f" [{1000 * b['low']:.1f}–{1000 * b['high']:.1f}]" if b.get("low") is not None
+              and b.get("high") is not None else "")
+        return f"{1000 * b['rms']:.1f}{ci}<br><small>{b.get('n_atoms', 0)} atoms</small>"
+
+    rows = "".join(
+        f"<tr><td>v{v['version']}</td><td style='text-align:left'>{html.escape(interval_text(v))}</td>"
+        + "".join(f"<td>{cell(next((b for b in v.get('curve', []) if _bin_name(b) == name), None))}</td>"
+                  for name in bins) + "</tr>" for v in versions)
+    return ("<h2>Measured error where the MD goes (false-negative probe)</h2>"
+            f"<p>{sh['n_labels']} probe label(s) ({sh['in_flight']} queued), {spent}: cells carved around random "
+            "atoms the potential called safe (γ below the threshold) at the ends of segments that did not trigger, "
+            "held out of training. Force RMSE over their trusted atoms, per version, with a 95 % percentile "
+            "bootstrap interval over probe structures; per γ bin (γ from that version) the calibration curve "
+            "(meV/Å [interval]).</p>"
+            + _img(plot_calibration(probe, out), "calibration curve")
+            + "<table><tr><th>version</th><th>all probe atoms</th>"
+            + "".join(f"<th>γ {html.escape(n)}</th>" for n in bins) + "</tr>" + rows + "</table>")
+
+
 def build_report(db: Database, workdir: Path | str) -> Path:
     """Write ``<workdir>/report/index.html`` (and its PNGs); returns its path."""
     from autopipe.status import collect_status
@@ -366,6 +437,7 @@ segments {st['segments']}, triggers {st['triggers']}{_rewinds(st)}.</p>
 {fresh_html}
 {carving_section(st)}
 {gate_section(st)}
+{calibration_section(st, out)}
 <h2>Uncertainty during MD</h2>{_img(gamma_png, 'max gamma against MD time')}
 <div class="grid"><div><h2>Learning curve</h2>{_img(learn_png, 'force RMSE per version')}
 <table><tr><th>version</th><th>name</th><th>parent</th><th>train F RMSE (meV/Å)</th><th>trigger frames (in-sample) F RMSE (meV/Å)</th><th>fresh close-contact frames F RMSE (meV/Å)</th></tr>{rows}</table>

@@ -73,7 +73,45 @@ def collect_status(db: Database) -> dict[str, Any]:
         # Structures kept out of training per role (None: trained on), and the gate's decisions and rollbacks.
         "heldout": {k: n for k, n in heldout.items() if k != "None"},
         **gate,
+        "probe": probe_status(db),
     }
+
+
+def probe_status(db: Database) -> dict[str, Any] | None:
+    """The false-negative probe (:mod:`autopipe.steer.probe`): its spending, and each existing version's
+    force error on its labels as the loop last stored it (``probe_scores`` event: nothing is evaluated
+    here). None when the run has no probe label, queued or done.
+
+    ``share``: probe and total cost in ``unit`` (s or labels), ``spent`` (fraction), ``n_labels``,
+    ``n_done``, ``in_flight``; ``versions``: per version ``rms``, ``low``, ``high`` (eV/Å; the
+    interval at ``confidence``, a bootstrap over probe structures), ``n_atoms``, ``n_structures``,
+    ``curve`` (gamma bins ``lo``/``hi`` with the same numbers)."""
+    from dataclasses import asdict
+
+    from autopipe.steer.probe import SCORES_EVENT, share_state
+
+    share = share_state(db)
+    ev = db.last_event(SCORES_EVENT)
+    if not share.n_labels and not share.in_flight and ev is None:
+        return None
+    with db.session() as s:
+        existing = set(s.scalars(select(Potential.version)))
+    data = ev.data if ev is not None else {}
+    return {"share": {**asdict(share), "spent": share.spent},
+            "versions": [v for v in data.get("versions", []) if v.get("version") in existing],
+            "threshold": data.get("threshold"), "n_scored": data.get("n_labels", 0),
+            "at": ev.created_at.isoformat(timespec="seconds") if ev is not None else None}
+
+
+def interval_text(v: dict[str, Any]) -> str:
+    """``123.4 meV/Å (95 % interval 100.1-140.2, 12 structures, 480 atoms)`` of a stored estimate."""
+    if v.get("rms") is None:
+        return "no trusted atom scored"
+    what = f"{v.get('n_structures', 0)} structure(s), {v.get('n_atoms', 0)} atoms"
+    if v.get("low") is None or v.get("high") is None:
+        return f"{v['rms'] * 1000:.1f} meV/Å (no interval: {what})"
+    return (f"{v['rms'] * 1000:.1f} meV/Å ({100 * v.get('confidence', 0.95):g} % interval {v['low'] * 1000:.1f}-"
+            f"{v['high'] * 1000:.1f}, {what})")
 
 
 def gate_history(session) -> dict[str, list[dict[str, Any]]]:
@@ -136,5 +174,13 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(f"rollback   : {r['message']}")
     if st.get("carving"):
         lines.append(f"carving    : {st['carving'][-1]['message']}")
+    if probe := st.get("probe"):
+        sh = probe["share"]
+        spent = "nothing spent yet" if sh["spent"] is None else (
+            f"{100 * sh['spent']:.1f} % of the loop's DFT {'seconds' if sh['unit'] == 's' else 'labels'}")
+        lines.append(f"probe      : {sh['n_labels']} label(s) ({sh['in_flight']} queued), {spent} "
+                     "(configurations the potential called safe; held out, never trained on)")
+        for v in probe["versions"]:
+            lines.append(f"probe error: v{v['version']} {interval_text(v)}")
     lines.append(f"stopped    : {st['stopped_because'] or 'not stopped (running, or killed)'}")
     return "\n".join(lines)

@@ -185,6 +185,18 @@ class OTFConfig(StrictModel):
     uncertainty_threshold: float = Field(default=5.0, gt=1.0, description="Max gamma that stops a segment.")
     check_frequency: int = Field(default=10, ge=1, description="MD steps between gamma checks.")
     max_extractions: int = Field(default=1, ge=1, description="Sub-cells carved per trigger frame.")
+    probe_share: float = Field(
+        default=0.05, ge=0, le=0.5,
+        description="Share of the loop's DFT cost (label seconds; label counts while no seconds are known) spent "
+        "labelling configurations the potential calls safe (the false-negative probe, autopipe.steer.probe): a "
+        "cell carved around a random atom below the threshold at the end of a segment that did not trigger, held "
+        "out of training, giving each version's measured force error and the calibration curve. 0: no probe.",
+    )
+    probe_every: int = Field(
+        default=5, ge=1,
+        description="A walker gives at most one probe per this many of its segments (spreads the probe over "
+        "walkers and MD time).",
+    )
 
 
 class LatticeConfig(StrictModel):

@@ -65,6 +65,8 @@ class Context:
             with self.db.session() as s:
                 task = s.get(Task, task_id)
                 kind = task.kind
+                # The row's priority: PRIORITY[kind], or lower for a probe's label (steer.probe).
+                priority = PRIORITY[kind.value] if task.priority is None else task.priority
                 app_args = self.args[kind](self, task)
             if kind is not TaskKind.embed:  # carving runs in this process: nothing is sent
                 try:
@@ -74,7 +76,7 @@ class Context:
                     self.cannot_send(str(exc))
                     continue
             label = self.apps.executors[kind.value]
-            self.dispatcher.push(label, PRIORITY[kind.value], task_id, getattr(self.apps, kind.value), *app_args)
+            self.dispatcher.push(label, priority, task_id, getattr(self.apps, kind.value), *app_args)
 
     def cannot_send(self, why: str) -> None:
         """Work that can never run as configured: recorded once, and the run stops (stopping rules)."""

@@ -127,7 +127,6 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
     """
     import numpy as np
 
-    from autopipe.carving.lattice import ParentTooSmall
     from autopipe.embedding import select_centers
 
     e = embedding_config
@@ -136,18 +135,14 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
     top = int(np.argmax(gamma))
 
     def whole(note: str) -> list[CarvedCell]:
-        atoms = frame.copy()
-        atoms.arrays.pop("gamma", None)
-        return [CarvedCell(center=top, gamma=float(gamma[top]), atoms=atoms, whole_frame=True, note=note)]
+        return [_whole(frame, top, gamma, note)]
 
     strategy = strategy or e.strategy
     if calibrate:
         return whole("calibrating the carving budget") + _calibration_cells(frame, top, gamma, e, calibrate, lattice,
                                                                             kpoint_settings, charge)
-    if e.whole_frame == "always":
-        return whole("embedding.whole_frame is 'always'")
-    if strategy == "whole":
-        return whole("the carving budget chose whole frames")
+    if (note := _whole_rule(e, strategy)) is not None:
+        return whole(note)
     order = select_centers(frame, gamma, threshold, len(frame), 0.0)  # every atom above it, most uncertain first
     out: list[CarvedCell] = []
     chosen: list[int] = []
@@ -157,17 +152,53 @@ def embed_work(frame, embedding_config, threshold: float, max_extractions: int, 
             break
         if chosen and np.min(frame.get_distances(c, chosen, mic=True)) < side:
             continue
-        try:
-            sub, masked = _carve_cell(frame, c, strategy, e, lattice, kpoint_settings, charge)
-        except (ParentTooSmall, _AsBigAsTheFrame) as exc:
-            return whole(str(exc))
-        except ValueError as exc:
-            out.append(CarvedCell(center=int(c), gamma=float(gamma[c]), refused=str(exc)))
+        cell = carve_one(frame, int(c), e, strategy, lattice, kpoint_settings, charge)
+        if cell.whole_frame:
+            return whole(cell.note)
+        out.append(cell)
+        if cell.refused:
             refused += 1
             continue
         chosen.append(int(c))
-        out.append(CarvedCell(center=int(c), gamma=float(gamma[c]), atoms=sub, masked=masked))
     return out
+
+
+def _whole_rule(e, strategy: str) -> str | None:
+    """Why every frame is labelled whole under these settings, or None."""
+    if e.whole_frame == "always":
+        return "embedding.whole_frame is 'always'"
+    if strategy == "whole":
+        return "the carving budget chose whole frames"
+    return None
+
+
+def _whole(frame, center: int, gamma, note: str) -> CarvedCell:
+    atoms = frame.copy()
+    atoms.arrays.pop("gamma", None)
+    return CarvedCell(center=center, gamma=float(gamma[center]), atoms=atoms, whole_frame=True, note=note)
+
+
+def carve_one(frame, center: int, embedding_config, strategy: str | None = None, lattice=None,
+              kpoint_settings: tuple[float, float] | None = None, charge=None) -> CarvedCell:
+    """The cell around atom ``center`` of ``frame`` (``arrays["gamma"]`` per atom), by the rules of
+    :func:`embed_work` for one centre: the whole frame with ``embedding.whole_frame: always``, the
+    ``whole`` strategy, a frame too small for the strategy, or a cell holding at least
+    ``embedding.whole_frame_fraction`` of it (``note`` says which); refused (``refused``) when
+    no cell can be carved there. Used for trigger centres and for the false-negative probe's."""
+    from autopipe.carving.lattice import ParentTooSmall
+
+    e = embedding_config
+    gamma = frame.arrays["gamma"]
+    strategy = strategy or e.strategy
+    if (note := _whole_rule(e, strategy)) is not None:
+        return _whole(frame, center, gamma, note)
+    try:
+        sub, masked = _carve_cell(frame, center, strategy, e, lattice, kpoint_settings, charge)
+    except (ParentTooSmall, _AsBigAsTheFrame) as exc:
+        return _whole(frame, center, gamma, str(exc))
+    except ValueError as exc:
+        return CarvedCell(center=center, gamma=float(gamma[center]), refused=str(exc))
+    return CarvedCell(center=center, gamma=float(gamma[center]), atoms=sub, masked=masked)
 
 
 class _AsBigAsTheFrame(ValueError):

@@ -38,6 +38,10 @@ def done(ctx: Context, task_id: int, result: LabelResult) -> None:
 
         if mark_heldout(ctx.db, sid, ctx.run.train.heldout_every):
             ctx.progress.log(f"structure {sid}: held out (every {ctx.run.train.heldout_every}th label; never trained on)")
+        from autopipe.steer import probe
+
+        if probe.is_probe(ctx.db, sid):
+            probe.rescore(ctx)  # every version's error on the probe's labels, for status and the report
     tasks.mark(ctx.db, task_id, TaskState.done, error=result.error)
     if ctx.run.embedding.strategy == "budget":
         from autopipe.steer import budget

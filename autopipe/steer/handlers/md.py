@@ -74,7 +74,7 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
         idx, number, version, gmax, err, retired = (w.index, seg.number, seg.potential_version, seg.max_gamma,
                                                     seg.error, w.status.value == "finished")
         rewind_step = w.step
-        status = seg.status
+        status, seg_id = seg.status, seg.id
     if status is SegmentStatus.triggered:
         thr = ctx.run.otf.uncertainty_threshold
         lost = result.end_step - rewind_step
@@ -87,6 +87,10 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
         ctx.push(embed_task)
     elif status is SegmentStatus.failed:
         ctx.progress.log(f"walker {idx} segment {number} failed: {err}" + (" (walker retired)" if retired else ""))
+    elif status is SegmentStatus.completed:  # the potential called it safe throughout: the false-negative probe may label its end
+        from autopipe.steer.probe import maybe_probe
+
+        maybe_probe(ctx, walker=idx, segment=number, segment_id=seg_id, version=version, state=result.final_state)
 
 
 def crashed(ctx: Context, task_id: int, error: str) -> None:

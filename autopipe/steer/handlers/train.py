@@ -42,7 +42,11 @@ def done(ctx: Context, task_id: int, fit: FitOutput) -> None:
         return
     ctx.train_failures = 0
     tasks.mark(ctx.db, task_id, TaskState.done)
-    if gated and not _gate(ctx, pot.version, pot.parent_version):
+    served = not gated or _gate(ctx, pot.version, pot.parent_version)
+    from autopipe.steer.probe import rescore
+
+    rescore(ctx)  # the new version's error on the probe's labels (rejected or not), for status and the report
+    if not served:
         return
     rmse = pot.metrics.get("train_forces_rmse")
     ctx.progress.log(f"published v{pot.version} {pot.name} on {pot.n_train} structures"
