@@ -59,8 +59,15 @@ def trigger_frames(db: Database, dft_config: dict[str, Any] | None) -> list[Labe
 
     with db.session() as s:
         frames = [atoms_from_structure(r) for r in s.scalars(
-            select(Structure).where(Structure.origin == Origin.md_frame).order_by(Structure.id))]
+            select(Structure).where(Structure.origin == Origin.md_frame, not_probe()).order_by(Structure.id))]
     return label_frames(frames, dft_config)
+
+
+def not_probe():
+    """SQL condition: not a false-negative probe's structure (its frames are MD frames that did not trigger)."""
+    from autopipe.db import HeldOut
+
+    return Structure.heldout.is_distinct_from(HeldOut.probe)  # NULL (trained on) included
 
 
 def force_rmse(potential, frames: Sequence[LabelledFrame]) -> float:

@@ -240,10 +240,12 @@ def trigger_frame(db: Database, structure_id: int | None = None) -> tuple[Atoms,
     from sqlalchemy import select
 
     from autopipe.db import Origin, Structure, atoms_from_structure
+    from autopipe.heldout import not_probe
 
     with db.session() as s:
         if structure_id is None:
-            row = s.scalars(select(Structure).where(Structure.origin == Origin.md_frame).order_by(Structure.id)).first()
+            row = s.scalars(select(Structure).where(Structure.origin == Origin.md_frame, not_probe())
+                            .order_by(Structure.id)).first()
             if row is None:
                 raise AutopipeError("the run has no trigger frame yet (no MD frame stopped on gamma)")
         else:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select
 
-from autopipe.db import Event, Label, LabelStatus, Origin, Structure
+from autopipe.db import Event, HeldOut, Label, LabelStatus, Origin, Structure
 
 if TYPE_CHECKING:
     from autopipe.steer.context import Context
@@ -92,7 +92,8 @@ def _carved_labels_since(ctx: Context, event_id: int) -> int:
     with ctx.db.session() as s:
         created = s.get(Event, event_id).created_at
         rows = s.scalars(select(Structure.info).join(Label, Label.structure_id == Structure.id).where(
-            Structure.origin == Origin.embedded, Label.status == LabelStatus.done, Label.created_at >= created))
+            Structure.origin == Origin.embedded, Label.status == LabelStatus.done, Label.created_at >= created,
+            Structure.heldout.is_distinct_from(HeldOut.probe)))  # the probe's cells are measurements
         return sum(1 for info in rows if not (info or {}).get("calibration_for"))
 
 

@@ -262,3 +262,74 @@ def test_report_shows_the_calibration_curve(tmp_path):
     first_bin = versions[1]["curve"][0]
     assert f"{first_bin['rms'] * 1000:.1f}" in page and "0–0.5" in page and "v2" in page and "v3" not in page
     assert calibration_section({"probe": None}, out) == ""
+
+
+# ----------------------------------------------------------------------------- through the loop (not run here)
+
+
+@pytest.mark.slow
+def test_the_loop_probes_quiet_segments_and_scores_every_version(tmp_path, lj2d_potential):
+    """End to end on the local site (LAMMPS, a pacemaker retrain): quiet segments are probed within
+    the share, the probe's labels never reach a fit, and status reads their scores. Slow: not run
+    by the helper that wrote it."""
+    from autopipe.status import collect_status, render_status
+    from tests.steer.test_loop import finish, from_fixture, steer
+
+    run = from_fixture(tmp_path, lj2d_potential, otf={"uncertainty_threshold": 20.0, "max_extractions": 1,
+                                                      "probe_share": 0.3, "probe_every": 1},
+                       stop={"max_md_steps": 600, "max_trainings": 1, "max_walltime": 600})
+    finish(steer("local", run))
+    from autopipe.db import Database
+
+    db = Database(f"sqlite:///{tmp_path / 'work' / 'autopipe.db'}")
+    with db.session() as s:
+        probes = list(s.scalars(select(Structure).join(Label, Label.structure_id == Structure.id).where(
+            Structure.heldout == HeldOut.probe, Label.status == LabelStatus.done)))
+        assert probes and all((p.info or {}).get("probe", {}).get("gamma", 99) < 20.0 for p in probes)
+        n_train = {p.version: p.n_train for p in s.scalars(select(Potential))}
+    df, _ = build_dataset(db, TrainConfig())
+    assert not {p.id for p in probes} & set(df["structure_id"])
+    assert max(n_train.values()) <= len(df)
+    st = collect_status(db)
+    assert st["probe"]["versions"] and "probe error: v1" in render_status(st)
+
+
+# ----------------------------------------------------------------------------- probe frames are not trigger frames
+
+
+def _trigger_and_probe_frames(db):
+    """A probe frame (md_frame, HeldOut.probe), then a trigger frame (md_frame), and a probe cell
+    labelled after a carving-budget decision; returns (trigger id, probe frame id)."""
+    from autopipe.db import structure_from_atoms
+
+    frames = lj_structures(2, seed=4)
+    frames[1].arrays["gamma"] = np.linspace(0.5, 30.0, len(frames[1]))
+    with db.session() as s:
+        # The probe frame comes first in the table: "the first md_frame" must still be the trigger.
+        rows = [structure_from_atoms(frames[0], Origin.md_frame, heldout=HeldOut.probe),
+                structure_from_atoms(frames[1], Origin.md_frame)]
+        s.add_all(rows)
+        s.flush()
+        ids = (rows[1].id, rows[0].id)
+    db.record_event("carve_budget", "chose cube", chosen="cube")
+    add_labelled(db, lj_structures(1, seed=5), origin="embedded", heldout=HeldOut.probe, info={"probe": {}})
+    return ids
+
+
+def test_probe_frames_are_not_the_reports_trigger_frames_nor_carved_labels_of_the_budget(tmp_path):
+    from types import SimpleNamespace
+
+    from autopipe.db import Database, Event
+    from autopipe.analysis.buffer_scan import trigger_frame
+    from autopipe.heldout import trigger_frames
+    from autopipe.steer.budget import _carved_labels_since
+
+    db = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    trig, probe_frame = _trigger_and_probe_frames(db)
+    frames = trigger_frames(db, {"code": "lj", "epsilon": 0.1, "sigma": 2.0, "cutoff": 5.0})
+    assert [a.info["structure_id"] for a, _ in frames] == [trig]
+    with db.session() as s:
+        decision = s.scalar(select(Event.id).where(Event.kind == "carve_budget"))
+    assert _carved_labels_since(SimpleNamespace(db=db), decision) == 0  # a probe's cell is not a carved label
+    frame, center, sid = trigger_frame(db)  # the buffer scan's default frame
+    assert sid == trig and center == len(frame) - 1
