@@ -333,3 +333,31 @@ def test_probe_frames_are_not_the_reports_trigger_frames_nor_carved_labels_of_th
     assert _carved_labels_since(SimpleNamespace(db=db), decision) == 0  # a probe's cell is not a carved label
     frame, center, sid = trigger_frame(db)  # the buffer scan's default frame
     assert sid == trig and center == len(frame) - 1
+
+
+def test_rescore_stores_each_versions_probe_error_as_the_gate_measures_it(ctx):
+    from autopipe.steer.gate import heldout_frames, score
+    from autopipe.steer.probe import SCORES_EVENT, rescore
+
+    assert rescore(ctx) is None and ctx.db.last_event(SCORES_EVENT) is None  # no probe label yet
+    add_labelled(ctx.db, lj_structures(4, seed=1), origin="embedded")  # trigger labels: 400 s of DFT
+    with ctx.db.session() as s:
+        for lab in s.scalars(select(Label)):
+            lab.walltime = 100.0
+    for seed in range(3):
+        task_id = maybe_probe(ctx, walker=seed, segment=0, segment_id=None, version=1, state=_state(8, seed))
+        with ctx.db.session() as s:
+            sid = s.get(Task, task_id).structure_id
+            s.get(Task, task_id).state = TaskState.done
+        ref = lj_label(_atoms(ctx.db, sid))
+        with ctx.db.session() as s:
+            s.add(Label(structure_id=sid, status=LabelStatus.done, code="lj", energy=ref.energy, forces=ref.forces,
+                        walltime=1.0))
+    data = rescore(ctx)
+    [v1] = data["versions"]
+    gate = score(ctx.store.get(1), heldout_frames(ctx.db))
+    assert data["n_labels"] == 3 and v1["version"] == 1 and v1["n_structures"] == 3
+    assert v1["rms"] == pytest.approx(gate.force_rmse) and v1["n_atoms"] == gate.n_atoms
+    assert v1["low"] <= v1["rms"] <= v1["high"]
+    assert sum(b["n_atoms"] for b in v1["curve"]) == v1["n_atoms"] and v1["curve"][0]["lo"] == 0.0
+    assert ctx.db.last_event(SCORES_EVENT).data["versions"][0]["rms"] == v1["rms"]
