@@ -76,14 +76,16 @@ def mark_heldout(db: Database, structure_id: int, every: int) -> bool:
     return True
 
 
-def heldout_frames(db: Database) -> list[HeldOutFrame]:
-    """Every held-out structure with its newest successful label: ``[(atoms, forces eV/Å, trusted)]``."""
+def heldout_frames(db: Database, role: HeldOut | None = None) -> list[HeldOutFrame]:
+    """Every held-out structure (of ``role``; None: any) with its newest successful label:
+    ``[(atoms, forces eV/Å, trusted)]``; ``atoms.info["structure_id"]`` names its row."""
     from autopipe.db import atoms_from_structure
 
     newest: dict[int, HeldOutFrame] = {}
+    held = Structure.heldout.is_not(None) if role is None else Structure.heldout == role
     with db.session() as s:
         q = (select(Label, Structure).join(Structure, Label.structure_id == Structure.id)
-             .where(Structure.heldout.is_not(None), Label.status == LabelStatus.done, Label.forces.is_not(None))
+             .where(held, Label.status == LabelStatus.done, Label.forces.is_not(None))
              .order_by(Label.id))
         for label, struct in s.execute(q):
             trusted = np.ones(struct.n_atoms, bool)

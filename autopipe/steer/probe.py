@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from autopipe.md import MDState
     from autopipe.potentials.store import PotentialStore
     from autopipe.steer.context import Context
+    from autopipe.steer.gate import HeldOutFrame
     from autopipe.steer.work import CarvedCell
 
 log = logging.getLogger(__name__)
@@ -276,25 +277,12 @@ def _queue_probe(ctx: Context, walker: int, segment: int, segment_id: int, versi
 # ----------------------------------------------------------------------------- scores
 
 
-#: A probe label: structure id, atoms, reference forces (eV/Å, (n, 3)), trusted atoms.
-ProbeFrame = tuple[int, "Atoms", np.ndarray, np.ndarray]
+def probe_frames(db: Database) -> list[HeldOutFrame]:
+    """Every probe structure with its newest successful label: ``[(atoms, forces eV/Å, trusted)]``
+    (:func:`autopipe.steer.gate.heldout_frames` of the probe's role)."""
+    from autopipe.steer.gate import heldout_frames
 
-
-def probe_frames(db: Database) -> list[ProbeFrame]:
-    """Every probe structure with its newest successful label."""
-    from autopipe.db import atoms_from_structure
-
-    newest: dict[int, ProbeFrame] = {}
-    with db.session() as s:
-        q = (select(Label, Structure).join(Structure, Label.structure_id == Structure.id)
-             .where(Structure.heldout == HeldOut.probe, Label.status == LabelStatus.done, Label.forces.is_not(None))
-             .order_by(Label.id))
-        for label, struct in s.execute(q):
-            trusted = np.ones(struct.n_atoms, bool)
-            trusted[list(struct.force_mask or [])] = False
-            forces = np.asarray(label.forces, float).reshape(struct.n_atoms, 3)
-            newest[struct.id] = (struct.id, atoms_from_structure(struct), forces, trusted)
-    return list(newest.values())
+    return heldout_frames(db, HeldOut.probe)
 
 
 def version_scores(gammas: Sequence[np.ndarray], errors: Sequence[np.ndarray], structure_ids: Sequence[int],
@@ -310,7 +298,7 @@ def version_scores(gammas: Sequence[np.ndarray], errors: Sequence[np.ndarray], s
     return {**overall(e, ids, confidence=confidence).as_dict(), "curve": [b.as_dict() for b in curve]}
 
 
-def score_versions(store: PotentialStore, frames: Sequence[ProbeFrame], threshold: float | None) -> list[dict]:
+def score_versions(store: PotentialStore, frames: Sequence[HeldOutFrame], threshold: float | None) -> list[dict]:
     """Per published version (not one still being gated; corrupted ones are left out): its
     :func:`version_scores` on ``frames`` (pyace evaluates every frame with every version)."""
     from autopipe.db import PotentialStatus
@@ -329,13 +317,13 @@ def score_versions(store: PotentialStore, frames: Sequence[ProbeFrame], threshol
         except (KeyError, ValueError):
             continue
         gammas, errors, ids = [], [], []
-        for sid, atoms, ref, trusted in frames:
+        for atoms, ref, trusted in frames:
             if not trusted.any():
                 continue
             res = evaluate(atoms, pot)
             gammas.append(np.asarray(res["gamma"], float)[trusted])
             errors.append((np.asarray(res["forces"], float) - ref)[trusted])
-            ids.append(sid)
+            ids.append(int(atoms.info["structure_id"]))
         out.append({"version": version, "status": status.value if status is not None else "served",
                     **version_scores(gammas, errors, ids, threshold)})
     return out

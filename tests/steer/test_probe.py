@@ -361,3 +361,40 @@ def test_rescore_stores_each_versions_probe_error_as_the_gate_measures_it(ctx):
     assert v1["low"] <= v1["rms"] <= v1["high"]
     assert sum(b["n_atoms"] for b in v1["curve"]) == v1["n_atoms"] and v1["curve"][0]["lo"] == 0.0
     assert ctx.db.last_event(SCORES_EVENT).data["versions"][0]["rms"] == v1["rms"]
+
+
+def test_the_md_handler_probes_a_completed_segment_not_a_triggered_one(ctx):
+    from autopipe.db import Segment, SegmentStatus, Walker
+    from autopipe.md import SegmentResult
+    from autopipe.steer.handlers import md
+
+    def finished(index: int, status: str) -> int:
+        state = _state(8, index)
+        with ctx.db.session() as s:
+            w = Walker(index=index, step=0, checkpoint="ck")
+            s.add(w)
+            s.flush()
+            seg = Segment(walker_id=w.id, number=0, potential_version=1, start_step=0)
+            s.add(seg)
+            s.flush()
+            task = ctx.new_task(TaskKind.md, segment_id=seg.id, payload={"n_steps": 500})
+            s.add(task)
+            s.flush()
+            task_id = task.id
+        frame = state.atoms.copy()
+        frame.arrays["gamma"] = np.full(len(frame), 30.0)
+        md.done(ctx, task_id, SegmentResult(status=status, final_state=state, start_step=0, end_step=500,
+                                            max_gamma=0.8 if status == "completed" else 30.0,
+                                            gamma_trace=np.array([[500, 0.8]]),
+                                            trigger_frame=frame if status == "triggered" else None))
+        with ctx.db.session() as s:
+            return s.scalars(select(Segment).where(Segment.walker_id == w.id)).one().status
+
+    assert finished(0, "triggered") is SegmentStatus.triggered
+    assert _probe_rows(ctx.db) == []
+    assert finished(1, "completed") is SegmentStatus.completed
+    rows = _probe_rows(ctx.db)
+    assert rows and rows[-1][3]["probe"]["walker"] == 1 and rows[-1][3]["probe"]["step"] == 500
+    with ctx.db.session() as s:
+        probe_tasks = list(s.scalars(select(Task).where(Task.priority == PROBE_PRIORITY)))
+    assert [t.structure_id for t in probe_tasks] == [rows[-1][0]]

@@ -87,7 +87,8 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
         ctx.push(embed_task)
     elif status is SegmentStatus.failed:
         ctx.progress.log(f"walker {idx} segment {number} failed: {err}" + (" (walker retired)" if retired else ""))
-    elif status is SegmentStatus.completed:  # the potential called it safe throughout: the false-negative probe may label its end
+    elif status is SegmentStatus.completed:
+        # The potential called the whole segment safe: the false-negative probe may label its end.
         from autopipe.steer.probe import maybe_probe
 
         maybe_probe(ctx, walker=idx, segment=number, segment_id=seg_id, version=version, state=result.final_state)
