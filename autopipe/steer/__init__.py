@@ -8,6 +8,9 @@
 * :mod:`~autopipe.steer.tasks`: task rows, their states, reconciliation after a restart;
 * :mod:`~autopipe.steer.queue`: per-executor priority queues in front of Parsl;
 * :mod:`~autopipe.steer.selection`: which carved sub-cells are worth a DFT call;
+* :mod:`~autopipe.steer.gate`: held-out labels, the gate before a hot-swap, rollbacks;
+  :mod:`~autopipe.steer.probe`: the false-negative probe (labels where gamma is low, each
+  version's measured error and the calibration curve);
 * :mod:`~autopipe.steer.apps`, :mod:`~autopipe.steer.work`: the Parsl apps and the plain
   functions they run on workers; :mod:`~autopipe.steer.context`: what the parts share;
 * :mod:`~autopipe.steer.live`: the live view and the run's log.

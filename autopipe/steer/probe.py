@@ -17,8 +17,9 @@ the gate (:mod:`autopipe.steer.gate`).
   label), is below ``probe_share`` of the total; its first label goes at once (a run whose
   potential never triggers still gets measured). A walker gives at most one probe per
   ``otf.probe_every`` of its segments.
-* **Scores.** Per published version, the force RMSE over the trusted atoms of the probe's
-  labels, with a bootstrap interval over probe structures, overall and per gamma bin (the
+* **Scores.** Per published version, the force RMSE over the trusted atoms of all the probe's
+  labels (the same labels for every version, whichever version ran when each was taken: its
+  ``info["probe"]["version"]`` says), with a bootstrap interval over probe structures, overall and per gamma bin (the
   calibration curve, :mod:`autopipe.analysis.calibration`; gamma from that version on the
   labelled cell). :func:`rescore` computes them (pyace) after each publish and each probe
   label and records them in a ``probe_scores`` event, which ``autopipe status`` and the
