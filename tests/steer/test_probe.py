@@ -370,17 +370,15 @@ def test_the_md_handler_probes_a_completed_segment_not_a_triggered_one(ctx):
 
     def finished(index: int, status: str) -> int:
         state = _state(8, index)
+        def added(s, row):
+            s.add(row)
+            s.flush()  # its id, for the next row
+            return row
+
         with ctx.db.session() as s:
-            w = Walker(index=index, step=0, checkpoint="ck")
-            s.add(w)
-            s.flush()
-            seg = Segment(walker_id=w.id, number=0, potential_version=1, start_step=0)
-            s.add(seg)
-            s.flush()
-            task = ctx.new_task(TaskKind.md, segment_id=seg.id, payload={"n_steps": 500})
-            s.add(task)
-            s.flush()
-            task_id = task.id
+            w = added(s, Walker(index=index, step=0, checkpoint="ck"))
+            seg = added(s, Segment(walker_id=w.id, number=0, potential_version=1, start_step=0))
+            task_id = added(s, ctx.new_task(TaskKind.md, segment_id=seg.id, payload={"n_steps": 500})).id
         frame = state.atoms.copy()
         frame.arrays["gamma"] = np.full(len(frame), 30.0)
         md.done(ctx, task_id, SegmentResult(status=status, final_state=state, start_step=0, end_step=500,
