@@ -82,3 +82,10 @@ def test_budget_falls_back_to_whole_frames_with_numbers() -> None:
 
 def test_recheck() -> None:
     assert not recheck_due(4, 5) and recheck_due(5, 5) and not recheck_due(100, 0)
+
+
+def test_the_run_files_default_ratio_is_the_budgets() -> None:
+    from autopipe.carving.budget import DEFAULT_MAX_ERROR_RATIO
+    from autopipe.config.run import EmbeddingConfig
+
+    assert EmbeddingConfig(core_radius=2.6, buffer=2.8).max_error_ratio == DEFAULT_MAX_ERROR_RATIO == 0.5
