@@ -46,7 +46,7 @@ from autopipe.analysis.carve_scan import (  # noqa: E402
     scan_carves,
     whole_frame_key,
 )
-from autopipe.carving.budget import choose  # noqa: E402
+from autopipe.carving.budget import DEFAULT_MAX_ERROR_RATIO, choose  # noqa: E402
 from autopipe.carving.heal import HealBounds  # noqa: E402
 from autopipe.carving.lattice import ReferenceLattice  # noqa: E402
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--potential", default=str(ROOT / "examples" / "si-vacancy" / "potential.yaml"),
                     help="Si: the ACE potential (yaml) whose error the labels must beat (Al uses EMT)")
     ap.add_argument("--launcher", default="/usr/bin/mpirun --allow-run-as-root -np 2")
-    ap.add_argument("--max-error-ratio", type=float, default=1.0)
+    ap.add_argument("--max-error-ratio", type=float, default=DEFAULT_MAX_ERROR_RATIO)
     ap.add_argument("--out", default=None, help="result name under benchmarks/results/ (default carve_proxy_<material>)")
     args = ap.parse_args(argv)
     preset = PRESETS[args.material]
