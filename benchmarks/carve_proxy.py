@@ -65,9 +65,10 @@ def _espresso_config(material: str):
         return EspressoConfig(code="espresso", pseudopotentials={"Al": "Al.pz-vbc.UPF"}, ecutwfc=15.0, kspacing=0.6,
                               gamma_only_length=9.5, smearing="mv", degauss=0.02, conv_thr=1e-6, mixing_beta=0.3,
                               timeout=7200, max_attempts=2)
-    return EspressoConfig(code="espresso", pseudopotentials={"Si": "Si.pz-vbc.UPF"}, ecutwfc=12.0, kspacing=0.6,
-                          gamma_only_length=9.5, smearing="mv", degauss=0.01, conv_thr=1e-6, mixing_beta=0.5,
-                          timeout=3600, max_attempts=2)
+    from autopipe.config import load_run
+
+    # The run file's own settings (one source), with room for a 215-atom frame (timeout is not in the cache key).
+    return load_run(ROOT / "configs" / "runs" / "si-vacancy.yaml").dft.model_copy(update={"timeout": 3600.0})
 
 
 #: Per material: reference crystal, default centres, core radius, buffers and min_distance (Å). Al's core
