@@ -48,10 +48,33 @@ class _ExecutorBase(StrictModel):
         description="Largest pickled arguments, and result, of one task on this executor (MB). Larger ones are "
         "not sent: the run stops with a message saying which and how big.",
     )
+    shared_scratch: str | None = Field(
+        default=None,
+        description="A directory the steering host and this executor's workers both reach under the same path, "
+        "e.g. '$PSCRATCH/autopipe' on Perlmutter ('~', $VAR and ${VAR} expanded on the steering host). With it, "
+        "MD walker checkpoints stay there and only their path, size and sha256 travel (md executor); without it "
+        "walker states travel by value, within max_payload_mb.",
+    )
 
     def payload_bytes(self) -> int:
         """``max_payload_mb`` in bytes."""
         return int(self.max_payload_mb * (1 << 20))
+
+    def shared_scratch_path(self) -> Path | None:
+        """``shared_scratch`` expanded here (absolute), or None; :class:`ConfigError` (one line) when a
+        variable in it is not set or the result is not an absolute path."""
+        import os
+
+        from autopipe.errors import ConfigError
+
+        if self.shared_scratch is None:
+            return None
+        expanded = os.path.expanduser(os.path.expandvars(self.shared_scratch))
+        if "$" in expanded or not os.path.isabs(expanded):
+            raise ConfigError(f"site executor {self.label!r}: shared_scratch {self.shared_scratch!r} is "
+                              f"{expanded!r} here: " + ("a variable in it is not set" if "$" in expanded
+                                                        else "not an absolute path"))
+        return Path(expanded)
 
     def slots(self) -> int:
         """Tasks the steering loop keeps in flight here: ``capacity``, else the worker count."""

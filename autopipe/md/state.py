@@ -9,24 +9,37 @@ File contents (units): ``numbers``, ``positions`` (Å), ``velocities`` (Å/fs), 
 ``pbc``, ``step``, ``masses`` (u) and ``momenta`` (ASE units). ``velocities`` are for
 readers of the file; ``momenta`` are what :func:`load_state` restores, so that a
 save/load cycle reproduces the atoms bit for bit.
+
+By reference (:class:`StateRef`, :class:`OnScratch`): where a site declares a scratch directory
+that the steering host and the MD workers both reach (``shared_scratch`` in the site file),
+checkpoints stay there. The steering side keeps only a :class:`StateRef` (path, size in bytes,
+sha256 of the file, MD step, about 200 bytes) instead of the arrays (about 56 bytes per atom),
+and the worker verifies the checksum before it resumes (:class:`StateRefused` when it does not
+match).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from autopipe.errors import AutopipeError
 
 if TYPE_CHECKING:
     from ase import Atoms
 
     from autopipe.config.run import MDConfig
 
-__all__ = ["MDState", "save_state", "load_state", "initial_state", "kinetic_temperature", "velocities_fs"]
+__all__ = ["MDState", "save_state", "load_state", "initial_state", "kinetic_temperature", "velocities_fs",
+           "StateRef", "StateRefused", "OnScratch", "save_state_ref", "load_state_ref"]
 
 #: Boltzmann constant (eV/K), CODATA 2018 as in ASE.
 KB = 8.617333262e-05
@@ -90,11 +103,11 @@ def save_state(path: Path | str, state: MDState) -> Path:
     return path
 
 
-def load_state(path: Path | str) -> MDState:
-    """Read a checkpoint written by :func:`save_state`."""
+def load_state(path: Path | str | io.BytesIO) -> MDState:
+    """Read a checkpoint written by :func:`save_state` (a path, or its bytes in a ``BytesIO``)."""
     from ase import Atoms, units
 
-    with np.load(Path(path), allow_pickle=False) as z:
+    with np.load(path if isinstance(path, io.BytesIO) else Path(path), allow_pickle=False) as z:
         atoms = Atoms(numbers=z["numbers"], positions=z["positions"], cell=z["cell"], pbc=z["pbc"])
         atoms.set_masses(z["masses"])
         if "momenta" in z:
@@ -141,3 +154,110 @@ def initial_state(atoms: Atoms, md_config: MDConfig, step: int = 0) -> MDState:
     else:
         a.set_momenta(np.zeros((n, 3)))
     return MDState(atoms=a, step=step)
+
+
+# ----------------------------------------------------------------------------- by reference
+
+
+class StateRefused(AutopipeError):
+    """A checkpoint by reference that does not match its recorded size and sha256 (changed, truncated
+    or missing on scratch): the worker does not resume from it."""
+
+
+@dataclass(frozen=True)
+class StateRef:
+    """A walker state by reference: ``path`` (absolute, the same on the steering host and the
+    workers), ``size`` (bytes) and ``sha256`` of the checkpoint file, and its MD ``step``."""
+
+    path: str
+    size: int
+    sha256: str
+    step: int
+
+    def to_text(self) -> str:
+        """The form kept in the database's checkpoint columns (a JSON object; a plain path is by value)."""
+        return json.dumps({"path": self.path, "size": self.size, "sha256": self.sha256, "step": self.step})
+
+    @classmethod
+    def from_text(cls, text: str | None) -> StateRef | None:
+        """The reference a checkpoint column holds, or None for a plain path (a checkpoint on the steering host)."""
+        if not text or not text.lstrip().startswith("{"):
+            return None
+        d = json.loads(text)
+        return cls(path=str(d["path"]), size=int(d["size"]), sha256=str(d["sha256"]), step=int(d["step"]))
+
+
+def save_state_ref(path: Path | str, state: MDState) -> StateRef:
+    """Write ``state`` to ``path`` (:func:`save_state`) and return its reference."""
+    path = save_state(path, state)
+    data = path.read_bytes()  # what landed on the file system is what the next reader checks
+    return StateRef(path=str(path.resolve()), size=len(data), sha256=hashlib.sha256(data).hexdigest(), step=state.step)
+
+
+def load_state_ref(ref: StateRef) -> MDState:
+    """The state ``ref`` names, read once and checked against its size and sha256 before use;
+    :class:`StateRefused` (one line) when the file is missing or does not match."""
+    try:
+        data = Path(ref.path).read_bytes()
+    except OSError as exc:
+        raise StateRefused(f"walker checkpoint {ref.path}: cannot be read ({exc.strerror or exc}); not resumed") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != ref.size or digest != ref.sha256:
+        raise StateRefused(f"walker checkpoint {ref.path}: {len(data)} bytes with sha256 {digest[:12]}, recorded "
+                           f"{ref.size} bytes with sha256 {ref.sha256[:12]}; not resumed")
+    state = load_state(io.BytesIO(data))
+    if state.step != ref.step:
+        raise StateRefused(f"walker checkpoint {ref.path}: holds step {state.step}, recorded {ref.step}; not resumed")
+    return state
+
+
+@dataclass(frozen=True)
+class OnScratch:
+    """What an MD task receives instead of a state on the shared-scratch route: the reference of
+    the state it resumes from, and ``directory`` (absolute, on the shared scratch) where it writes
+    the states it returns by reference. Earlier checkpoints are never overwritten: a segment writes
+    only into its own directory, so the walker's previous good checkpoint stays until the next is
+    recorded (and after)."""
+
+    ref: StateRef
+    directory: str
+
+    def load(self) -> MDState:
+        return load_state_ref(self.ref)
+
+    def refusal(self, message: str):
+        """The failed ``SegmentResult`` of a segment that did not start because its state was refused
+        (``failure == "refused"``: the steering side puts the walker back on its previous good state)."""
+        from autopipe.md.result import SegmentResult
+
+        return SegmentResult(status="failed", final_state=self.ref, start_step=self.ref.step, end_step=self.ref.step,
+                             max_gamma=float("nan"), gamma_trace=np.zeros((0, 2)), error=message, failure="refused")
+
+    def keep(self, result):
+        """``result`` (a ``SegmentResult``) with its final and rewind states written under
+        ``directory`` and replaced by their :class:`StateRef`; a failed segment's final state is
+        the unchanged start, returned as the reference it came as."""
+        from autopipe.layout import checkpoint_file
+
+        def put(state: MDState) -> StateRef:
+            if state.step == self.ref.step:
+                return self.ref  # the start state: already on scratch
+            return save_state_ref(checkpoint_file(self.directory, state.step), state)
+
+        final = self.ref if result.status == "failed" else put(result.final_state)
+        rewind = put(result.rewind_state) if result.rewind_state is not None else None
+        return replace(result, final_state=final, rewind_state=rewind)
+
+
+class DeferredState:
+    """A state by reference read (and verified) only when its atoms are asked for: the steering
+    side hands one to code that may or may not need the arrays (the false-negative probe)."""
+
+    def __init__(self, ref: StateRef) -> None:
+        self.ref, self.step, self._state = ref, ref.step, None
+
+    @property
+    def atoms(self):
+        if self._state is None:
+            self._state = load_state_ref(self.ref)
+        return self._state.atoms

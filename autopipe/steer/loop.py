@@ -29,7 +29,7 @@ from autopipe.steer.handlers import HANDLERS
 from autopipe.steer.stopping import stop_reason
 from autopipe.steer.training import start_training
 from autopipe.steer.view import read_view
-from autopipe.steer.walkers import start_segments
+from autopipe.steer.walkers import check_state_route, start_segments
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class Steering:
         ctx = self.ctx
         if any(e.label == STEERING for e in ctx.site.executors):
             raise AutopipeError(f"site {ctx.site.name!r}: the executor label {STEERING!r} is reserved for autopipe")
+        check_state_route(ctx.site, ctx.run)  # a walker state that cannot travel: refused before anything runs
         log_to_file(ctx.layout.log_file)
         import_user_potential(ctx)
         write_run_files(ctx.layout, ctx.run, ctx.site.name)

@@ -15,10 +15,18 @@ anything with a walker's attributes, so they are tested without a database or Pa
   ``note`` says in words why it waits or why it stopped (``autopipe status`` shows it).
 
 :func:`ensure_walkers` and :func:`start_segments` apply them to the database.
+
+State route: on a site whose md executor has a ``shared_scratch``, checkpoints stay there and
+the database keeps their :class:`autopipe.md.state.StateRef` (path, size, sha256, step) as text
+in the checkpoint columns (:func:`start_state`, :func:`record_state`); a state the worker refuses
+(checksum mismatch) puts the walker back on its previous good state (:func:`after_refused_state`).
+Without one, states travel by value and :func:`check_state_route` refuses at start a walker
+above the executor's payload bound.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Collection, Iterable, Protocol
 
 from sqlalchemy import func, select
@@ -26,6 +34,9 @@ from sqlalchemy import func, select
 from autopipe.db import Origin, Segment, SegmentStatus, TaskKind, Walker, WalkerStatus, structure_from_atoms
 
 if TYPE_CHECKING:
+    from autopipe.config.run import RunConfig
+    from autopipe.config.site import SiteConfig
+    from autopipe.md.state import MDState, OnScratch, StateRef
     from autopipe.steer.context import Context
 
 
@@ -89,6 +100,23 @@ def after_triggered(w: WalkerLike, version: int, trigger_step: int, rewind_step:
     w.note = f"waits for a potential newer than v{version} (trigger at step {trigger_step}, resumes at step {w.step})"
 
 
+def after_refused_state(w: WalkerLike, version: int, error: str | None, previous: tuple[int, str] | None,
+                        max_failures: int) -> bool:
+    """A segment whose start state the worker refused (its checkpoint on the shared scratch does not
+    match the recorded checksum): the walker goes back to ``previous`` (step, checkpoint), the good
+    state it held before, and runs on at once; counted as a failure. Without a previous state it
+    is a failed segment (:func:`after_failed`). Returns True when the walker was retired."""
+    if previous is None:
+        return after_failed(w, version, error, max_failures)
+    if _failure(w, error, max_failures):
+        return True
+    bad = w.step
+    w.step, w.checkpoint = previous
+    w.status, w.waiting_for_version = WalkerStatus.running, None
+    w.note = f"checkpoint at step {bad} refused: restarts from step {w.step} ({w.failures} failure(s) in a row)"
+    return False
+
+
 def _failure(w: WalkerLike, error: str | None, max_failures: int) -> bool:
     """Count one failure; retire the walker at ``max_failures`` in a row. True when retired."""
     w.failures += 1
@@ -128,6 +156,79 @@ def all_waiting(walkers: Iterable[WalkerLike], newest_version: int | None) -> bo
         w.status is WalkerStatus.waiting and newest <= (w.waiting_for_version or 0) for w in going)
 
 
+# ----------------------------------------------------------------------------- state route
+
+
+def scratch_root(ctx: Context) -> Path | None:
+    """The run's directory on the md executor's shared scratch (as seen here and on the workers),
+    or None: walker states then travel by value."""
+    shared = ctx.site.executor_for("md").shared_scratch_path()
+    return None if shared is None else Path(ctx.layout.on_worker(str(shared), ctx.run.name))
+
+
+def start_state(ctx: Context, checkpoint: str, directory: Path) -> MDState | OnScratch:
+    """What an MD task receives for the state it resumes from (``checkpoint``: a walker's checkpoint
+    column): on the shared-scratch route an :class:`OnScratch` (reference, and where the segment in
+    ``directory`` writes its states there), else the state itself, by value."""
+    from autopipe.md.state import OnScratch, StateRef, load_state, load_state_ref, save_state_ref
+
+    ref = StateRef.from_text(checkpoint)
+    root = scratch_root(ctx)
+    if root is None:
+        return load_state_ref(ref) if ref is not None else load_state(checkpoint)
+    if ref is None:  # on the steering host (the run started without a shared scratch): put it there once
+        ref = save_state_ref(root / ctx.layout.relative(checkpoint), load_state(checkpoint))
+    return OnScratch(ref, str(root / ctx.layout.relative(directory)))
+
+
+def record_state(ctx: Context, walker_index: int, number: int, state: MDState | StateRef) -> str:
+    """The checkpoint column for a state a segment returned: its reference as text when it stayed
+    on the shared scratch, else the path of the file written here, in the segment's directory."""
+    from autopipe.layout import checkpoint_file
+    from autopipe.md.state import StateRef, save_state
+
+    if isinstance(state, StateRef):
+        return state.to_text()
+    return str(save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), state.step), state))
+
+
+def probe_state(state: MDState | StateRef):
+    """A returned state for code that may need its atoms (the false-negative probe): the state
+    itself, or for a reference one read from the shared scratch only if its atoms are used."""
+    from autopipe.md.state import DeferredState, StateRef
+
+    return DeferredState(state) if isinstance(state, StateRef) else state
+
+
+def previous_state(s, walker: Walker) -> tuple[int, str] | None:
+    """(step, checkpoint) the walker held before its current checkpoint: the start of its newest
+    segment that started elsewhere (later ones, failed or refused, started from the current one)."""
+    for seg in s.scalars(select(Segment).where(Segment.walker_id == walker.id).order_by(Segment.number.desc())):
+        if seg.start_checkpoint and seg.start_checkpoint != walker.checkpoint:
+            return seg.start_step, seg.start_checkpoint
+    return None
+
+
+def check_state_route(site: SiteConfig, run: RunConfig) -> int:
+    """Refuse, with one line, a walker whose state cannot travel: no shared scratch on the md
+    executor and the pickled state above its ``max_payload_mb``. Returns the pickled state's size
+    (bytes) of the run's starting structure (positions, momenta, masses, numbers, cell, step)."""
+    from autopipe.errors import ConfigError
+    from autopipe.generate import template_atoms
+    from autopipe.md.state import initial_state
+    from autopipe.transfer import human, pickled_size
+
+    ex = site.executor_for("md")
+    shared = ex.shared_scratch_path()  # a variable not set here: refused now, not at the first segment
+    atoms = template_atoms(run.system)
+    size = pickled_size(initial_state(atoms, run.md))
+    if shared is None and size > ex.payload_bytes():
+        raise ConfigError(f"site executor {ex.label!r}: a walker of {len(atoms)} atoms is {human(size)} pickled, above "
+                          f"its max_payload_mb ({ex.max_payload_mb:g} MB) and it has no shared_scratch: set "
+                          "shared_scratch (e.g. '$PSCRATCH/autopipe') or run md on an executor with a larger bound")
+    return size
+
+
 # ----------------------------------------------------------------------------- database
 
 
@@ -138,14 +239,18 @@ def ensure_walkers(ctx: Context) -> None:
             return
     from autopipe.generate import template_atoms
     from autopipe.md import initial_state, save_state
+    from autopipe.md.state import save_state_ref
 
     atoms = template_atoms(ctx.run.system)
     for i in range(ctx.run.walkers.count):
         md = ctx.run.md.model_copy(update={"seed": ctx.run.md.seed + i})
-        ck = save_state(ctx.layout.initial_checkpoint(i), initial_state(atoms, md))
+        state = initial_state(atoms, md)
+        ck = str(save_state(ctx.layout.initial_checkpoint(i), state))  # here too: replay starts from it
+        if (root := scratch_root(ctx)) is not None:
+            ck = save_state_ref(root / ctx.layout.relative(ck), state).to_text()
         with ctx.db.session() as s:
             s.add(structure_from_atoms(atoms, Origin.initial, info={"walker": i}))
-            s.add(Walker(index=i, status=WalkerStatus.running, step=0, checkpoint=str(ck)))
+            s.add(Walker(index=i, status=WalkerStatus.running, step=0, checkpoint=ck))
     ctx.progress.log(f"{ctx.run.walkers.count} walker(s) start with {len(atoms)} atoms")
 
 

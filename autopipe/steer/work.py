@@ -49,19 +49,29 @@ def _ran(value: Any, started: float, scratch, what: str) -> Ran:
 
 def md_work(state, potential, md_config, otf_config, scratch, n_steps: int, launcher: list[str] | None = None,
             lammps_args: list[str] | None = None, parsl_resource_specification: dict | None = None) -> Ran:
-    """Run one walker segment from ``state`` (an ``MDState``) with ``potential`` (a
+    """Run one walker segment from ``state`` (an ``MDState``, or an ``OnScratch`` reference on the
+    shared-scratch route: its states then come back as ``StateRef``) with ``potential`` (a
     ``ShippedPotential``), blow-ups probed into triggers and the rewind state found
     (:func:`autopipe.md.run_walker_segment`); the value is a ``SegmentResult`` whose states
     and frames are values (``trajectory`` names the file on the worker).
     ``launcher``/``lammps_args``: the MD executor's MPI launcher and LAMMPS switches (native route)."""
     from autopipe.md import BlowUpLimits, run_walker_segment
+    from autopipe.md.state import OnScratch, StateRefused
 
     t0 = time.time()
+    on_scratch = state if isinstance(state, OnScratch) else None  # the shared-scratch route: by reference
+    if on_scratch is not None:
+        try:
+            state = on_scratch.load()  # its sha256 checked before the walker resumes
+        except StateRefused as exc:
+            return _ran(on_scratch.refusal(str(exc)), t0, scratch, f"MD segment {scratch.relative}")
     limits = BlowUpLimits(max_force=md_config.max_force, max_energy_change=md_config.max_energy_change)
     res = run_walker_segment(state, potential.materialise(scratch.cache()), md_config, otf_config,
                              workdir=scratch.path(), n_steps=n_steps, limits=limits, launcher=launcher or None,
                              lammps_args=lammps_args or None)
     res.checkpoint = None  # a file on the worker: the steering side saves ``final_state`` itself
+    if on_scratch is not None:
+        res = on_scratch.keep(res)  # its states stay on the shared scratch; their references travel
     return _ran(res, t0, scratch, f"MD segment {scratch.relative}")
 
 

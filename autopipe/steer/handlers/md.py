@@ -2,12 +2,12 @@
 
 The state travels by value and comes back by value: the checkpoints the walkers resume
 from are written here, in the run's work directory, whatever executor ran the segment
-(``Segment.trajectory`` names the trajectory file where the segment ran).
+(``Segment.trajectory`` names the trajectory file where the segment ran); or, where the md
+executor has a ``shared_scratch``, by reference (see :mod:`autopipe.steer.walkers`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autopipe.db import Origin, Segment, SegmentStatus, Task, TaskKind, TaskState, Walker, structure_from_atoms
@@ -20,16 +20,15 @@ if TYPE_CHECKING:
 
 
 def args(ctx: Context, task: Task) -> tuple:
-    """By value: the walker's state read from its checkpoint here, the potential's files."""
-    from autopipe.md import load_state
-
+    """The walker's state (by value, or by reference on a shared scratch: :func:`walkers.start_state`),
+    the potential's files."""
     with ctx.db.session() as s:
         seg = s.get(Segment, task.segment_id)
         walker = s.get(Walker, seg.walker_id)
         workdir = ctx.layout.segment_dir(walker.index, seg.number)
         checkpoint, version = seg.start_checkpoint, seg.potential_version
     executor = ctx.site.executor_for("md")
-    return (load_state(checkpoint), ctx.potential(version), ctx.run.md, ctx.run.otf, ctx.scratch("md", workdir),
+    return (walkers.start_state(ctx, checkpoint, workdir), ctx.potential(version), ctx.run.md, ctx.run.otf, ctx.scratch("md", workdir),
             task.payload["n_steps"], list(executor.md_launcher), list(getattr(executor, "md_lammps_args", [])))
 
 
@@ -68,6 +67,9 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
             walkers.after_triggered(w, seg.potential_version, result.end_step,
                                     rewind.step if ck else None, str(ck) if ck else None)
             seg.rewind_step, seg.note = w.step, result.note
+        elif result is not None and result.failure == "refused":  # its checkpoint on scratch did not match
+            walkers.after_refused_state(w, seg.potential_version, seg.error, walkers.previous_state(s, w),
+                                        ctx.run.faults.segment_failures)
         else:
             walkers.after_failed(w, seg.potential_version, seg.error, ctx.run.faults.segment_failures)
         task.state, task.finished_at = (TaskState.done if result is not None else TaskState.failed), utcnow()
@@ -91,17 +93,15 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
         # The potential called the whole segment safe: the false-negative probe may label its end.
         from autopipe.steer.probe import maybe_probe
 
-        maybe_probe(ctx, walker=idx, segment=number, segment_id=seg_id, version=version, state=result.final_state)
+        maybe_probe(ctx, walker=idx, segment=number, segment_id=seg_id, version=version,
+                    state=walkers.probe_state(result.final_state))
 
 
 def crashed(ctx: Context, task_id: int, error: str) -> None:
     done(ctx, task_id, None, error=error)
 
 
-def _save(ctx: Context, walker_index: int, number: int, state) -> Path:
-    """Write a walker state (returned by value) into its segment's directory here: the
-    steering side keeps every checkpoint the walkers resume from, wherever the MD ran."""
-    from autopipe.layout import checkpoint_file
-    from autopipe.md import save_state
-
-    return save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), state.step), state)
+def _save(ctx: Context, walker_index: int, number: int, state) -> str:
+    """The checkpoint a returned state is kept as (:func:`walkers.record_state`): a file written here,
+    in its segment's directory, or its reference when it stayed on the shared scratch."""
+    return walkers.record_state(ctx, walker_index, number, state)

@@ -1,0 +1,151 @@
+"""Walker state by reference on a shared scratch: the database keeps path, size and sha256; the
+worker verifies the checksum before it resumes; a tampered checkpoint is refused with one line
+and the walker restarts from its previous good one. Without a shared scratch a walker too big
+for the executor's payload bound is refused at start, with one line."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from sqlalchemy import select
+
+from autopipe.db import Segment, SegmentStatus, Task, TaskKind, Walker, WalkerStatus
+from autopipe.errors import ConfigError
+from autopipe.md.state import (MDState, OnScratch, StateRef, StateRefused, initial_state, load_state_ref,
+                               save_state_ref)
+from autopipe.steer import walkers
+from autopipe.steer.handlers import md as md_handler
+from autopipe.steer.work import md_work
+
+
+def _on_shared_scratch(ctx, monkeypatch, tmp_path):
+    """The ctx's site with a shared scratch written as '${VAR}/...' (expanded on the steering host)."""
+    monkeypatch.setenv("AP_TEST_SCRATCH", str(tmp_path / "pscratch"))
+    ex = ctx.site.executors[0].model_copy(update={"shared_scratch": "${AP_TEST_SCRATCH}/autopipe"})
+    ctx.site = ctx.site.model_copy(update={"executors": [ex]})
+    return tmp_path / "pscratch" / "autopipe"
+
+
+def _placeable(ctx) -> None:
+    """A 2D liquid the generator can place (the fixture's 0.17 atoms/Å² is for its templates)."""
+    st = ctx.run.system.structure.model_copy(update={"density": 0.12})
+    ctx.run.system = ctx.run.system.model_copy(update={"structure": st})
+
+
+def _run_pending_segment(ctx) -> tuple[int, tuple]:
+    """Start segments, run the pending MD task with the real worker function, hand it to the handler."""
+    walkers.start_segments(ctx)
+    with ctx.db.session() as s:
+        task = s.scalars(select(Task).where(Task.kind == TaskKind.md).order_by(Task.id.desc())).first()
+        task_id = task.id
+        app_args = ctx.args[TaskKind.md](ctx, task)
+    ran = md_work(*app_args)
+    md_handler.done(ctx, task_id, ran.value)
+    return task_id, app_args
+
+
+def _walker(ctx) -> Walker:
+    with ctx.db.session() as s:
+        w = s.scalars(select(Walker)).one()
+        s.expunge(w)
+        return w
+
+
+def test_a_reference_round_trips_and_a_changed_file_is_refused_with_one_line(tmp_path):
+    from tests.lj import lj2d_template
+    from autopipe.config.run import MDConfig
+
+    state = initial_state(lj2d_template(), MDConfig(dimension=2), step=40)
+    ref = save_state_ref(tmp_path / "ck.npz", state)
+    assert StateRef.from_text(ref.to_text()) == ref and StateRef.from_text(str(tmp_path / "ck.npz")) is None
+    back = load_state_ref(ref)
+    assert back.step == 40 and (back.atoms.get_momenta() == state.atoms.get_momenta()).all()
+    data = bytearray((tmp_path / "ck.npz").read_bytes())
+    data[-100] ^= 0x01  # one bit, same size
+    (tmp_path / "ck.npz").write_bytes(bytes(data))
+    with pytest.raises(StateRefused) as exc:
+        load_state_ref(ref)
+    assert "\n" not in str(exc.value) and str(exc.value).startswith(f"walker checkpoint {ref.path}: ")
+    (tmp_path / "ck.npz").unlink()
+    with pytest.raises(StateRefused, match="cannot be read"):
+        load_state_ref(ref)
+
+
+def test_states_stay_on_scratch_and_a_tampered_checkpoint_restarts_the_walker_from_its_previous_one(
+        ctx, monkeypatch, tmp_path):
+    root = _on_shared_scratch(ctx, monkeypatch, tmp_path)
+    _placeable(ctx)
+    ctx.run.md = ctx.run.md.model_copy(update={"segment_steps": 20})
+    ctx.run.otf = ctx.run.otf.model_copy(update={"uncertainty_threshold": 1e9})  # quiet segments only
+
+    # Segment 0: the initial state goes by reference; the end state comes back by reference.
+    _, app_args = _run_pending_segment(ctx)
+    state = app_args[0]
+    assert isinstance(state, OnScratch) and state.ref.path.startswith(str(root))
+    assert len(pickle.dumps(state)) < 1024  # a path, a size and a checksum, not the arrays
+    w = _walker(ctx)
+    first = StateRef.from_text(w.checkpoint)
+    assert w.step == 20 and first is not None and first.step == 20 and first.path.startswith(str(root))
+    assert load_state_ref(first).step == 20  # the file on scratch matches what the database recorded
+
+    # Segment 1 moves it on to step 40.
+    _run_pending_segment(ctx)
+    w = _walker(ctx)
+    second = StateRef.from_text(w.checkpoint)
+    assert w.step == 40 and second.step == 40
+
+    # The step-40 checkpoint changes on scratch: the worker refuses it (one line), the walker goes
+    # back to the step-20 checkpoint, still on scratch and intact, and runs on from there.
+    data = bytearray(open(second.path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(second.path, "wb").write(bytes(data))
+    logged: list[str] = []
+    monkeypatch.setattr(ctx.progress, "log", logged.append)
+    _run_pending_segment(ctx)
+    with ctx.db.session() as s:
+        refused = s.scalars(select(Segment).order_by(Segment.number.desc())).first()
+        assert refused.status is SegmentStatus.failed and refused.start_step == 40
+        assert refused.error.startswith(f"walker checkpoint {second.path}: ") and "\n" not in refused.error
+    w = _walker(ctx)
+    assert w.status is WalkerStatus.running and w.step == 20 and StateRef.from_text(w.checkpoint) == first
+    assert "refused: restarts from step 20" in w.note
+    assert [m for m in logged if "segment 2 failed: walker checkpoint" in m and "\n" not in m]
+
+    _run_pending_segment(ctx)  # resumes from the previous good checkpoint
+    w = _walker(ctx)
+    assert w.step == 40 and w.failures == 0 and load_state_ref(StateRef.from_text(w.checkpoint)).step == 40
+
+
+def test_without_shared_scratch_states_travel_by_value(ctx):
+    _placeable(ctx)
+    ctx.run.md = ctx.run.md.model_copy(update={"segment_steps": 20})
+    ctx.run.otf = ctx.run.otf.model_copy(update={"uncertainty_threshold": 1e9})
+    _, app_args = _run_pending_segment(ctx)
+    assert isinstance(app_args[0], MDState)
+    w = _walker(ctx)
+    assert w.step == 20 and StateRef.from_text(w.checkpoint) is None and w.checkpoint.endswith(".npz")
+
+
+def test_a_walker_above_the_payload_bound_without_shared_scratch_is_refused_at_start_with_one_line(
+        ctx, monkeypatch, tmp_path):
+    from autopipe.steer.loop import Steering
+
+    run = ctx.run.model_copy(update={"workdir": tmp_path / "work"})
+    run.system = run.system.model_copy(update={"structure": run.system.structure.model_copy(
+        update={"n_atoms": 2000, "density": 0.12})})  # about 110 kB pickled
+    ex = ctx.site.executors[0].model_copy(update={"max_payload_mb": 0.05})
+    site = ctx.site.model_copy(update={"executors": [ex]})
+    with pytest.raises(ConfigError) as exc:
+        Steering(site, run).run()
+    msg = str(exc.value)
+    assert "\n" not in msg and "a walker of 2000 atoms is" in msg and "no shared_scratch" in msg
+    assert not (tmp_path / "work" / "parsl").exists()  # refused before Parsl started
+    # The same walker with a shared scratch passes the check (its state never travels by value).
+    monkeypatch.setenv("AP_TEST_SCRATCH", str(tmp_path / "pscratch"))
+    shared = site.model_copy(update={"executors": [ex.model_copy(update={"shared_scratch": "$AP_TEST_SCRATCH"})]})
+    assert walkers.check_state_route(shared, run) > ex.payload_bytes()
+    # A variable not set on the steering host: one line at start too.
+    monkeypatch.delenv("AP_TEST_SCRATCH")
+    with pytest.raises(ConfigError, match=r"shared_scratch '\$AP_TEST_SCRATCH' is '\$AP_TEST_SCRATCH' here: a variable"):
+        walkers.check_state_route(shared, run)
