@@ -76,14 +76,17 @@ def gamma_edges(threshold: float | None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CalibrationBin:
-    """Atoms whose gamma lies in ``[lo, hi)`` and their force error."""
+    """Atoms whose gamma lies in ``[lo, hi)``, their force error and their mean gamma (where in the
+    bin they sit: the threshold rule, :mod:`autopipe.steer.threshold`, interpolates between them)."""
 
     lo: float
     hi: float
     error: ErrorEstimate
+    gamma_mean: float | None = None
 
     def as_dict(self) -> dict:
-        return {"lo": self.lo, "hi": None if math.isinf(self.hi) else self.hi, **self.error.as_dict()}
+        return {"lo": self.lo, "hi": None if math.isinf(self.hi) else self.hi, **self.error.as_dict(),
+                "gamma_mean": self.gamma_mean}
 
 
 def per_structure(errors: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,5 +119,15 @@ def calibration_curve(gamma: np.ndarray, errors: np.ndarray, structure: np.ndarr
         inside = (gamma >= lo) & (gamma < hi)
         if inside.any():
             out.append(CalibrationBin(float(lo), float(hi), overall(errors[inside], structure[inside],
-                                                                    confidence=confidence)))
+                                                                    confidence=confidence),
+                                      float(gamma[inside].mean())))
     return out
+
+
+def upper_bound(errors: np.ndarray, structure: np.ndarray, confidence: float) -> ErrorEstimate:
+    """The force RMSE with a **one-sided** upper bound at ``confidence`` (in ``high``; ``low`` is the
+    same bootstrap's lower percentile): the RMSE is below ``high`` with probability ``confidence``.
+    The ``confidence``-th percentile of the bootstrap is the upper end of its two-sided interval at
+    ``2 * confidence - 1``; the returned estimate's ``confidence`` is the one-sided one."""
+    est = overall(errors, structure, confidence=2.0 * confidence - 1.0)
+    return ErrorEstimate(est.rms, est.low, est.high, est.n_atoms, est.n_structures, confidence)

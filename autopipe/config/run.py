@@ -197,6 +197,29 @@ class OTFConfig(StrictModel):
         description="A walker gives at most one probe per this many of its segments (spreads the probe over "
         "walkers and MD time).",
     )
+    target_force_error: float | None = Field(
+        default=None, gt=0,
+        description="Force error (meV/Å, RMSE per component) the run aims at. Given: the loop sets and updates "
+        "the gamma threshold from the calibration curve of the served version on the held-out labels (probe and "
+        "triggered; autopipe.steer.threshold), within threshold_bounds, and records every change with its "
+        "evidence (threshold events); uncertainty_threshold is then only the starting threshold. None: "
+        "uncertainty_threshold stays fixed.",
+    )
+    threshold_bounds: tuple[float, float] = Field(
+        default=(2.0, 10.0),
+        description="[lowest, highest] gamma threshold the target_force_error rule may set (gamma above about 2 is "
+        "extrapolation for pacemaker; above about 10 forces are rarely trustworthy).",
+    )
+
+    @model_validator(mode="after")
+    def _bounds_hold_the_start(self) -> "OTFConfig":
+        lo, hi = self.threshold_bounds
+        if not 1.0 < lo < hi:
+            raise KeyProblem("threshold_bounds", f"[{lo:g}, {hi:g}]: need 1 < lowest < highest")
+        if self.target_force_error is not None and not lo <= self.uncertainty_threshold <= hi:
+            raise KeyProblem("uncertainty_threshold", f"{self.uncertainty_threshold:g} (the starting threshold of "
+                             f"target_force_error) lies outside threshold_bounds [{lo:g}, {hi:g}]")
+        return self
 
 
 class LatticeConfig(StrictModel):
@@ -499,6 +522,21 @@ class StopConfig(StrictModel):
     converged_segments: int | None = Field(
         default=None, ge=1, description="Stop after this many consecutive segments without a trigger (all walkers)."
     )
+class AccuracyStop(StrictModel):
+    """The accuracy rule (autopipe.steer.stopping.accurate): converged when the false-negative probe's force
+    error of the served version is below the target at the stated confidence (the one-sided upper bound of a
+    bootstrap over probe structures) and no walker triggered for ``quiet_segments`` segments."""
+
+    force_error: float | None = Field(
+        default=None, gt=0, description="Target force error (meV/Å, RMSE per component); default: "
+        "otf.target_force_error.")
+    confidence: float = Field(default=0.95, ge=0.5, lt=1, description="One-sided confidence of the upper bound.")
+    quiet_segments: int = Field(default=3, ge=1, description="Segments without a trigger, on every walker.")
+    min_labels: int = Field(
+        default=5, ge=2, description="Probe structures the bound needs at least (a bootstrap over fewer is "
+        "not an interval worth stopping on).")
+
+
     max_dft_calls: int | None = Field(default=None, ge=1, description="Budget of DFT labels.")
     max_dft_seconds: float | None = Field(
         default=None, gt=0, description="Budget of DFT wall time (s, every attempt of every label the loop chose): "
@@ -513,6 +551,8 @@ class RunConfig(StrictModel):
 
     name: str = Field(description="Run name.")
     workdir: Path = Field(default=Path("autopipe-run"), description="Where the database, potentials and files go.")
+    accuracy: AccuracyStop | None = Field(
+        default=None, description="Stop when the probe shows the served version accurate enough (see AccuracyStop).")
     database: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite:///<workdir>/autopipe.db.")
     system: SystemConfig
     initial_potential: InitialPotential
@@ -547,6 +587,7 @@ class RunConfig(StrictModel):
                 raise KeyProblem("embedding.lattice", "commensurate carving needs a reference lattice: give "
                                  "embedding.lattice, or start from a bulk system.structure")
             if self.md.dimension == 2:
+        self._check_error_targets()
                 raise KeyProblem("embedding.strategy", "commensurate carving needs a 3D crystal (md.dimension is 2)")
         return self
 
@@ -557,6 +598,21 @@ class RunConfig(StrictModel):
         refs = self.train.reference_energies
         if isinstance(refs, dict):
             missing = [e for e in elements if e not in refs]
+    def _check_error_targets(self) -> None:
+        """A force-error target needs held-out labels to measure it; the accuracy rule needs the probe."""
+        if self.otf.target_force_error is not None and self.otf.probe_share == 0 and self.train.heldout_every == 0:
+            raise KeyProblem("otf.target_force_error", "nothing can measure it: otf.probe_share and "
+                             "train.heldout_every are both 0, so no label is held out to score the potential on")
+        acc = self.stop.accuracy
+        if acc is None:
+            return
+        if acc.force_error is None and self.otf.target_force_error is None:
+            raise KeyProblem("stop.accuracy.force_error", "required: give it, or otf.target_force_error")
+        if self.otf.probe_share == 0:
+            raise KeyProblem("stop.accuracy", "the accuracy rule needs the probe's labels, but otf.probe_share is 0")
+        if acc.force_error is None:
+            acc.force_error = self.otf.target_force_error  # resolved once: run.resolved.json shows it
+
             extra = [e for e in refs if e not in elements]
             if missing or extra:
                 raise KeyProblem("train.reference_energies", (f"no energy for {', '.join(missing)}" if missing else

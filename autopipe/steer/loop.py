@@ -27,6 +27,7 @@ from autopipe.steer import tasks
 from autopipe.steer.first import import_user_potential, start_first_potential
 from autopipe.steer.handlers import HANDLERS
 from autopipe.steer.stopping import stop_reason
+from autopipe.steer.threshold import restore_threshold
 from autopipe.steer.training import start_training
 from autopipe.steer.view import read_view
 from autopipe.steer.walkers import check_state_route, start_segments
@@ -79,6 +80,7 @@ class Steering:
         config = ctx.site.to_parsl_config(ctx.layout.parsl, extra_executors=(steering_executor(),),
                                           **self.parsl_kwargs)
         dfk = self.dfk = parsl.load(config)
+        restore_threshold(ctx)  # the threshold a force-error target last set (steer.threshold), not the file's
         try:
             ctx.apps = build_apps(ctx.site)
             caps = {e.label: e.slots() for e in ctx.site.executors}

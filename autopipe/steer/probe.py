@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 from sqlalchemy import func, select
 
-from autopipe.analysis.calibration import calibration_curve, gamma_edges, overall
+from autopipe.analysis.calibration import calibration_curve, gamma_edges, overall, upper_bound
 from autopipe.db import HeldOut, Label, LabelStatus, Origin, Structure, Task, TaskKind, TaskState
 from autopipe.steer.queue import PRIORITY
 
@@ -287,23 +287,45 @@ def probe_frames(db: Database) -> list[HeldOutFrame]:
 
 
 def version_scores(gammas: Sequence[np.ndarray], errors: Sequence[np.ndarray], structure_ids: Sequence[int],
-                   threshold: float | None, confidence: float = 0.95) -> dict[str, Any]:
+                   threshold: float | None, confidence: float = 0.95,
+                   upper_confidence: float | None = None) -> dict[str, Any]:
     """One version's probe measurement from its per-structure trusted-atom gammas ((n_i,)) and force
-    errors ((n_i, 3), eV/Å): the overall force RMSE with its interval and the calibration curve."""
+    errors ((n_i, 3), eV/Å): the overall force RMSE with its interval and the calibration curve; with
+    ``upper_confidence``, also ``upper``: the one-sided upper bound at that confidence (eV/Å, None
+    with fewer than two structures; the accuracy stop rule reads it)."""
+    extra = {"upper": None, "upper_confidence": upper_confidence} if upper_confidence is not None else {}
     if not len(gammas):
-        return {**overall(np.zeros((0, 3)), np.zeros(0), confidence=confidence).as_dict(), "curve": []}
+        return {**overall(np.zeros((0, 3)), np.zeros(0), confidence=confidence).as_dict(), "curve": [], **extra}
     g = np.concatenate([np.asarray(x, float).ravel() for x in gammas])
     e = np.concatenate([np.asarray(x, float).reshape(-1, 3) for x in errors])
     ids = np.concatenate([np.full(len(np.asarray(x).ravel()), i) for x, i in zip(gammas, structure_ids)])
     curve = calibration_curve(g, e, ids, gamma_edges(threshold), confidence=confidence)
-    return {**overall(e, ids, confidence=confidence).as_dict(), "curve": [b.as_dict() for b in curve]}
+    if upper_confidence is not None:
+        extra["upper"] = upper_bound(e, ids, upper_confidence).as_dict()["high"]
+    return {**overall(e, ids, confidence=confidence).as_dict(), "curve": [b.as_dict() for b in curve], **extra}
 
 
-def score_versions(store: PotentialStore, frames: Sequence[HeldOutFrame], threshold: float | None) -> list[dict]:
+def evaluate_frames(pot, frames: Sequence[HeldOutFrame]) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """``pot``'s gamma ((n_i,)) and force errors ((n_i, 3), eV/Å) on the trusted atoms of each frame with
+    one, and the frames' structure ids (pyace)."""
+    from autopipe.potentials.uncertainty import evaluate
+
+    gammas, errors, ids = [], [], []
+    for atoms, ref, trusted in frames:
+        if not trusted.any():
+            continue
+        res = evaluate(atoms, pot)
+        gammas.append(np.asarray(res["gamma"], float)[trusted])
+        errors.append((np.asarray(res["forces"], float) - ref)[trusted])
+        ids.append(int(atoms.info["structure_id"]))
+    return gammas, errors, ids
+
+
+def score_versions(store: PotentialStore, frames: Sequence[HeldOutFrame], threshold: float | None,
+                   upper_confidence: float | None = None) -> list[dict]:
     """Per published version (not one still being gated; corrupted ones are left out): its
     :func:`version_scores` on ``frames`` (pyace evaluates every frame with every version)."""
     from autopipe.db import PotentialStatus
-    from autopipe.potentials.uncertainty import evaluate
 
     out = []
     with store.db.session() as s:
@@ -317,28 +339,32 @@ def score_versions(store: PotentialStore, frames: Sequence[HeldOutFrame], thresh
             pot = store.get(version)
         except (KeyError, ValueError):
             continue
-        gammas, errors, ids = [], [], []
-        for atoms, ref, trusted in frames:
-            if not trusted.any():
-                continue
-            res = evaluate(atoms, pot)
-            gammas.append(np.asarray(res["gamma"], float)[trusted])
-            errors.append((np.asarray(res["forces"], float) - ref)[trusted])
-            ids.append(int(atoms.info["structure_id"]))
+        gammas, errors, ids = evaluate_frames(pot, frames)
         out.append({"version": version, "status": status.value if status is not None else "served",
-                    **version_scores(gammas, errors, ids, threshold)})
+                    **version_scores(gammas, errors, ids, threshold, upper_confidence=upper_confidence)})
     return out
 
 
 def rescore(ctx: Context) -> dict[str, Any] | None:
     """Score every version on the probe's labels and record a ``probe_scores`` event (status and the
-    report print it); None (and nothing recorded) before the probe has a label. Never raises."""
+    report print it); None (and nothing recorded) before the probe has a label. Then the threshold
+    rule (:func:`autopipe.steer.threshold.update_threshold`; a no-op without a target). Never raises."""
+    from autopipe.steer.threshold import update_threshold
+
+    try:
+        return _rescore(ctx)
+    finally:
+        update_threshold(ctx)
+
+
+def _rescore(ctx: Context) -> dict[str, Any] | None:
     try:
         frames = probe_frames(ctx.db)
         if not frames:
             return None
         thr = ctx.run.otf.uncertainty_threshold
-        versions = score_versions(ctx.store, frames, thr)
+        acc = ctx.run.stop.accuracy
+        versions = score_versions(ctx.store, frames, thr, upper_confidence=acc.confidence if acc else None)
         share = share_state(ctx.db)
         data = {"versions": versions, "n_labels": len(frames), "threshold": thr,
                 "edges": [float(x) for x in gamma_edges(thr)[:-1]], "share": {**asdict(share), "spent": share.spent}}

@@ -38,6 +38,9 @@ def done(ctx: Context, task_id: int, result: LabelResult) -> None:
 
         if mark_heldout(ctx.db, sid, ctx.run.train.heldout_every):
             ctx.progress.log(f"structure {sid}: held out (every {ctx.run.train.heldout_every}th label; never trained on)")
+            from autopipe.steer.threshold import update_threshold
+
+            update_threshold(ctx)  # a held-out label is evidence for a force-error target's threshold
         from autopipe.steer import probe
 
         if probe.is_probe(ctx.db, sid):
