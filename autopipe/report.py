@@ -230,6 +230,39 @@ def stage_costs(db: Database) -> dict[str, float]:
             "starts": len(starts)}
 
 
+def element_gamma_section(db: Database, threshold: float | None, elements: list[str] | None = None) -> str:
+    """HTML: the largest per-atom gamma of each element in every trigger frame (one row per
+    trigger), so a run with several elements shows which species extrapolated; columns in the
+    order of ``elements`` (the run's), then any other element found; empty without trigger frames."""
+    from autopipe.analysis.element_gamma import trigger_gamma
+
+    rows = trigger_gamma(db)
+    if not rows:
+        return ""
+    elements = list(dict.fromkeys([*(elements or []), *(e for r in rows for e in r.per_element)]))
+
+    def cell(r, e: str) -> str:
+        g = r.per_element.get(e)
+        if g is None:
+            return "<td>–</td>"
+        text = f"{g:.2f}"
+        return f"<td><b>{text}</b></td>" if threshold is not None and g > threshold else f"<td>{text}</td>"
+
+    def opt(x) -> str:
+        return "–" if x is None else str(x)
+
+    body = "".join(f"<tr><td>{opt(r.walker)}</td><td>{opt(r.segment)}</td><td>{opt(r.step)}</td>"
+                   f"<td>v{opt(r.version)}</td>" + "".join(cell(r, e) for e in elements) + "</tr>" for r in rows)
+    led = {e: sum(max(r.per_element, key=r.per_element.get) == e for r in rows) for e in elements}
+    summary = ", ".join(f"{html.escape(e)}: largest over all triggers {max(r.per_element.get(e, 0.0) for r in rows):.2f},"
+                        f" the frame's largest in {led[e]} of {len(rows)}" for e in elements)
+    return ("<h2>Extrapolation grade per element at each trigger</h2><p>The largest per-atom γ of each element in "
+            "each trigger frame (bold: above the threshold"
+            + ("" if threshold is None else f" {threshold:g}") + f"). {summary}.</p>"
+            "<table><tr><th>walker</th><th>segment</th><th>step</th><th>potential</th>"
+            + "".join(f"<th>max γ {html.escape(e)}</th>" for e in elements) + "</tr>" + body + "</table>")
+
+
 def _rewinds(st: dict[str, Any]) -> str:
     """', N MD steps discarded per trigger on average (max M)', or nothing."""
     lost = st.get("discarded_steps_per_trigger") or []
@@ -377,6 +410,30 @@ def calibration_section(st: dict[str, Any], out: Path) -> str:
             + "".join(f"<th>γ {html.escape(n)}</th>" for n in bins) + "</tr>" + rows + "</table>")
 
 
+def changes_section(st: dict[str, Any]) -> str:
+    """HTML: every change of the gamma threshold by a force-error target (with the calibration bins it
+    was read from) and every basis change; empty when there were neither."""
+    from autopipe.status import threshold_line
+
+    out = ""
+    if st.get("threshold_changes"):
+        def evidence(t: dict[str, Any]) -> str:
+            return ", ".join(f"γ {_bin_name(b)}: {1000 * b['rms']:.1f} ({b.get('n_structures', 0)} str.)"
+                             for b in t.get("bins", []) if b.get("rms") is not None)
+
+        rows = "".join(f"<tr><td>{html.escape(t['at'])}</td><td>{html.escape(threshold_line(t))}</td>"
+                       f"<td style='text-align:left'><small>{html.escape(evidence(t))}</small></td></tr>"
+                       for t in st["threshold_changes"])
+        out += ("<h2>Threshold from the force-error target</h2><p>Each change of the γ threshold, read off the "
+                "served version's calibration curve on the held-out labels (probe and triggered); evidence: "
+                "force RMSE per γ bin (meV/Å, structures).</p><table><tr><th>when</th><th>change</th>"
+                "<th>evidence</th></tr>" + rows + "</table>")
+    if st.get("basis_changes"):
+        items = "".join(f"<li>{html.escape(b['at'])}: {html.escape(b['message'])}</li>" for b in st["basis_changes"])
+        out += f"<h2>Basis changes</h2><ul>{items}</ul>"
+    return out
+
+
 def build_report(db: Database, workdir: Path | str) -> Path:
     """Write ``<workdir>/report/index.html`` (and its PNGs); returns its path."""
     from autopipe.status import collect_status
@@ -438,7 +495,9 @@ segments {st['segments']}, triggers {st['triggers']}{_rewinds(st)}.</p>
 {carving_section(st)}
 {gate_section(st)}
 {calibration_section(st, out)}
+{changes_section(st)}
 <h2>Uncertainty during MD</h2>{_img(gamma_png, 'max gamma against MD time')}
+{element_gamma_section(db, otf.get("uncertainty_threshold"), cfg.get("system", {}).get("elements"))}
 <div class="grid"><div><h2>Learning curve</h2>{_img(learn_png, 'force RMSE per version')}
 <table><tr><th>version</th><th>name</th><th>parent</th><th>train F RMSE (meV/Å)</th><th>trigger frames (in-sample) F RMSE (meV/Å)</th><th>fresh close-contact frames F RMSE (meV/Å)</th></tr>{rows}</table>
 <p>In-sample: the run's MD frames at each trigger, labelled by the oracle for this report (pw.x runs are not

@@ -1,0 +1,59 @@
+"""Per-element extrapolation grade: from the trigger frames' per-atom gamma into the report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from autopipe.analysis.element_gamma import max_gamma_per_element, trigger_gamma
+from autopipe.db import Database, HeldOut, Origin, Segment, Walker, structure_from_atoms
+
+
+def test_each_element_gets_the_largest_gamma_of_its_own_atoms():
+    z = [29, 28, 29, 28, 29]
+    g = [1.0, 7.5, 2.5, 0.5, 2.0]
+    assert max_gamma_per_element(z, g) == {"Cu": 2.5, "Ni": 7.5}
+    with pytest.raises(ValueError, match="5 atomic numbers but 4 gamma"):
+        max_gamma_per_element(z, g[:4])
+
+
+def _frame(gamma_ni: float, gamma_cu: float):
+    atoms = bulk("Cu", "fcc", a=3.56, cubic=True)
+    atoms.symbols = ["Ni", "Cu", "Cu", "Cu"]
+    atoms.arrays["gamma"] = np.array([gamma_ni, gamma_cu, 0.1, 0.2])
+    return atoms
+
+
+def test_trigger_frames_give_rows_per_walker_and_the_report_shows_both_elements(tmp_path):
+    from autopipe.report import element_gamma_section
+
+    db = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    with db.session() as s:
+        walker = Walker(index=1)
+        s.add(walker)
+        s.flush()
+        seg = Segment(walker_id=walker.id, number=3, potential_version=2, start_step=100)
+        s.add(seg)
+        s.flush()
+        s.add(structure_from_atoms(_frame(6.0, 1.5), Origin.md_frame, segment_id=seg.id, potential_version=2,
+                                   info={"step": 140}))
+        # A probe frame is an MD frame that did not trigger: not a row of the table.
+        s.add(structure_from_atoms(_frame(9.0, 9.0), Origin.md_frame, segment_id=seg.id, heldout=HeldOut.probe))
+        s.commit()
+    rows = trigger_gamma(db)
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r.walker, r.segment, r.step, r.version) == (1, 3, 140, 2)
+    assert r.per_element == {"Ni": 6.0, "Cu": 1.5}
+    page = element_gamma_section(db, threshold=5.0, elements=["Cu", "Ni"])
+    assert page.index("max γ Cu") < page.index("max γ Ni")  # the run's order of elements
+    assert "<td>1.50</td><td><b>6.00</b></td>" in page  # Ni above the threshold, in bold
+    assert "Ni: largest over all triggers 6.00, the frame's largest in 1 of 1" in page
+    assert "9.00" not in page
+
+
+def test_no_trigger_frame_no_section(tmp_path):
+    from autopipe.report import element_gamma_section
+
+    assert element_gamma_section(Database(f"sqlite:///{tmp_path / 'a.db'}"), 5.0) == ""
