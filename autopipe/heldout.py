@@ -114,9 +114,10 @@ class FreshStart:
 
 
 def _structure_seed(run: RunConfig) -> int | None:
-    """The seed of the run's starting structure, if changing it changes the structure."""
+    """The seed of the run's starting structure, if changing it changes the structure (a bulk
+    crystal's seed draws its rattle, its vacancy sites and an alloy's species)."""
     src = run.system.structure
-    if src.kind == "liquid2d" or (src.kind == "bulk" and src.rattle > 0):
+    if src.kind == "liquid2d" or (src.kind == "bulk" and (src.rattle > 0 or src.vacancies or src.composition)):
         return int(src.seed)
     return None
 

@@ -94,6 +94,21 @@ def test_a_crystal_without_rattle_keeps_its_structure_and_gets_new_velocities(tm
     assert not np.allclose(fresh.atoms.get_velocities(), own.atoms.get_velocities())
 
 
+def test_an_alloy_with_a_vacancy_gets_new_species_and_a_new_vacancy_site_without_rattle(tmp_path):
+    from autopipe.config.run import RunConfig
+
+    data = _run(tmp_path, dimension=3).model_dump(mode="json")
+    data["system"] = {"elements": ["Cu", "Ni"], "structure": {
+        "kind": "bulk", "crystal": "fcc", "a": 3.56, "repeat": [3, 3, 3], "composition": {"Cu": 0.75, "Ni": 0.25},
+        "vacancies": 1, "seed": 5}}
+    run = RunConfig.model_validate(data)
+    start = fresh_starts(run, 1)[0]
+    assert start.structure_seed == start.seed and 5 in run_seeds(run)
+    fresh, own = fresh_initial_state(run, start), _walker_start(run)
+    assert len(fresh.atoms) == len(own.atoms) == 107
+    assert list(fresh.atoms.symbols) != list(own.atoms.symbols)  # the seed draws the species and the vacancy
+
+
 def test_fresh_initial_states_differ_from_the_walkers_and_repeat_for_the_same_start(tmp_path):
     run = _run(tmp_path, walkers={"count": 2})
     own = [_walker_start(run, i) for i in range(2)]
