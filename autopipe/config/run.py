@@ -317,6 +317,14 @@ class EmbeddingConfig(StrictModel):
         "sub-cell's box (cheaper and exact), 'always' to compare with whole-cell active learning (no masks).",
     )
 
+    keep_frames_up_to: int = Field(
+        default=2000, ge=0,
+        description="Trigger frames of at most this many atoms travel to the steering host and are stored whole "
+        "(about 40 bytes per atom; in-sample evaluation, buffer-scan and the report read them). Larger frames are "
+        "carved on the MD worker: only the cells and a compact record (the atoms within core_radius of each "
+        "centre) come back and are stored. 0: every frame is carved on the worker.",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _renamed_cutoff(cls, data: Any, info: ValidationInfo) -> Any:

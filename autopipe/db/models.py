@@ -37,6 +37,9 @@ class Origin(str, enum.Enum):
     generated = "generated"  # module A: initial dataset
     initial = "initial"  # a walker's starting structure
     md_frame = "md_frame"  # a frame of an MD segment (e.g. the trigger frame)
+    # The compact record of a trigger frame carved on the MD worker (the frame stayed there): the
+    # atoms within core_radius of its centres, parent_index their indices in the frame (info: frame_atoms).
+    frame_record = "frame_record"
     embedded = "embedded"  # a periodic sub-cell carved from an MD frame
     external = "external"  # given by the user (not a training row)
     imported = "imported"  # a row of the user's pacemaker training data (initial_potential.training_data)

@@ -52,6 +52,8 @@ class SegmentResult:
     on the callback route ``callback`` (all time in the callback) and ``evaluate`` (ACE
     evaluation in it, neighbour lists included), on the native route ``lammps`` (the whole
     LAMMPS execution, start-up included). ``n_ranks``: MPI ranks LAMMPS ran on.
+    ``carved``/``frame_record``/``frame_route``: a trigger frame carved on the MD worker (then
+    ``trigger_frame`` is None), see :func:`autopipe.steer.work.carve_on_worker`.
     """
 
     status: Status
@@ -79,6 +81,10 @@ class SegmentResult:
     note: str | None = None
     label_anyway: bool = False  # a confidently wrong frame: its gamma is low, label it regardless
     n_ranks: int = 1
+    # Set by autopipe.steer.work.carve_on_worker on the MD worker (a large trigger frame stays there):
+    carved: list[Any] | None = None  # the cells carved around its centres (CarvedCell), or None
+    frame_record: Atoms | None = None  # the atoms near the centres, see autopipe.carving.record
+    frame_route: str | None = None  # how the frame travelled: whole (and why) or carved on the worker
 
 
 def finish(status: Status, final: MDState, start: int, trace: list[tuple[int, float]], **kw: Any) -> SegmentResult:

@@ -48,13 +48,16 @@ def _ran(value: Any, started: float, scratch, what: str) -> Ran:
 
 
 def md_work(state, potential, md_config, otf_config, scratch, n_steps: int, launcher: list[str] | None = None,
-            lammps_args: list[str] | None = None, parsl_resource_specification: dict | None = None) -> Ran:
+            lammps_args: list[str] | None = None, carve: WorkerCarve | None = None,
+            parsl_resource_specification: dict | None = None) -> Ran:
     """Run one walker segment from ``state`` (an ``MDState``, or an ``OnScratch`` reference on the
     shared-scratch route: its states then come back as ``StateRef``) with ``potential`` (a
     ``ShippedPotential``), blow-ups probed into triggers and the rewind state found
     (:func:`autopipe.md.run_walker_segment`); the value is a ``SegmentResult`` whose states
     and frames are values (``trajectory`` names the file on the worker).
-    ``launcher``/``lammps_args``: the MD executor's MPI launcher and LAMMPS switches (native route)."""
+    ``launcher``/``lammps_args``: the MD executor's MPI launcher and LAMMPS switches (native route).
+    ``carve``: a trigger frame larger than ``carve.keep_frames_up_to`` atoms is carved here and
+    only its cells and compact record come back (:func:`carve_on_worker`); None: frames travel whole."""
     from autopipe.md import BlowUpLimits, run_walker_segment
     from autopipe.md.state import OnScratch, StateRefused
 
@@ -70,6 +73,8 @@ def md_work(state, potential, md_config, otf_config, scratch, n_steps: int, laun
                              workdir=scratch.path(), n_steps=n_steps, limits=limits, launcher=launcher or None,
                              lammps_args=lammps_args or None)
     res.checkpoint = None  # a file on the worker: the steering side saves ``final_state`` itself
+    if carve is not None:
+        carve_on_worker(res, carve)
     if on_scratch is not None:
         res = on_scratch.keep(res)  # its states stay on the shared scratch; their references travel
     return _ran(res, t0, scratch, f"MD segment {scratch.relative}")
@@ -114,6 +119,51 @@ class CarvedCell:
 
 #: Centres tried per trigger frame whose carving is refused before giving up on the frame.
 MAX_REFUSED = 8
+
+
+@dataclass(frozen=True)
+class WorkerCarve:
+    """What the MD worker needs to carve a trigger frame where it was made: the arguments of
+    :func:`embed_work` (the strategy fixed when the segment was submitted) and
+    ``keep_frames_up_to`` (atoms): frames no larger travel whole, as before."""
+
+    embedding_config: Any
+    threshold: float
+    max_extractions: int
+    keep_frames_up_to: int
+    lattice: Any = None
+    kpoint_settings: tuple[float, float] | None = None
+    strategy: str | None = None
+    charge: Any = None
+
+
+def carve_on_worker(res, carve: WorkerCarve) -> None:
+    """On a trigger with a frame of more than ``carve.keep_frames_up_to`` atoms, carve it here
+    (:func:`embed_work`) and replace the frame in ``res`` (a ``SegmentResult``) by the cells
+    (``res.carved``) and a compact record (``res.frame_record``, see
+    :func:`autopipe.carving.record.frame_record`: the atoms within ``core_radius`` of each centre
+    tried). When the frame itself must be labelled (too small for the carve, or a cell as big as
+    it) it stays in ``res`` whole, the steering side carves as before, and ``res.frame_route``
+    says why. Nothing carved (every centre refused) comes back as refused cells and the record."""
+    frame = res.trigger_frame
+    if res.status != "triggered" or frame is None:
+        return
+    if len(frame) <= carve.keep_frames_up_to:
+        res.frame_route = f"whole: {len(frame)} atoms, at most embedding.keep_frames_up_to ({carve.keep_frames_up_to})"
+        return
+    from autopipe.carving.record import frame_record
+
+    cells = embed_work(frame, carve.embedding_config, carve.threshold, carve.max_extractions, carve.lattice,
+                       carve.kpoint_settings, carve.strategy, (), carve.charge)
+    whole = next((c for c in cells if c.whole_frame), None)
+    if whole is not None:
+        res.frame_route = f"whole: {whole.note}"
+        return
+    res.carved = cells
+    res.frame_record = frame_record(frame, [c.center for c in cells], carve.embedding_config.core_radius,
+                                    carve.threshold)
+    res.frame_route = "carved on the MD worker"
+    res.trigger_frame = res.last_frame = None  # the frame stays here: only the record and the cells travel
 
 
 def embed_work(frame, embedding_config, threshold: float, max_extractions: int, lattice=None,

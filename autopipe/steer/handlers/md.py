@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from autopipe.db import Origin, Segment, SegmentStatus, Task, TaskKind, TaskState, Walker, structure_from_atoms
+from autopipe.db import Segment, SegmentStatus, Task, TaskState, Walker
 from autopipe.db.models import utcnow
 from autopipe.steer import walkers
+from autopipe.steer.handlers import embed
 
 if TYPE_CHECKING:
     from autopipe.md import SegmentResult
@@ -29,12 +30,14 @@ def args(ctx: Context, task: Task) -> tuple:
         checkpoint, version = seg.start_checkpoint, seg.potential_version
     executor = ctx.site.executor_for("md")
     return (walkers.start_state(ctx, checkpoint, workdir), ctx.potential(version), ctx.run.md, ctx.run.otf, ctx.scratch("md", workdir),
-            task.payload["n_steps"], list(executor.md_launcher), list(getattr(executor, "md_lammps_args", [])))
+            task.payload["n_steps"], list(executor.md_launcher), list(getattr(executor, "md_lammps_args", [])),
+            embed.worker_plan(ctx))
 
 
 def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | None = None) -> None:
     """Record the segment and move its walker (see :mod:`autopipe.steer.walkers`)."""
-    embed_task = frame_id = None
+    stored = None
+    decisions = embed.precarved_decisions(ctx, result) if result is not None else None
     with ctx.db.session() as s:
         task = s.get(Task, task_id)
         seg = s.get(Segment, task.segment_id)
@@ -51,22 +54,13 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
             walkers.after_completed(w, result.end_step, str(_save(ctx, w.index, seg.number, result.final_state)))
             seg.end_checkpoint = w.checkpoint
         elif seg.status is SegmentStatus.triggered:
-            row = structure_from_atoms(result.trigger_frame, Origin.md_frame, segment_id=seg.id,
-                                       potential_version=seg.potential_version,
-                                       info={"walker": w.index, "step": result.end_step, "note": result.note,
-                                             "label_anyway": result.label_anyway})
-            s.add(row)
-            s.flush()
-            frame_id = row.id
-            embed = ctx.new_task(TaskKind.embed, structure_id=frame_id, payload={"version": seg.potential_version})
-            s.add(embed)
-            s.flush()
-            embed_task = embed.id
             rewind = result.rewind_state
             ck = _save(ctx, w.index, seg.number, rewind) if rewind is not None and rewind.step > w.step else None
             walkers.after_triggered(w, seg.potential_version, result.end_step,
                                     rewind.step if ck else None, str(ck) if ck else None)
             seg.rewind_step, seg.note = w.step, result.note
+            # The whole frame and an embed task, or the cells carved on the MD worker and the frame's record.
+            stored = embed.store_trigger(ctx, s, seg, w, result, decisions)
         elif result is not None and result.failure == "refused":  # its checkpoint on scratch did not match
             walkers.after_refused_state(w, seg.potential_version, seg.error, walkers.previous_state(s, w),
                                         ctx.run.faults.segment_failures)
@@ -84,9 +78,10 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
                          f"(v{version}); resumes at step {rewind_step} ({lost} steps discarded)"
                          + (f"; {result.note}" if result.note else ""))
         ctx.db.record_event("trigger", f"walker {idx} step {result.end_step}" + (f": {result.note}" if result.note else ""),
-                            walker=idx, step=result.end_step, max_gamma=gmax, version=version, structure_id=frame_id,
-                            rewind_step=rewind_step, discarded_steps=lost)
-        ctx.push(embed_task)
+                            walker=idx, step=result.end_step, max_gamma=gmax, version=version,
+                            structure_id=stored.frame_id, frame_route=stored.route, rewind_step=rewind_step,
+                            discarded_steps=lost)
+        embed.after_stored(ctx, stored, idx)
     elif status is SegmentStatus.failed:
         ctx.progress.log(f"walker {idx} segment {number} failed: {err}" + (" (walker retired)" if retired else ""))
     elif status is SegmentStatus.completed:
