@@ -74,7 +74,29 @@ def collect_status(db: Database) -> dict[str, Any]:
         "heldout": {k: n for k, n in heldout.items() if k != "None"},
         **gate,
         "probe": probe_status(db),
+        # Changes of the gamma threshold by a force-error target (steer.threshold), and of the ACE basis.
+        "threshold_changes": threshold_changes(db),
+        "basis_changes": events_of(db, BASIS_EVENT),
     }
+
+
+#: Events of a basis change (a larger ACE basis for the next fits; written by the training side).
+BASIS_EVENT = "basis"
+
+
+def events_of(db: Database, kind: str) -> list[dict[str, Any]]:
+    """Every event of ``kind``, oldest first: its data, ``message`` and ``at``."""
+    with db.session() as s:
+        return [{**(e.data or {}), "message": e.message, "at": e.created_at.isoformat(timespec="seconds")}
+                for e in s.scalars(select(Event).where(Event.kind == kind).order_by(Event.id))]
+
+
+def threshold_changes(db: Database) -> list[dict[str, Any]]:
+    """Every change of the gamma threshold (``threshold`` events): old, new, version, target (eV/Å),
+    bounds, reason, the calibration bins it was read from, message, at."""
+    from autopipe.steer.threshold import THRESHOLD_EVENT
+
+    return events_of(db, THRESHOLD_EVENT)
 
 
 def probe_status(db: Database) -> dict[str, Any] | None:
@@ -110,8 +132,16 @@ def interval_text(v: dict[str, Any]) -> str:
     what = f"{v.get('n_structures', 0)} structure(s), {v.get('n_atoms', 0)} atoms"
     if v.get("low") is None or v.get("high") is None:
         return f"{v['rms'] * 1000:.1f} meV/Å (no interval: {what})"
+    upper = (f"; below {v['upper'] * 1000:.1f} at {100 * v['upper_confidence']:g} % confidence"
+             if v.get("upper") is not None and v.get("upper_confidence") else "")
     return (f"{v['rms'] * 1000:.1f} meV/Å ({100 * v.get('confidence', 0.95):g} % interval {v['low'] * 1000:.1f}-"
-            f"{v['high'] * 1000:.1f}, {what})")
+            f"{v['high'] * 1000:.1f}, {what}{upper})")
+
+
+def threshold_line(t: dict[str, Any]) -> str:
+    """One threshold change in words: ``gamma 5 -> 3.1 (v2, target 80 meV/Å): <reason>``."""
+    target = f", target {t['target'] * 1000:.3g} meV/Å" if t.get("target") is not None else ""
+    return f"gamma {t.get('old', 0):g} -> {t.get('new', 0):g} (v{t.get('version')}{target}): {t.get('reason', '')}"
 
 
 def gate_history(session) -> dict[str, list[dict[str, Any]]]:
@@ -182,5 +212,9 @@ def render_status(st: dict[str, Any]) -> str:
                      "(configurations the potential called safe; held out, never trained on)")
         for v in probe["versions"]:
             lines.append(f"probe error: v{v['version']} {interval_text(v)}")
+    for t in st.get("threshold_changes", []):
+        lines.append(f"threshold  : {threshold_line(t)}")
+    for b in st.get("basis_changes", []):
+        lines.append(f"basis      : {b['message']}")
     lines.append(f"stopped    : {st['stopped_because'] or 'not stopped (running, or killed)'}")
     return "\n".join(lines)

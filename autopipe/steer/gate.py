@@ -107,12 +107,26 @@ class HeldOutScore:
     n_structures: int
 
 
-def score(potential: PotentialFiles, frames: Sequence[HeldOutFrame]) -> HeldOutScore:
-    """Force RMSE of ``potential`` over the trusted atoms of ``frames``."""
+def evaluate_frames(pot: PotentialFiles,
+                    frames: Sequence[HeldOutFrame]) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """``pot``'s gamma ((n_i,)) and force errors ((n_i, 3), eV/Å) on the trusted atoms of each frame with
+    one, and the frames' structure ids (``atoms.info["structure_id"]``; a frame without one: -1 - its index)."""
     from autopipe.potentials.uncertainty import evaluate
 
-    errors = [(np.asarray(evaluate(atoms, potential)["forces"]) - ref)[trusted]
-              for atoms, ref, trusted in frames if trusted.any()]
+    gammas, errors, ids = [], [], []
+    for k, (atoms, ref, trusted) in enumerate(frames):
+        if not trusted.any():
+            continue
+        res = evaluate(atoms, pot)
+        gammas.append(np.asarray(res["gamma"], float)[trusted])
+        errors.append((np.asarray(res["forces"], float) - ref)[trusted])
+        ids.append(int(atoms.info.get("structure_id", -1 - k)))
+    return gammas, errors, ids
+
+
+def score(potential: PotentialFiles, frames: Sequence[HeldOutFrame]) -> HeldOutScore:
+    """Force RMSE of ``potential`` over the trusted atoms of ``frames``."""
+    _, errors, _ = evaluate_frames(potential, frames)
     n_atoms = sum(len(e) for e in errors)
     if not n_atoms:
         return HeldOutScore(None, 0, len(frames))

@@ -305,27 +305,12 @@ def version_scores(gammas: Sequence[np.ndarray], errors: Sequence[np.ndarray], s
     return {**overall(e, ids, confidence=confidence).as_dict(), "curve": [b.as_dict() for b in curve], **extra}
 
 
-def evaluate_frames(pot, frames: Sequence[HeldOutFrame]) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """``pot``'s gamma ((n_i,)) and force errors ((n_i, 3), eV/Å) on the trusted atoms of each frame with
-    one, and the frames' structure ids (pyace)."""
-    from autopipe.potentials.uncertainty import evaluate
-
-    gammas, errors, ids = [], [], []
-    for atoms, ref, trusted in frames:
-        if not trusted.any():
-            continue
-        res = evaluate(atoms, pot)
-        gammas.append(np.asarray(res["gamma"], float)[trusted])
-        errors.append((np.asarray(res["forces"], float) - ref)[trusted])
-        ids.append(int(atoms.info["structure_id"]))
-    return gammas, errors, ids
-
-
 def score_versions(store: PotentialStore, frames: Sequence[HeldOutFrame], threshold: float | None,
                    upper_confidence: float | None = None) -> list[dict]:
     """Per published version (not one still being gated; corrupted ones are left out): its
     :func:`version_scores` on ``frames`` (pyace evaluates every frame with every version)."""
     from autopipe.db import PotentialStatus
+    from autopipe.steer.gate import evaluate_frames
 
     out = []
     with store.db.session() as s:

@@ -4,8 +4,8 @@ and the run's ``stop`` settings that returns the message to stop with, or ``None
 They are tried in the order of :data:`RULES`; the first message wins. Budgets come first
 (they hold whatever the walkers do), with work that can never run (a Slurm refusal, a task
 above its size bound), then what the walkers say (done, retired,
-converged), then the rules for a run that can no longer move (training budget used,
-stalled).
+accurate by the probe's measure, converged), then the rules for a run that can no longer
+move (training budget used, stalled).
 """
 
 from __future__ import annotations
@@ -81,6 +81,24 @@ def converged(v: RunView, stop: StopConfig) -> str | None:
     return None
 
 
+def accurate(v: RunView, stop: StopConfig) -> str | None:
+    """``stop.accuracy``: the probe's force error of the served version is below the target at the stated
+    confidence (its one-sided bootstrap upper bound, over at least ``min_labels`` probe structures) and
+    no walker triggered for ``quiet_segments`` segments. Never before the probe has scored that version."""
+    acc = stop.accuracy
+    p = v.probe_error
+    if acc is None or acc.force_error is None or not v.walkers or p is None or p.version != v.newest_version:
+        return None
+    if p.upper is None or p.confidence != acc.confidence or p.n_structures < acc.min_labels:
+        return None
+    n = acc.quiet_segments
+    if p.upper * 1000.0 >= acc.force_error or not all(w.segments_since_trigger >= n for w in v.walkers):
+        return None
+    return (f"converged: v{p.version}'s force error on {p.n_structures} probe structures is {p.rms * 1000:.1f} meV/Å, "
+            f"below {acc.force_error:g} at {100 * acc.confidence:g} % confidence (upper bound {p.upper * 1000:.1f}), "
+            f"and no walker triggered for {n} segments")
+
+
 def training_budget_used(v: RunView, stop: StopConfig) -> str | None:
     if (stop.max_trainings is not None and v.retrains >= stop.max_trainings and v.all_waiting
             and not v.busy("dft", "embed", "train")):
@@ -96,7 +114,7 @@ def stalled(v: RunView, stop: StopConfig) -> str | None:
 
 RULES: tuple[Rule, ...] = (
     out_of_time, work_cannot_run, training_keeps_failing, blowup_limit_below_physics, dft_budget_used,
-    no_initial_potential, walkers_finished, converged, training_budget_used, stalled,
+    no_initial_potential, walkers_finished, accurate, converged, training_budget_used, stalled,
 )
 
 

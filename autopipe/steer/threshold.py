@@ -120,8 +120,7 @@ def served_version(ctx: Context) -> int | None:
 def measured_bins(ctx: Context, version: int) -> list[dict[str, Any]]:
     """The calibration curve of ``version`` over every held-out label (probe and triggered), as dicts."""
     from autopipe.analysis.calibration import calibration_curve, gamma_edges
-    from autopipe.steer.gate import heldout_frames
-    from autopipe.steer.probe import evaluate_frames
+    from autopipe.steer.gate import evaluate_frames, heldout_frames
 
     frames = heldout_frames(ctx.db)
     if not frames:

@@ -34,6 +34,18 @@ class WalkerView:
 
 
 @dataclass(frozen=True)
+class ProbeError:
+    """The probe's measured force error of one version (eV/Å): ``rms`` over ``n_structures`` probe
+    structures and its one-sided upper bound ``upper`` at ``confidence`` (None when not computed)."""
+
+    version: int
+    rms: float | None
+    upper: float | None
+    confidence: float | None
+    n_structures: int
+
+
+@dataclass(frozen=True)
 class RunView:
     """What the policies look at (counts are over the whole run, all restarts included).
 
@@ -60,6 +72,7 @@ class RunView:
     idle: bool = False  # nothing queued or in flight in the dispatcher
     limit_problem: str | None = None  # a blow-up limit below the labeller's forces (see handlers.dft)
     cannot_run: str | None = None  # work that can never be sent (Context.cannot_send)
+    probe_error: ProbeError | None = None  # the newest served version's, from the last probe_scores event
 
     def busy(self, *kinds: str) -> bool:
         return any(self.active.get(k, 0) for k in kinds)
@@ -102,8 +115,22 @@ def read_view(ctx: Context) -> RunView:
         dft_calls=int(dft_calls or 0), dft_seconds=float(dft_seconds or 0.0), train_failures=ctx.train_failures,
         first_potential=None if newest is not None else ctx.first_potential,
         idle=ctx.dispatcher.idle() if ctx.dispatcher is not None else True, limit_problem=ctx.limit_problem,
-        cannot_run=ctx.cannot_run,
+        cannot_run=ctx.cannot_run, probe_error=_probe_error(ctx, newest),
     )
+
+
+def _probe_error(ctx: Context, version: int | None) -> ProbeError | None:
+    """``version``'s entry of the last ``probe_scores`` event (:func:`autopipe.steer.probe.rescore`)."""
+    from autopipe.steer.probe import SCORES_EVENT
+
+    if version is None:
+        return None
+    ev = ctx.db.last_event(SCORES_EVENT)
+    entry = next((v for v in (ev.data or {}).get("versions", []) if v.get("version") == version), None) if ev else None
+    if entry is None:
+        return None
+    return ProbeError(version, entry.get("rms"), entry.get("upper"), entry.get("upper_confidence"),
+                      int(entry.get("n_structures") or 0))
 
 
 def _active(tasks: dict[tuple[str, str], int]) -> dict[str, int]:
