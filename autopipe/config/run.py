@@ -435,6 +435,25 @@ DFTConfig = Annotated[
 # ----------------------------------------------------------------------------- training
 
 
+class BasisGrowth(StrictModel):
+    """When the fit is basis-limited, the next round enlarges ``number_of_functions_per_element`` from the
+    parent (autopipe.potentials.basis). Basis-limited over the last ``rounds`` rounds at the current size:
+    the training and the held-out force errors each fell by less than ``flat`` (relative) while the
+    training structures grew by at least ``min_label_growth`` (relative)."""
+
+    enabled: bool = Field(default=False, description="Grow the basis when the fit is basis-limited.")
+    factor: float = Field(default=1.5, gt=1, description="New size = ceil(old size x factor), at least one more.")
+    ceiling: int = Field(default=160, ge=1, description="Largest number_of_functions_per_element growth may reach.")
+    rounds: int = Field(default=3, ge=2, description="Rounds at the current size the rule looks back over.")
+    flat: float = Field(
+        default=0.05, gt=0, lt=1,
+        description="An error is flat when it fell by less than this fraction over those rounds (dimensionless).")
+    min_label_growth: float = Field(
+        default=0.2, ge=0,
+        description="Training structures must have grown by at least this fraction over those rounds "
+        "(0.2: 20 %); without new data a flat error says nothing about the basis.")
+
+
 class TrainConfig(StrictModel):
     """pacemaker fits and the retraining trigger."""
 
@@ -494,12 +513,19 @@ class TrainConfig(StrictModel):
         description="Relative worsening of the held-out force RMSE the gate accepts (0.05: up to 5 % above the "
         "parent's; dimensionless).",
     )
+    basis_growth: BasisGrowth = Field(
+        default_factory=BasisGrowth,
+        description="Enlarge the basis from the parent when the fit is basis-limited (see BasisGrowth).")
 
     @model_validator(mode="after")
     def _one_entry_per_body_order(self) -> "TrainConfig":
         if len(self.ranks) != len(self.lmax):
             raise KeyProblem("lmax", f"{len(self.lmax)} entries but ranks has {len(self.ranks)}: both give one "
                                      "value per body order")
+        growth = self.basis_growth
+        if growth.enabled and growth.ceiling < self.number_of_functions_per_element:
+            raise KeyProblem("basis_growth.ceiling", f"{growth.ceiling} is below the starting basis "
+                             f"(number_of_functions_per_element {self.number_of_functions_per_element})")
         return self
 
 

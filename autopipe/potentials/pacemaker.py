@@ -223,12 +223,18 @@ def prepare_input(
     *,
     initial_potential: Path | str | None = None,
     iterations: int | None = None,
+    grow: bool = False,
 ) -> tuple[Path, list[str]]:
     """Write ``workdir/input.yaml``; return the resolved workdir and pacemaker's arguments.
 
     The arguments (``input.yaml [-p <parent yaml>]``) are the same whether pacemaker runs
     as a subprocess (:func:`run_pacemaker`) or in the warm trainer
     (:mod:`autopipe.potentials.warm`), so both routes fit exactly the same problem.
+
+    ``grow``: the parent starts a larger basis (``-ip <parent yaml>``, pacemaker's
+    ``potential::initial_potential``): the input's ``number_of_functions_per_element`` sets the
+    new size, pacemaker adds the missing functions with zero coefficients in one ladder step and
+    keeps the parent's. ``-p`` instead replaces the input's basis with the parent's.
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -236,7 +242,7 @@ def prepare_input(
     write_input(cfg, workdir / "input.yaml")
     args = ["input.yaml"]
     if initial_potential is not None:
-        args += ["-p", str(Path(initial_potential).resolve())]
+        args += ["-ip" if grow else "-p", str(Path(initial_potential).resolve())]
     return workdir, args
 
 
@@ -250,6 +256,7 @@ def run_pacemaker(
     iterations: int | None = None,
     timeout: float | None = None,
     extra_args: Sequence[str] = (),
+    grow: bool = False,
 ) -> FitResult:
     """Fit a potential with pacemaker in ``workdir``.
 
@@ -257,10 +264,10 @@ def run_pacemaker(
     With ``initial_potential`` the fit continues from that B-basis ``.yaml``
     (``pacemaker -p``): same basis, its coefficients as the starting point. ``iterations``
     overrides ``train_config.max_iterations``; ``timeout`` (s) overrides
-    ``train_config.timeout``.
+    ``train_config.timeout``. ``grow``: see :func:`prepare_input`.
     """
     workdir, args = prepare_input(workdir, train_config, elements, dataset,
-                                  initial_potential=initial_potential, iterations=iterations)
+                                  initial_potential=initial_potential, iterations=iterations, grow=grow)
     argv = [venv_bin("pacemaker"), *args, *extra_args]
     log_path = workdir / LOG_FILE
     rc, wall = run_command(argv, workdir, log_path, timeout or train_config.timeout, env=_subprocess_env())

@@ -112,9 +112,13 @@ def fit_and_export(
     parent_yaml: Path | str | None = None,
     iterations: int | None = None,
     warm: bool | None = None,
+    grow: bool = False,
 ) -> FitOutput:
     """Fit with pacemaker in ``workdir`` (continuing from ``parent_yaml`` if given), export the
     ``.yace`` and compute the active set. Touches no database: runs on any worker.
+
+    ``grow``: the parent is the start of a larger basis (``train_config``'s
+    ``number_of_functions_per_element``; see :mod:`autopipe.potentials.basis`) instead of the basis itself.
 
     ``warm`` (default ``train_config.warm_trainer``): fit in this process's long-lived trainer
     (:func:`autopipe.potentials.warm.warm_fit_and_export`) instead of a fresh ``pacemaker``."""
@@ -123,13 +127,14 @@ def fit_and_export(
         from autopipe.potentials.warm import warm_fit_and_export
 
         return warm_fit_and_export(workdir, train_config, elements, data_file, parent_yaml=parent_yaml,
-                                   iterations=iterations)
+                                   iterations=iterations, grow=grow)
     from autopipe.potentials.pacemaker import FITTING_DATA_INFO, LOG_FILE, compute_active_set, run_pacemaker, yaml_to_yace
 
     t0 = time.perf_counter()
     workdir = Path(workdir)
     fit = run_pacemaker(workdir, train_config, elements, Path(data_file),
-                        initial_potential=Path(parent_yaml) if parent_yaml else None, iterations=iterations)
+                        initial_potential=Path(parent_yaml) if parent_yaml else None, iterations=iterations,
+                        grow=grow)
     out = FitOutput(status="failed", metrics=dict(fit.metrics), argv=list(fit.argv),
                     timings={"pacemaker": fit.walltime})
     if not fit.ok:
@@ -161,6 +166,8 @@ class TrainRequest:
     continue from (``pacemaker -p``; a path on the steering side, whose files travel to the
     worker by value), ``None`` for a fresh fit. ``workdir``: the round's directory in the run's
     work directory, where the published files are written from the fit's blobs.
+    ``basis_functions``: the round's basis size per element (None: ``train_config``'s);
+    ``grow``: it is larger than the parent's and grows from it (:mod:`autopipe.potentials.basis`).
     """
 
     version: int
@@ -172,6 +179,14 @@ class TrainRequest:
     train_config: TrainConfig
     elements: tuple[str, ...]
     workdir: str
+    basis_functions: int | None = None
+    grow: bool = False
+
+    def fit_config(self) -> TrainConfig:
+        """The training settings with this round's basis size."""
+        if self.basis_functions is None:
+            return self.train_config
+        return self.train_config.model_copy(update={"number_of_functions_per_element": int(self.basis_functions)})
 
 
 def plan_round(
@@ -192,6 +207,13 @@ def plan_round(
     parent = store.latest()
     version = store.next_version() if version is None else int(version)
     continuing = parent is not None and tc.continue_from_parent and not fresh
+    size, grow = tc.number_of_functions_per_element, False
+    if parent is not None and not fresh:
+        from autopipe.potentials.basis import next_size, record
+
+        decision = next_size(db, tc, parent.metrics)
+        size, grow = decision.new_size, decision.grow and continuing
+        record(db, decision, version, parent.version)
     return TrainRequest(
         version=version,
         name=name or f"{run_config.name}_v{version}",
@@ -202,6 +224,8 @@ def plan_round(
         train_config=tc,
         elements=tuple(run_config.system.elements),
         workdir=str(layout.fresh_train_dir(version)),
+        basis_functions=size,
+        grow=grow,
     )
 
 
@@ -256,9 +280,10 @@ def fit_round(request: TrainRequest, data: TrainingSet, *, workdir: Path | str,
     workdir.mkdir(parents=True, exist_ok=True)
     data_file = write_dataset(data.frame(), workdir / "dataset.pckl.gzip")
     t_data = time.perf_counter() - t0
-    out = fit_and_export(workdir, request.train_config, request.elements, data_file,
-                         parent_yaml=parent_yaml, iterations=request.iterations)
+    out = fit_and_export(workdir, request.fit_config(), request.elements, data_file,
+                         parent_yaml=parent_yaml, iterations=request.iterations, grow=request.grow and bool(parent_yaml))
     if out.ok:
+        out.metrics.update(_basis_size(out.files["yaml"], request.fit_config().number_of_functions_per_element))
         out.blobs = {role: FileBlob.read(path) for role, path in out.files.items()}
     out.n_train = data.n_structures
     out.timings = {"dataset": t_data, **out.timings}
@@ -267,6 +292,18 @@ def fit_round(request: TrainRequest, data: TrainingSet, *, workdir: Path | str,
                        continued_from=request.parent_version if parent_yaml else None)
     out.walltime = time.perf_counter() - t0
     return out
+
+
+def _basis_size(yaml_path: str, per_element: int) -> dict[str, int]:
+    """The round's basis size: ``basis_functions``, the ``number_of_functions_per_element`` it was
+    fitted with (what the growth rule compares), and ``basis_functions_total``, every function of
+    the fitted B-basis file (fewer than asked when ``ranks``/``lmax`` offer no more)."""
+    from pyace import BBasisConfiguration
+
+    from autopipe.potentials.basis import SIZE_KEY
+
+    return {SIZE_KEY: int(per_element),
+            "basis_functions_total": int(BBasisConfiguration(str(yaml_path)).total_number_of_functions)}
 
 
 def publish_round(store: PotentialStore, request: TrainRequest, fit: FitOutput, *,

@@ -203,6 +203,7 @@ def warm_fit_and_export(
     parent_yaml: Path | str | None = None,
     iterations: int | None = None,
     trainer: WarmTrainer | None = None,
+    grow: bool = False,
 ) -> FitOutput:
     """:func:`autopipe.potentials.trainer.fit_and_export` in a warm trainer.
 
@@ -220,7 +221,7 @@ def warm_fit_and_export(
 
     t0 = time.perf_counter()
     workdir, args = prepare_input(workdir, train_config, elements, data_file,
-                                  initial_potential=parent_yaml, iterations=iterations)
+                                  initial_potential=parent_yaml, iterations=iterations, grow=grow)
     log_path = workdir / LOG_FILE
     out = FitOutput(status="failed", argv=["pacemaker[warm]", *args])
     pooled = trainer is None

@@ -8,7 +8,8 @@ every walker waits and nothing else could bring more labels (the stall rule), wi
 
 :func:`start_training` plans the round with
 :func:`autopipe.potentials.trainer.plan_round` (label snapshot, parent, iterations) and
-queues it; the train handler's ``args`` packs the labels up to that snapshot for the
+queues it (growing the basis when :mod:`autopipe.potentials.basis` says the fit is
+basis-limited); the train handler's ``args`` packs the labels up to that snapshot for the
 worker (:func:`autopipe.potentials.trainer.training_set`), the training app fits
 (:func:`autopipe.potentials.trainer.fit_round`), and the handler publishes what comes back.
 """
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
     from autopipe.steer.view import RunView
 
 #: The request fields a training task keeps in its payload; the rest comes from the run config.
-_PAYLOAD = ("version", "name", "parent_version", "parent_yaml", "snapshot", "iterations", "workdir")
+_PAYLOAD = ("version", "name", "parent_version", "parent_yaml", "snapshot", "iterations", "workdir", "basis_functions",
+            "grow")
 
 
 def training_due(v: RunView, train: TrainConfig, stop: StopConfig) -> str | None:
@@ -71,6 +73,8 @@ def start_training(ctx: Context) -> None:
         task_id = task.id
     ctx.push(task_id)
     cont = f", continuing from v{request.parent_version}" if request.parent_yaml else ""
+    if request.grow:
+        cont += f" with its basis grown to {request.basis_functions} functions per element"
     ctx.progress.log(f"training v{request.version} ({request.name}){cont}: {reason}")
     ctx.db.record_event("train", f"training v{request.version} started: {reason}", version=request.version,
                         snapshot=request.snapshot)
