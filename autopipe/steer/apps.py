@@ -9,7 +9,7 @@ steering process that every site gets: it never waits for a batch job to start.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from autopipe.steer import work
 
@@ -35,17 +35,22 @@ def steering_executor():
     return ThreadPoolExecutor(label=STEERING, max_threads=1)
 
 
-def build_apps(site) -> Apps:
-    """Wrap the worker functions as python_apps on the site's executors (call after parsl.load)."""
+def build_apps(site, functions: Mapping[str, Callable] | None = None) -> Apps:
+    """Wrap the worker functions as python_apps on the site's executors (call after parsl.load).
+
+    ``functions`` replaces the worker function of a kind (``md``, ``dft``, ``train``, ``embed``)
+    with another taking the same arguments: the scale benchmark's stand-ins (``tests/standins.py``)."""
     from parsl import python_app
 
+    fn = {"md": work.md_work, "dft": work.dft_work, "train": work.fit_work, "embed": work.embed_work,
+          **(functions or {})}
     md = site.executor_for("md").label
     dft = site.executor_for("dft").label
     train = site.executor_for("train").label
     return Apps(
-        md=python_app(work.md_work, executors=[md]),
-        dft=python_app(work.dft_work, executors=[dft]),
-        train=python_app(work.fit_work, executors=[train]),
-        embed=python_app(work.embed_work, executors=[STEERING]),
+        md=python_app(fn["md"], executors=[md]),
+        dft=python_app(fn["dft"], executors=[dft]),
+        train=python_app(fn["train"], executors=[train]),
+        embed=python_app(fn["embed"], executors=[STEERING]),
         executors={"md": md, "dft": dft, "train": train, "embed": STEERING},
     )

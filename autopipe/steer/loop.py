@@ -47,7 +47,8 @@ class LoopOutcome:
 class Steering:
     """One run of the loop over a site; create, then :meth:`run`."""
 
-    def __init__(self, site, run, *, live: bool = False, parsl_kwargs: dict[str, Any] | None = None):
+    def __init__(self, site, run, *, live: bool = False, parsl_kwargs: dict[str, Any] | None = None,
+                 functions: dict[str, Any] | None = None):
         from autopipe.potentials import PotentialStore
         from autopipe.steer.context import Context
         from autopipe.steer.live import Progress
@@ -59,6 +60,10 @@ class Steering:
                            progress=Progress(live=live), args={k: h.args for k, h in HANDLERS.items()})
         self.parsl_kwargs = parsl_kwargs or {}
         self.busy = 0.0  # s the steering process spent working (not waiting for results)
+        self.busy_cpu = 0.0  # CPU s of the loop's thread in that time (busy minus time descheduled on a loaded host)
+        # s from each finished task's completion to its handler's start, with its kind, in handling order
+        self.waits: list[tuple[str, float]] = []
+        self.functions = functions  # stand-ins for worker functions (see apps.build_apps), or None
         self.dfk = None  # Parsl's DataFlowKernel while the loop runs
 
     def run(self) -> LoopOutcome:
@@ -76,13 +81,13 @@ class Steering:
         log_to_file(ctx.layout.log_file)
         import_user_potential(ctx)
         write_run_files(ctx.layout, ctx.run, ctx.site.name)
+        restore_threshold(ctx)  # the threshold a force-error target last set (steer.threshold), not the file's
         ctx.db.record_event("start", f"run {ctx.run.name!r} on site {ctx.site.name!r}")
         config = ctx.site.to_parsl_config(ctx.layout.parsl, extra_executors=(steering_executor(),),
                                           **self.parsl_kwargs)
         dfk = self.dfk = parsl.load(config)
-        restore_threshold(ctx)  # the threshold a force-error target last set (steer.threshold), not the file's
         try:
-            ctx.apps = build_apps(ctx.site)
+            ctx.apps = build_apps(ctx.site, self.functions)
             caps = {e.label: e.slots() for e in ctx.site.executors}
             aware = {e.label for e in ctx.site.executors if e.kind in ("htex-local", "slurm")}
             ctx.dispatcher = Dispatcher({**caps, STEERING: 1}, aware)
@@ -92,7 +97,9 @@ class Steering:
             ctx.progress.stop()
             dfk.cleanup()
             parsl.clear()
-        ctx.db.record_event("stop", reason, walltime=ctx.elapsed(), busy=self.busy)
+        ctx.db.record_event("stop", reason, walltime=ctx.elapsed(), busy=self.busy, busy_cpu=self.busy_cpu,
+                            handled=len(self.waits),
+                            max_handler_wait=max((w for _, w in self.waits), default=0.0))
         ctx.progress.log(f"stopped: {reason}")
         return LoopOutcome(stopped_because=reason, walltime=ctx.elapsed())
 
@@ -104,7 +111,7 @@ class Steering:
         stopping: str | None = None
         changed = True
         while True:
-            tick = time.perf_counter()
+            tick, tick_cpu = time.perf_counter(), time.thread_time()
             if stopping is None and changed:
                 for start in STARTERS:
                     start(ctx)
@@ -128,6 +135,7 @@ class Steering:
                                      "running task(s)")
                     dispatcher.clear_queued()  # they stay pending in the database for the next start
             self.busy += time.perf_counter() - tick
+            self.busy_cpu += time.thread_time() - tick_cpu
             if stopping and not dispatcher.in_flight():
                 return stopping
             if not changed:
@@ -148,6 +156,7 @@ class Steering:
         """Hand a finished task to its kind's handler; resubmit an app that crashed while it has attempts left."""
         ctx = self.ctx
         kind: TaskKind = tasks.kind_of(ctx.db, task_id)
+        self.waits.append((kind.value, ctx.dispatcher.waited(future)))
         handler = HANDLERS[kind]
         try:
             result = tasks.received(ctx.db, task_id, future)

@@ -44,6 +44,7 @@ class Dispatcher:
         self.priority_aware = set(priority_aware or ())
         self._queues: dict[str, list[Queued]] = {label: [] for label in capacities}
         self._in_flight: dict[Future, tuple[str, Any]] = {}
+        self._completed: dict[Future, float] = {}  # time.monotonic() when a submitted future finished
         self._seq = itertools.count()
 
     def push(self, executor: str, priority: int, key: Any, app: Callable[..., Future], *args, **kwargs) -> None:
@@ -61,6 +62,7 @@ class Dispatcher:
                     kwargs["parsl_resource_specification"] = {"priority": q.priority}
                 fut = q.app(*q.args, **kwargs)
                 self._in_flight[fut] = (label, q.key)
+                fut.add_done_callback(self._stamp)
                 started.append((q.key, fut))
         return started
 
@@ -78,6 +80,14 @@ class Dispatcher:
         for _, fut in finished:
             del self._in_flight[fut]
         return finished
+
+    def _stamp(self, fut: Future) -> None:
+        self._completed[fut] = time.monotonic()  # runs in the thread that completed it
+
+    def waited(self, fut: Future) -> float:
+        """Seconds since ``fut`` (returned by :meth:`done`) finished: how long it waited for its handler."""
+        stamp = self._completed.pop(fut, None)
+        return time.monotonic() - stamp if stamp is not None else 0.0
 
     def wait(self, timeout: float) -> None:
         """Block until a task in flight finishes, or ``timeout`` seconds pass."""
