@@ -316,7 +316,6 @@ class EmbeddingConfig(StrictModel):
         description="Label the whole MD frame instead of carving: 'if_smaller' when the frame fits inside the "
         "sub-cell's box (cheaper and exact), 'always' to compare with whole-cell active learning (no masks).",
     )
-
     keep_frames_up_to: int = Field(
         default=2000, ge=0,
         description="Trigger frames of at most this many atoms travel to the steering host and are stored whole "
@@ -549,13 +548,6 @@ class FaultsConfig(StrictModel):
     )
 
 
-class StopConfig(StrictModel):
-    """Stopping rules; the first that fires ends the run."""
-
-    max_md_steps: int = Field(default=10_000, ge=1, description="MD steps every walker must reach.")
-    converged_segments: int | None = Field(
-        default=None, ge=1, description="Stop after this many consecutive segments without a trigger (all walkers)."
-    )
 class AccuracyStop(StrictModel):
     """The accuracy rule (autopipe.steer.stopping.accurate): converged when the false-negative probe's force
     error of the served version is below the target at the stated confidence (the one-sided upper bound of a
@@ -571,6 +563,13 @@ class AccuracyStop(StrictModel):
         "not an interval worth stopping on).")
 
 
+class StopConfig(StrictModel):
+    """Stopping rules; the first that fires ends the run."""
+
+    max_md_steps: int = Field(default=10_000, ge=1, description="MD steps every walker must reach.")
+    converged_segments: int | None = Field(
+        default=None, ge=1, description="Stop after this many consecutive segments without a trigger (all walkers)."
+    )
     max_dft_calls: int | None = Field(default=None, ge=1, description="Budget of DFT labels.")
     max_dft_seconds: float | None = Field(
         default=None, gt=0, description="Budget of DFT wall time (s, every attempt of every label the loop chose): "
@@ -578,6 +577,8 @@ class AccuracyStop(StrictModel):
     max_trainings: int | None = Field(default=None, ge=1, description="Budget of retrains.")
     max_walltime: float | None = Field(default=None, gt=0, description="Wall-time budget of this process (s).")
     max_train_failures: int = Field(default=3, ge=1, description="Stop after this many failed fits in a row.")
+    accuracy: AccuracyStop | None = Field(
+        default=None, description="Stop when the probe shows the served version accurate enough (see AccuracyStop).")
 
 
 class RunConfig(StrictModel):
@@ -585,8 +586,6 @@ class RunConfig(StrictModel):
 
     name: str = Field(description="Run name.")
     workdir: Path = Field(default=Path("autopipe-run"), description="Where the database, potentials and files go.")
-    accuracy: AccuracyStop | None = Field(
-        default=None, description="Stop when the probe shows the served version accurate enough (see AccuracyStop).")
     database: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite:///<workdir>/autopipe.db.")
     system: SystemConfig
     initial_potential: InitialPotential
@@ -614,6 +613,7 @@ class RunConfig(StrictModel):
                 "trained on (or set train.retrain: false to only monitor and label)"
             )
         self._check_elements()
+        self._check_error_targets()
         uses_lattice = self.embedding.strategy == "commensurate" or (
             self.embedding.strategy == "budget" and "commensurate" in (self.embedding.candidates or []))
         if uses_lattice:
@@ -621,17 +621,9 @@ class RunConfig(StrictModel):
                 raise KeyProblem("embedding.lattice", "commensurate carving needs a reference lattice: give "
                                  "embedding.lattice, or start from a bulk system.structure")
             if self.md.dimension == 2:
-        self._check_error_targets()
                 raise KeyProblem("embedding.strategy", "commensurate carving needs a 3D crystal (md.dimension is 2)")
         return self
 
-    def _check_elements(self) -> None:
-        """Keys named after elements name the run's elements, and a bulk crystal says which it is."""
-        elements = self.system.elements
-        known = ", ".join(elements)
-        refs = self.train.reference_energies
-        if isinstance(refs, dict):
-            missing = [e for e in elements if e not in refs]
     def _check_error_targets(self) -> None:
         """A force-error target needs held-out labels to measure it; the accuracy rule needs the probe."""
         if self.otf.target_force_error is not None and self.otf.probe_share == 0 and self.train.heldout_every == 0:
@@ -647,6 +639,13 @@ class RunConfig(StrictModel):
         if acc.force_error is None:
             acc.force_error = self.otf.target_force_error  # resolved once: run.resolved.json shows it
 
+    def _check_elements(self) -> None:
+        """Keys named after elements name the run's elements, and a bulk crystal says which it is."""
+        elements = self.system.elements
+        known = ", ".join(elements)
+        refs = self.train.reference_energies
+        if isinstance(refs, dict):
+            missing = [e for e in elements if e not in refs]
             extra = [e for e in refs if e not in elements]
             if missing or extra:
                 raise KeyProblem("train.reference_energies", (f"no energy for {', '.join(missing)}" if missing else
