@@ -21,10 +21,11 @@ from autopipe.potentials.shipped import ShippedPotential
 from autopipe.transfer import FileSet, PayloadTooLarge, Scratch
 
 
-def _segment_task(ctx) -> int:
+def _segment_task(ctx, atoms=None, n_steps: int = 50) -> int:
+    """A walker (0) at step 0 on ``atoms`` (default: the 2D LJ template), its first segment and md task."""
     from tests.lj import lj2d_template
 
-    state = initial_state(lj2d_template(), ctx.run.md)
+    state = initial_state(lj2d_template() if atoms is None else atoms, ctx.run.md)
     ck = save_state(ctx.layout.initial_checkpoint(0), state)
     with ctx.db.session() as s:
         w = Walker(index=0, status=WalkerStatus.running, step=0, checkpoint=str(ck))
@@ -34,7 +35,7 @@ def _segment_task(ctx) -> int:
                       start_checkpoint=str(ck))
         s.add(seg)
         s.flush()
-        task = ctx.new_task(TaskKind.md, segment_id=seg.id, payload={"n_steps": 50})
+        task = ctx.new_task(TaskKind.md, segment_id=seg.id, payload={"n_steps": n_steps})
         s.add(task)
         s.flush()
         return task.id

@@ -71,26 +71,17 @@ def test_a_trigger_on_a_walker_larger_than_the_carve_stores_cells_and_a_record_n
     """The real path: md.args -> md_work (LAMMPS) -> md.done, with the loop's own handlers."""
     from autopipe.db import (Candidate, Origin, Segment, SegmentStatus, Structure, Task, TaskKind, TaskState, Walker,
                              WalkerStatus)
-    from autopipe.md import initial_state, save_state
     from autopipe.steer.handlers import md
     from autopipe.steer.work import md_work
+    from tests.steer.test_by_value import _segment_task
     from tests.steer.test_selection import _frame
 
     frame = _frame()  # 128 atoms with a squeezed pair: gamma far above the threshold at the first check
     ctx.run.embedding = ctx.run.embedding.model_copy(update={"keep_frames_up_to": 64})
-    ck = save_state(ctx.layout.initial_checkpoint(0), initial_state(frame, ctx.run.md))
+    task_id = _segment_task(ctx, frame, n_steps=20)
     with ctx.db.session() as s:
-        w = Walker(index=0, status=WalkerStatus.running, step=0, checkpoint=str(ck))
-        s.add(w)
-        s.flush()
-        seg = Segment(walker_id=w.id, number=0, potential_version=1, status=SegmentStatus.pending, start_step=0,
-                      start_checkpoint=str(ck))
-        s.add(seg)
-        s.flush()
-        task = ctx.new_task(TaskKind.md, segment_id=seg.id, payload={"n_steps": 20})
-        s.add(task)
-        s.flush()
-        task_id, seg_id, walker_id = task.id, seg.id, w.id
+        seg_id = s.get(Task, task_id).segment_id
+        walker_id = s.get(Segment, seg_id).walker_id
     with ctx.db.session() as s:
         args = md.args(ctx, s.get(Task, task_id))
     ran = md_work(*args)

@@ -7,6 +7,12 @@ potential's active set and the cells already on their way, see
 kept). A frame from which nothing could be carved counts as a failed segment for its
 walker, which resumes with the same potential (and is retired after
 ``faults.segment_failures`` in a row) instead of waiting for a label that never comes.
+
+Where the carving runs: a frame of at most ``embedding.keep_frames_up_to`` atoms (and any frame
+that must be labelled whole) travels to the steering host, is stored whole and carved here by the
+embed task. A larger frame is carved on the MD worker that made it (:func:`worker_plan`,
+:func:`autopipe.steer.work.carve_on_worker`): the md handler stores its cells and a compact
+record of the frame (:func:`store_trigger`), and the frame never leaves the worker.
 """
 
 from __future__ import annotations
