@@ -225,14 +225,6 @@ class OnScratch:
     def load(self) -> MDState:
         return load_state_ref(self.ref)
 
-    def refusal(self, message: str):
-        """The failed ``SegmentResult`` of a segment that did not start because its state was refused
-        (``failure == "refused"``: the steering side puts the walker back on its previous good state)."""
-        from autopipe.md.result import SegmentResult
-
-        return SegmentResult(status="failed", final_state=self.ref, start_step=self.ref.step, end_step=self.ref.step,
-                             max_gamma=float("nan"), gamma_trace=np.zeros((0, 2)), error=message, failure="refused")
-
     def keep(self, result):
         """``result`` (a ``SegmentResult``) with its final and rewind states written under
         ``directory`` and replaced by their :class:`StateRef`; a failed segment's final state is

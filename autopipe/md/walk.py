@@ -110,3 +110,10 @@ def _rewind(state, potential, md_config, otf_config, workdir: Path, res: Segment
         return state, f"the re-run to step {good} did not retrace the segment ({again.status}): resuming at its start"
     return again.final_state, None
 
+
+def refused_start(ref, message: str) -> SegmentResult:
+    """The failed result of a segment that did not start because its state by reference (``ref``, a
+    :class:`autopipe.md.state.StateRef`) was refused: ``failure == "refused"``, and the steering
+    side puts the walker back on its previous good state."""
+    return SegmentResult(status="failed", final_state=ref, start_step=ref.step, end_step=ref.step,
+                         max_gamma=float("nan"), gamma_trace=np.zeros((0, 2)), error=message, failure="refused")

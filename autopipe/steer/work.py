@@ -60,6 +60,7 @@ def md_work(state, potential, md_config, otf_config, scratch, n_steps: int, laun
     only its cells and compact record come back (:func:`carve_on_worker`); None: frames travel whole."""
     from autopipe.md import BlowUpLimits, run_walker_segment
     from autopipe.md.state import OnScratch, StateRefused
+    from autopipe.md.walk import refused_start
 
     t0 = time.time()
     on_scratch = state if isinstance(state, OnScratch) else None  # the shared-scratch route: by reference
@@ -67,7 +68,7 @@ def md_work(state, potential, md_config, otf_config, scratch, n_steps: int, laun
         try:
             state = on_scratch.load()  # its sha256 checked before the walker resumes
         except StateRefused as exc:
-            return _ran(on_scratch.refusal(str(exc)), t0, scratch, f"MD segment {scratch.relative}")
+            return _ran(refused_start(on_scratch.ref, str(exc)), t0, scratch, f"MD segment {scratch.relative}")
     limits = BlowUpLimits(max_force=md_config.max_force, max_energy_change=md_config.max_energy_change)
     res = run_walker_segment(state, potential.materialise(scratch.cache()), md_config, otf_config,
                              workdir=scratch.path(), n_steps=n_steps, limits=limits, launcher=launcher or None,
