@@ -7,7 +7,9 @@ its labels: the next round enlarges ``number_of_functions_per_element``.
   rounds fitted at the current size, the training force RMSE and the held-out force RMSE
   each fell by less than ``flat`` (relative to the first of those rounds) while the
   training structures grew by at least ``min_label_growth`` (relative). Then the size
-  becomes ``ceil(size * factor)`` (at least one more), never past ``ceiling``. Held-out
+  becomes ``ceil(size * factor)`` (at least one more), never past ``ceiling``, and never
+  again once a version's basis file holds fewer functions than asked (``ranks``/``lmax`` offer
+  no more: the default ``[6, 4, 3]``/``[0, 3, 2]`` offers 120 for one element). Held-out
   errors come from the probe (every version scored on the same labels) when it scored every
   round of the window, else from the gate (each version scored when it was judged), else
   the rule waits: two sources are never mixed in one comparison.
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
 BASIS_EVENT = "basis"
 #: The key of a version's basis size (functions per element) in ``Potential.metrics``.
 SIZE_KEY = "basis_functions"
+#: True in ``Potential.metrics`` when the basis file holds fewer functions than asked for.
+SATURATED_KEY = "basis_saturated"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class RoundRecord:
     train_rmse: float | None
     probe_rmse: float | None = None  # on the probe's labels (the same labels for every version)
     gate_rmse: float | None = None  # on the held-out labels when the gate judged it
+    saturated: bool = False  # its basis file has fewer functions than asked: ranks/lmax offer no more
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ def basis_decision(history: Sequence[RoundRecord], size: int, growth: BasisGrowt
     if size >= growth.ceiling:
         return no(f"at the ceiling ({growth.ceiling} functions per element)")
     window = [r for r in history if r.n_functions == size][-growth.rounds:]
+    if window and window[-1].saturated:
+        return no(f"v{window[-1].version} has every function train.ranks and train.lmax offer (fewer than "
+                  f"{size} per element): raise those to grow further")
     if len(window) < growth.rounds:
         return no(f"{len(window)} of {growth.rounds} rounds at {size} functions per element so far")
     versions = [r.version for r in window]
@@ -144,7 +152,7 @@ def history(db: Database, tc: TrainConfig) -> list[RoundRecord]:
     probe = {int(v["version"]): v.get("rms") for v in probe_rows if isinstance(v, dict) and "version" in v}
     return [RoundRecord(version=v, n_functions=version_size(m, tc), n_train=n,
                         train_rmse=_number(m.get("train_forces_rmse")), probe_rmse=_number(probe.get(v)),
-                        gate_rmse=_number(gate.get(v)))
+                        gate_rmse=_number(gate.get(v)), saturated=bool(m.get(SATURATED_KEY)))
             for v, m, n in rows]
 
 

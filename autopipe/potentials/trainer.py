@@ -283,7 +283,8 @@ def fit_round(request: TrainRequest, data: TrainingSet, *, workdir: Path | str,
     out = fit_and_export(workdir, request.fit_config(), request.elements, data_file,
                          parent_yaml=parent_yaml, iterations=request.iterations, grow=request.grow and bool(parent_yaml))
     if out.ok:
-        out.metrics.update(_basis_size(out.files["yaml"], request.fit_config().number_of_functions_per_element))
+        out.metrics.update(_basis_size(out.files["yaml"], request.fit_config().number_of_functions_per_element,
+                                       len(request.elements)))
         out.blobs = {role: FileBlob.read(path) for role, path in out.files.items()}
     out.n_train = data.n_structures
     out.timings = {"dataset": t_data, **out.timings}
@@ -294,16 +295,17 @@ def fit_round(request: TrainRequest, data: TrainingSet, *, workdir: Path | str,
     return out
 
 
-def _basis_size(yaml_path: str, per_element: int) -> dict[str, int]:
+def _basis_size(yaml_path: str, per_element: int, n_elements: int) -> dict[str, Any]:
     """The round's basis size: ``basis_functions``, the ``number_of_functions_per_element`` it was
-    fitted with (what the growth rule compares), and ``basis_functions_total``, every function of
-    the fitted B-basis file (fewer than asked when ``ranks``/``lmax`` offer no more)."""
+    fitted with (what the growth rule compares), ``basis_functions_total``, every function of
+    the fitted B-basis file, and ``basis_saturated``: fewer than asked (``ranks``/``lmax`` offer no more)."""
     from pyace import BBasisConfiguration
 
-    from autopipe.potentials.basis import SIZE_KEY
+    from autopipe.potentials.basis import SATURATED_KEY, SIZE_KEY
 
-    return {SIZE_KEY: int(per_element),
-            "basis_functions_total": int(BBasisConfiguration(str(yaml_path)).total_number_of_functions)}
+    total = int(BBasisConfiguration(str(yaml_path)).total_number_of_functions)
+    return {SIZE_KEY: int(per_element), "basis_functions_total": total,
+            SATURATED_KEY: total < int(per_element) * n_elements}
 
 
 def publish_round(store: PotentialStore, request: TrainRequest, fit: FitOutput, *,

@@ -86,6 +86,15 @@ def test_never_past_the_ceiling_and_off_by_default():
         assert grown_size(size, ON) >= math.ceil(size * ON.factor) or grown_size(size, ON) == ON.ceiling
 
 
+def test_stops_when_the_spec_offers_no_more_functions():
+    """The default ranks/lmax offer 120 functions for one element: asking for 135 gave 120 (saturated)."""
+    rounds = _rounds(**FLAT, size=90)
+    assert basis_decision(rounds, 90, ON).grow
+    rounds[-1] = RoundRecord(3, 90, 40, 0.098, gate_rmse=0.196, saturated=True)
+    d = basis_decision(rounds, 90, ON)
+    assert not d.grow and "raise those" in d.reason
+
+
 def test_a_ceiling_below_the_starting_basis_is_one_line_at_load_time(tmp_path):
     from autopipe.config import load_run
     from autopipe.errors import ConfigError
@@ -198,6 +207,7 @@ def test_a_grown_fit_has_more_functions_and_starts_from_the_parent(lj_potential,
     assert BBasisConfiguration(str(parent.yaml)).total_number_of_functions == 40
     assert BBasisConfiguration(fit.files["yaml"]).total_number_of_functions == 60
     assert fit.metrics["basis_functions"] == 60 and fit.metrics["basis_functions_total"] == 60
+    assert fit.metrics["basis_saturated"] is False
     # The parent's force RMSE (eV/Å, per component) on the structures just trained on.
     frame = data.frame()
     errors = [np.asarray(evaluate(at, parent)["forces"]) - np.asarray(f) for at, f in zip(frame["ase_atoms"],
