@@ -13,6 +13,12 @@ Prints the force RMSE (meV/Å, per component) of v1 and the newest served versio
 over all atoms and per element, and the trigger counts of set 2::
 
     nice -n 19 .venv/bin/python benchmarks/binary_heldout.py --workdir runs/cuni-heal
+
+Measured once (a full run of cuni-heal.yaml, converged at v4 after 3 retrains; 3 fresh seeds,
+400 steps; a loaded machine, niced: 67 s of CPU, 44 min of wall time), force RMSE in meV/Å:
+labeller's own MD v1 253 (Ni 237, Cu 258) -> v4 118 (Ni 158, Cu 102); closest contacts of the
+potentials' own MD v1 232 -> v4 111 (2.1x); v1 triggered on 3 of 3 fresh starts (mean 17 steps),
+v4 on 1 of 3 (mean 367 of 400 steps).
 """
 
 from __future__ import annotations
