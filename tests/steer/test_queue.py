@@ -121,6 +121,9 @@ def test_htex_honours_parsl_priorities(tmp_path, monkeypatch):
         for i in range(2):
             d.push("h", PRIORITY["dft"], f"dft-{i}", app, str(log), f"dft-{i}")
             d.pump()
+        # Submission reaches the interchange asynchronously (ZMQ): give the last pushes time to
+        # arrive, or a released worker takes an md task that was there before dft-1 (seen under load).
+        time.sleep(1.0)
         (gate / "release").touch()  # everything is submitted: now the worker frees up
         deadline = time.time() + 60
         while not d.idle() and time.time() < deadline:
