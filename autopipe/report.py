@@ -252,13 +252,16 @@ def element_gamma_section(db: Database, threshold: float | None, elements: list[
         return "–" if x is None else str(x)
 
     body = "".join(f"<tr><td>{opt(r.walker)}</td><td>{opt(r.segment)}</td><td>{opt(r.step)}</td>"
-                   f"<td>v{opt(r.version)}</td>" + "".join(cell(r, e) for e in elements) + "</tr>" for r in rows)
+                   f"<td>v{opt(r.version)}{'*' if r.partial else ''}</td>" + "".join(cell(r, e) for e in elements) + "</tr>"
+                   for r in rows)
     led = {e: sum(max(r.per_element, key=r.per_element.get) == e for r in rows) for e in elements}
     summary = ", ".join(f"{html.escape(e)}: largest over all triggers {max(r.per_element.get(e, 0.0) for r in rows):.2f},"
                         f" the frame's largest in {led[e]} of {len(rows)}" for e in elements)
+    partial = (" *: a frame carved on the MD worker, of which only the atoms near the carved centres were kept: "
+               "its maxima are over those atoms." if any(r.partial for r in rows) else "")
     return ("<h2>Extrapolation grade per element at each trigger</h2><p>The largest per-atom γ of each element in "
             "each trigger frame (bold: above the threshold"
-            + ("" if threshold is None else f" {threshold:g}") + f"). {summary}.</p>"
+            + ("" if threshold is None else f" {threshold:g}") + f"). {summary}.{partial}</p>"
             "<table><tr><th>walker</th><th>segment</th><th>step</th><th>potential</th>"
             + "".join(f"<th>max γ {html.escape(e)}</th>" for e in elements) + "</tr>" + body + "</table>")
 

@@ -37,11 +37,15 @@ class TriggerGamma:
     step: int | None
     version: int | None
     per_element: dict[str, float]
+    #: True for a frame carved on the MD worker (:data:`Origin.frame_record`): only the atoms near
+    #: the centres were kept, so an element's maximum is over those atoms (a lower bound).
+    partial: bool = False
 
 
 def trigger_gamma(db) -> list[TriggerGamma]:
     """Per-element maximum gamma of every trigger frame of the run (probe frames left out), oldest
-    first; frames stored without per-atom gamma are skipped."""
+    first: whole frames and the compact records of frames carved on the MD worker (``partial``);
+    frames stored without per-atom gamma are skipped."""
     from sqlalchemy import select
 
     from autopipe.db import Origin, Segment, Structure, Walker
@@ -52,7 +56,7 @@ def trigger_gamma(db) -> list[TriggerGamma]:
         rows = s.execute(select(Structure, Segment, Walker.index)
                          .outerjoin(Segment, Structure.segment_id == Segment.id)
                          .outerjoin(Walker, Segment.walker_id == Walker.id)
-                         .where(Structure.origin == Origin.md_frame, not_probe()).order_by(Structure.id)).all()
+                         .where(Structure.origin.in_([Origin.md_frame, Origin.frame_record]), not_probe()).order_by(Structure.id)).all()
         for frame, seg, walker in rows:
             if frame.gamma is None or len(frame.gamma) != frame.n_atoms:
                 continue
@@ -60,5 +64,6 @@ def trigger_gamma(db) -> list[TriggerGamma]:
             out.append(TriggerGamma(
                 structure_id=frame.id, walker=walker,
                 segment=None if seg is None else seg.number, step=None if step is None else int(step),
-                version=frame.potential_version, per_element=max_gamma_per_element(frame.numbers, frame.gamma)))
+                version=frame.potential_version, per_element=max_gamma_per_element(frame.numbers, frame.gamma),
+                partial=frame.origin == Origin.frame_record))
     return out

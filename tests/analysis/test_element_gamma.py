@@ -57,3 +57,30 @@ def test_no_trigger_frame_no_section(tmp_path):
     from autopipe.report import element_gamma_section
 
     assert element_gamma_section(Database(f"sqlite:///{tmp_path / 'a.db'}"), 5.0) == ""
+
+
+def test_a_frame_carved_on_the_md_worker_gives_a_partial_row(tmp_path):
+    """A large trigger frame is stored only as its compact record (the atoms near the centres):
+    its row is in the table, marked partial, with the maxima over the kept atoms."""
+    from autopipe.carving.record import frame_record
+    from autopipe.report import element_gamma_section
+
+    frame = _frame(6.0, 1.5).repeat((3, 3, 3))  # the Ni at index 0 is the most uncertain atom
+    frame.info["step"] = 220
+    rec = frame_record(frame, [0], radius=2.6, threshold=5.0)
+    assert len(rec) < len(frame)
+    db = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    with db.session() as s:
+        walker = Walker(index=0)
+        s.add(walker)
+        s.flush()
+        seg = Segment(walker_id=walker.id, number=1, potential_version=1, start_step=200)
+        s.add(seg)
+        s.flush()
+        s.add(structure_from_atoms(rec, Origin.frame_record, segment_id=seg.id, potential_version=1,
+                                   info=dict(rec.info)))
+        s.commit()
+    rows = trigger_gamma(db)
+    assert len(rows) == 1 and rows[0].partial and rows[0].step == 220
+    assert rows[0].per_element["Ni"] == 6.0
+    assert "v1*" in element_gamma_section(db, threshold=5.0, elements=["Cu", "Ni"])
