@@ -29,7 +29,7 @@ from ase import Atoms
 
 from autopipe.carving.budget import Measured
 from autopipe.carving.lattice import ParentTooSmall, ReferenceLattice
-from autopipe.carving.strategies import apply_kpoint_rule, carve
+from autopipe.carving.strategies import AsBigAsTheFrame, apply_kpoint_rule, carve, check_worth_carving
 
 __all__ = ["Frame", "CarvePoint", "whole_frame_key", "cached_whole_label", "scan_carves", "measurements",
            "format_table", "plot_points"]
@@ -168,10 +168,12 @@ def scan_carves(
                                                  dft_seconds=0.0, core_max=None, core_rms=None, potential_rms=None,
                                                  note=str(exc).splitlines()[0]))
                         continue
-                    if len(sub) >= len(fr.atoms):  # as big as the parent (a whole period of it): no saving
+                    try:  # the loop's rule, at a fraction of 1: the instrument measures every cell smaller than the parent
+                        check_worth_carving(len(sub), len(fr.atoms), 1.0)
+                    except AsBigAsTheFrame as exc:
                         points.append(CarvePoint(**base, mesh="-", n_atoms=len(sub), n_core=0, status="not carved",
                                                  dft_seconds=0.0, core_max=None, core_rms=None, potential_rms=None,
-                                                 note="the cell holds as many atoms as the parent: label the whole frame"))
+                                                 note=f"{exc}: label the whole frame"))
                         continue
                     choice = apply_kpoint_rule(sub, fr.atoms, rule, kspacing, gamma_only_length)
                     mesh = "gamma" if choice.mesh is None else "x".join(map(str, choice.mesh))

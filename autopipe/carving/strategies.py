@@ -14,9 +14,22 @@ from ase import Atoms
 from autopipe.carving.kpoints import KpointChoice, choose_kpoints
 from autopipe.carving.lattice import ReferenceLattice, carve_commensurate
 
-__all__ = ["STRATEGIES", "carve", "apply_kpoint_rule"]
+__all__ = ["STRATEGIES", "carve", "apply_kpoint_rule", "AsBigAsTheFrame", "check_worth_carving"]
 
 STRATEGIES = ("cube", "commensurate")
+
+
+class AsBigAsTheFrame(ValueError):
+    """A carved cell holding at least a given fraction of its frame's atoms: no saving over the whole frame."""
+
+
+def check_worth_carving(n_cell: int, n_frame: int, fraction: float) -> None:
+    """Raise :class:`AsBigAsTheFrame` when a cell of ``n_cell`` atoms holds at least ``fraction`` of
+    the frame's ``n_frame``: label the whole frame instead. The one rule of the loop
+    (``embedding.whole_frame_fraction``) and of the carving instrument (which measures up to 1.0).
+    Atom counts, not volumes: a long thin parent's cube holds as many atoms as the parent."""
+    if n_cell >= fraction * n_frame:
+        raise AsBigAsTheFrame(f"a carved cell would hold {n_cell} atoms, at least {fraction:g} of the frame's {n_frame}")
 
 
 def carve(frame: Atoms, center: int, strategy: str, core_radius: float, buffer: float, *,

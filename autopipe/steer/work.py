@@ -247,6 +247,7 @@ def carve_one(frame, center: int, embedding_config, strategy: str | None = None,
     ``embedding.whole_frame_fraction`` of it (``note`` says which); refused (``refused``) when
     no cell can be carved there. Used for trigger centres and for the false-negative probe's."""
     from autopipe.carving.lattice import ParentTooSmall
+    from autopipe.carving.strategies import AsBigAsTheFrame
 
     e = embedding_config
     gamma = frame.arrays["gamma"]
@@ -255,28 +256,21 @@ def carve_one(frame, center: int, embedding_config, strategy: str | None = None,
         return _whole(frame, center, gamma, note)
     try:
         sub, masked = _carve_cell(frame, center, strategy, e, lattice, kpoint_settings, charge)
-    except (ParentTooSmall, _AsBigAsTheFrame) as exc:
+    except (ParentTooSmall, AsBigAsTheFrame) as exc:
         return _whole(frame, center, gamma, str(exc))
     except ValueError as exc:
         return CarvedCell(center=center, gamma=float(gamma[center]), refused=str(exc))
     return CarvedCell(center=center, gamma=float(gamma[center]), atoms=sub, masked=masked)
 
 
-class _AsBigAsTheFrame(ValueError):
-    """A carved cell holding at least ``embedding.whole_frame_fraction`` of the frame's atoms."""
-
-
 def _carve_cell(frame, center: int, strategy: str, e, lattice, kpoint_settings, charge=None) -> tuple[Any, list[int]]:
     """``(cell, masked)`` around ``center`` with ``strategy``, its k-point mesh set by the run's rule
     and the charge policy applied (``charge``, a ``ChargeRule``, or None). Raises ``ValueError`` when it
-    cannot be carved or the policy refuses it, :class:`_AsBigAsTheFrame` when it is not worth it."""
-    from autopipe.carving.strategies import apply_kpoint_rule, carve
+    cannot be carved or the policy refuses it, :class:`~autopipe.carving.strategies.AsBigAsTheFrame` when it is not worth it."""
+    from autopipe.carving.strategies import apply_kpoint_rule, carve, check_worth_carving
 
     sub, masked = carve(frame, center, strategy, e.core_radius, e.buffer, lattice=lattice, min_distance=e.min_distance)
-    if len(sub) >= e.whole_frame_fraction * len(frame):
-        # Atom counts, not volumes: a long thin parent's cube holds as many atoms as the parent.
-        raise _AsBigAsTheFrame(f"a carved cell would hold {len(sub)} atoms, at least {e.whole_frame_fraction:g} "
-                               f"of the frame's {len(frame)}")
+    check_worth_carving(len(sub), len(frame), e.whole_frame_fraction)
     if kpoint_settings is not None:
         apply_kpoint_rule(sub, frame, e.kpoints, *kpoint_settings)
     if charge is not None:
