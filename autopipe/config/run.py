@@ -507,6 +507,13 @@ class TrainConfig(StrictModel):
         "the held-out labels is at most its parent's times (1 + gate_tolerance); with no held-out labels yet "
         "every version passes. false: every successful fit is hot-swapped.",
     )
+    gate_min_heldout: int = Field(
+        default=3, ge=1,
+        description="Held-out structures the gate needs before it may reject a version: a force RMSE over one "
+        "carved cell's few core atoms swings too much to keep a fit from the walkers (seen on the demo: one "
+        "6-atom probe cell rejected a fit and stalled the run). With fewer, the version passes and the gate "
+        "says why, with both scores.",
+    )
     gate_tolerance: float = Field(
         default=0.05, ge=0,
         description="Relative worsening of the held-out force RMSE the gate accepts (0.05: up to 5 % above the "

@@ -152,8 +152,12 @@ def gate_decision(new: float | None, parent: float | None, tolerance: float) -> 
                                f"(parent {parent * 1000:.1f} x {1 + tolerance:g})")
 
 
-def judge(db: Database, store: PotentialStore, version: int, *, tolerance: float) -> tuple[GateDecision, dict]:
+def judge(db: Database, store: PotentialStore, version: int, *, tolerance: float,
+          min_structures: int = 1) -> tuple[GateDecision, dict]:
     """Score ``version`` and its parent on the held-out labels, set its status, record a ``gate`` event.
+
+    With fewer than ``min_structures`` held-out structures (``train.gate_min_heldout``) the version
+    passes, the event saying so with both scores: too little evidence to keep it from the walkers.
 
     Returns the decision and the event's data (version, parent_version, scores eV/Å,
     tolerance, n_atoms, n_structures, accepted)."""
@@ -165,6 +169,10 @@ def judge(db: Database, store: PotentialStore, version: int, *, tolerance: float
     s_new = score(new, frames) if frames and parent is not None else HeldOutScore(None, 0, len(frames))
     s_parent = score(parent, frames) if s_new.force_rmse is not None else HeldOutScore(None, 0, len(frames))
     decision = gate_decision(s_new.force_rmse, s_parent.force_rmse, tolerance)
+    if not decision.accepted and s_new.n_structures < min_structures:
+        decision = GateDecision(True, f"passed without a check: {s_new.n_structures} held-out structure(s), fewer "
+                                      f"than the {min_structures} the gate needs (train.gate_min_heldout); "
+                                      + decision.reason)
     if parent is None:
         decision = GateDecision(True, "passed without a check: no parent to compare with")
     set_status(db, version, PotentialStatus.served if decision.accepted else PotentialStatus.rejected)

@@ -307,6 +307,19 @@ def test_with_nothing_held_out_the_gate_passes_and_says_so(ctx, lj2d_potential, 
     assert ev.data["accepted"] and "no held-out labels yet" in ev.message
 
 
+def test_too_few_held_out_structures_cannot_reject_a_version(ctx, lj2d_potential, tmp_path):
+    """One or two held-out cells are too little evidence to keep a fit from the walkers (a 6-atom
+    probe cell rejected a demo fit and stalled the run): the version passes, the event saying why
+    with both scores; from train.gate_min_heldout (3) structures on the same damage rejects it."""
+    assert ctx.run.train.gate_min_heldout == 3
+    _held_out_layers(ctx.db, 2)
+    _finish_round(ctx, _damaged_copy(lj2d_potential, tmp_path / "damaged", 3.0))
+    ev = ctx.db.last_event("gate")
+    assert ev.data["accepted"] and ctx.store.latest().version == 2
+    assert "2 held-out structure(s), fewer than the 3" in ev.message and "rejected: held-out force RMSE" in ev.message
+    assert ev.data["force_rmse"] > 1.05 * ev.data["parent_force_rmse"]  # the damage is there, the evidence thin
+
+
 def test_held_out_labels_do_not_count_as_new_labels_to_train_on(ctx):
     from autopipe.steer.view import read_view
 

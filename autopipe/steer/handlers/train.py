@@ -63,7 +63,8 @@ def _gate(ctx: Context, version: int, parent: int | None) -> bool:
     from autopipe.steer.gate import GATE_EVENT, GateDecision, judge, set_status
 
     try:
-        decision, _ = judge(ctx.db, ctx.store, version, tolerance=ctx.run.train.gate_tolerance)
+        decision, _ = judge(ctx.db, ctx.store, version, tolerance=ctx.run.train.gate_tolerance,
+                            min_structures=ctx.run.train.gate_min_heldout)
     except Exception as exc:  # a potential that cannot be evaluated must not reach the walkers either
         decision = GateDecision(False, f"rejected: scoring it failed: {type(exc).__name__}: {exc}")
         set_status(ctx.db, version, PotentialStatus.rejected)
