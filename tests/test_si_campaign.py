@@ -9,46 +9,23 @@ imported potential and dataset, pw.x settings, basis, thresholds) is the campaig
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-import yaml
 from sqlalchemy import select
 
 from autopipe.config import load_run
 from autopipe.db import Database, Event, Label, LabelStatus, Origin, Potential, Segment, Structure, atoms_from_structure
 from autopipe.potentials import PotentialStore
 from tests.aceutil import per_atom_energies
+from tests.campaign_util import ROOT, reduced_run, steer
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 RUN = ROOT / "configs/runs/si-vacancy.yaml"
 pytestmark = pytest.mark.slow
 
 
-def _reduced_run(tmp_path: Path) -> Path:
-    data = load_run(RUN).model_dump(mode="json", exclude={"workdir"})  # paths come out absolute
-    data["system"]["structure"]["repeat"] = [1, 1, 1]
-    data["md"]["segment_steps"] = 50
-    data["walkers"] = {"count": 1}
-    data["train"]["retrain_iterations"] = 20
-    data["stop"] = {"max_md_steps": 150, "max_trainings": 1, "max_walltime": 600}
-    path = tmp_path / "si-vacancy-reduced.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def test_import_trigger_pwx_label_retrain_and_hot_swap(tmp_path):
     workdir = tmp_path / "run"
-    out = subprocess.run(
-        [str(BIN / "autopipe-steer"), "--site", str(ROOT / "configs/local.yaml"), "--run", str(_reduced_run(tmp_path)),
-         "--workdir", str(workdir), "--no-live"],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    stdout = steer(reduced_run(RUN, tmp_path, repeat=[1, 1, 1], max_md_steps=150), workdir)
     db = Database(f"sqlite:///{workdir / 'autopipe.db'}")
     with db.session() as s:
         imported = list(s.scalars(select(Structure).where(Structure.origin == Origin.imported).order_by(Structure.id)))
@@ -57,14 +34,14 @@ def test_import_trigger_pwx_label_retrain_and_hot_swap(tmp_path):
         assert len(imported_labels) == 45 and all(lab.status is LabelStatus.done for lab in imported_labels)
 
         new = list(s.scalars(select(Label).where(Label.code != "imported").order_by(Label.id)))
-        assert new, out.stdout[-3000:]
+        assert new, stdout[-3000:]
         lab = new[0]
         assert lab.status is LabelStatus.done, lab.error
         frame = s.get(Structure, lab.structure_id)
         assert frame.origin == Origin.md_frame and not frame.force_mask  # the whole trigger frame, nothing masked
         # Chosen by the carving budget, said in the events: no carve of a 7-atom parent is worth measuring.
         decision = s.scalars(select(Event).where(Event.kind == "carve_budget")).first()
-        assert decision is not None and decision.data["chosen"] == "whole", out.stdout[-3000:]
+        assert decision is not None and decision.data["chosen"] == "whole", stdout[-3000:]
         assert "no carve to measure" in decision.message
         assert frame.n_atoms == 7 and max(frame.gamma) > 3.0  # the vacancy's neighbours triggered
         assert lab.code == "espresso" and lab.parameters["pseudopotentials"] == {"Si": "Si.pz-vbc.UPF"}
