@@ -25,21 +25,27 @@ def _frame(gamma_ni: float, gamma_cu: float):
     return atoms
 
 
+def _segment(s, walker: int, number: int, version: int, start_step: int) -> int:
+    """A walker and one of its segments in session ``s``; the segment's id."""
+    w = Walker(index=walker)
+    s.add(w)
+    s.flush()
+    seg = Segment(walker_id=w.id, number=number, potential_version=version, start_step=start_step)
+    s.add(seg)
+    s.flush()
+    return seg.id
+
+
 def test_trigger_frames_give_rows_per_walker_and_the_report_shows_both_elements(tmp_path):
     from autopipe.report import element_gamma_section
 
     db = Database(f"sqlite:///{tmp_path / 'a.db'}")
     with db.session() as s:
-        walker = Walker(index=1)
-        s.add(walker)
-        s.flush()
-        seg = Segment(walker_id=walker.id, number=3, potential_version=2, start_step=100)
-        s.add(seg)
-        s.flush()
-        s.add(structure_from_atoms(_frame(6.0, 1.5), Origin.md_frame, segment_id=seg.id, potential_version=2,
+        seg = _segment(s, walker=1, number=3, version=2, start_step=100)
+        s.add(structure_from_atoms(_frame(6.0, 1.5), Origin.md_frame, segment_id=seg, potential_version=2,
                                    info={"step": 140}))
         # A probe frame is an MD frame that did not trigger: not a row of the table.
-        s.add(structure_from_atoms(_frame(9.0, 9.0), Origin.md_frame, segment_id=seg.id, heldout=HeldOut.probe))
+        s.add(structure_from_atoms(_frame(9.0, 9.0), Origin.md_frame, segment_id=seg, heldout=HeldOut.probe))
         s.commit()
     rows = trigger_gamma(db)
     assert len(rows) == 1
@@ -71,13 +77,8 @@ def test_a_frame_carved_on_the_md_worker_gives_a_partial_row(tmp_path):
     assert len(rec) < len(frame)
     db = Database(f"sqlite:///{tmp_path / 'a.db'}")
     with db.session() as s:
-        walker = Walker(index=0)
-        s.add(walker)
-        s.flush()
-        seg = Segment(walker_id=walker.id, number=1, potential_version=1, start_step=200)
-        s.add(seg)
-        s.flush()
-        s.add(structure_from_atoms(rec, Origin.frame_record, segment_id=seg.id, potential_version=1,
+        seg = _segment(s, walker=0, number=1, version=1, start_step=200)
+        s.add(structure_from_atoms(rec, Origin.frame_record, segment_id=seg, potential_version=1,
                                    info=dict(rec.info)))
         s.commit()
     rows = trigger_gamma(db)
