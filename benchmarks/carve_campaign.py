@@ -21,7 +21,11 @@ them. The repository keeps each arm's database, resolved run file and potentials
 ``--score-only``), not the walkers' checkpoints (~200 MB): from a fresh clone, delete
 ``runs/`` to run the arms again.
 
-    .venv/bin/python benchmarks/carve_campaign.py [--budget 2700] [--fresh 3] [--score-only] [--launcher "..."]
+Repeats (``--repeat K``, K >= 1) run both arms again with new MD seeds (``md.seed`` 99 + 100 K,
+the same for both arms of a repeat) in ``runs/<arm>-r<K>``; the table and ``results.json`` carry
+every repeat, and the summary gives each arm's median final held-out rms and its spread.
+
+    .venv/bin/python benchmarks/carve_campaign.py [--budget 2700] [--fresh 3] [--repeat K] [--score-only] [--launcher "..."]
 """
 
 from __future__ import annotations
@@ -42,29 +46,45 @@ ARMS = ("carved", "whole")
 SHARED_FRAME = ROOT.parent / "shared" / "data" / "si215-vacancy-md" / "frame-pwx.extxyz"
 #: Seeds the loop never used (its structure seed is 1, its MD seeds 99 and 100).
 FRESH_STRUCTURE_SEED, FRESH_MD_SEED = 2001, 3001
+#: The heading in results.md below which hand-written notes survive a rerun.
+NOTES = "## Notes"
 
 
-def run_arm(arm: str, budget: float | None) -> None:
-    """Run (or resume) one arm through ``autopipe-steer``; its run file's budget, or ``budget``."""
+def arm_dir(arm: str, repeat: int) -> str:
+    """The run directory name of ``arm``'s repeat ``repeat`` under ``runs/`` (repeat 0 is the first run)."""
+    return arm if repeat == 0 else f"{arm}-r{repeat}"
+
+
+def run_arm(arm: str, budget: float | None, repeat: int = 0) -> None:
+    """Run (or resume) one arm through ``autopipe-steer``: its run file's budget, or ``budget``;
+    repeat ``repeat`` > 0 with MD seed 99 + 100 * repeat."""
     import yaml
 
     run_file = HERE / f"{arm}.yaml"
-    if budget is not None:
+    name = arm_dir(arm, repeat)
+    if budget is not None or repeat:
         data = yaml.safe_load(run_file.read_text())
-        data["stop"]["max_dft_seconds"] = float(budget)
+        changes = []
+        if budget is not None:
+            data["stop"]["max_dft_seconds"] = float(budget)
+            changes.append(f"stop.max_dft_seconds {budget:g}")
+        if repeat:
+            data["md"]["seed"] = 99 + 100 * repeat
+            data["name"] = f"{data['name']}-r{repeat}"
+            changes.append(f"md.seed {data['md']['seed']}")
         # Paths in a run file are relative to it: the copy in runs/ names them absolutely.
         data["initial_potential"] = {k: (str((HERE / v).resolve()) if k in ("path", "asi", "training_data") else v)
                                      for k, v in data["initial_potential"].items()}
-        data["workdir"] = str((HERE / "runs" / arm).resolve())
-        run_file = HERE / "runs" / f"{arm}.budget.yaml"
+        data["workdir"] = str((HERE / "runs" / name).resolve())
+        run_file = HERE / "runs" / f"{name}.budget.yaml"
         run_file.parent.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(f"# {arm}.yaml with stop.max_dft_seconds {budget:g}\n" + yaml.safe_dump(data))
+        run_file.write_text(f"# {arm}.yaml with {', '.join(changes)}\n" + yaml.safe_dump(data))
     cmd = [str(ROOT / ".venv" / "bin" / "autopipe-steer"), "--site", str(HERE / "site.yaml"), "--run", str(run_file),
-           "--workdir", str(HERE / "runs" / arm)]
-    print(f"== {arm}: {' '.join(cmd)}", flush=True)
+           "--workdir", str(HERE / "runs" / name)]
+    print(f"== {name}: {' '.join(cmd)}", flush=True)
     t0 = time.time()
     subprocess.run(cmd, check=False)
-    print(f"== {arm}: {time.time() - t0:.0f} s", flush=True)
+    print(f"== {name}: {time.time() - t0:.0f} s", flush=True)
 
 
 def fresh_frames(n: int, steps: int = 2000) -> list:
@@ -128,8 +148,9 @@ def reference_forces(frames: list, names: list[str], launcher: list[str]) -> lis
     return out
 
 
-def score(arm: str, frames: list, refs: list) -> list[dict]:
-    """Per published version of ``arm``: pw.x seconds spent before it, labels, held-out force rms."""
+def score(arm: str, frames: list, refs: list, repeat: int = 0) -> list[dict]:
+    """Per published version of ``arm`` (repeat ``repeat``): pw.x seconds spent before it, labels,
+    held-out force rms."""
     from sqlalchemy import func, select
 
     from autopipe.config.run import load_resolved_run
@@ -139,7 +160,7 @@ def score(arm: str, frames: list, refs: list) -> list[dict]:
     from autopipe.potentials import PotentialStore
     from autopipe.potentials.uncertainty import evaluate
 
-    workdir = HERE / "runs" / arm
+    workdir = HERE / "runs" / arm_dir(arm, repeat)
     run = load_resolved_run(workdir)
     db = Database(run.database_url())  # writable: it upgrades an arm's database from an older autopipe (columns added)
     store = PotentialStore(db, RunLayout(workdir).potentials)
@@ -150,7 +171,7 @@ def score(arm: str, frames: list, refs: list) -> list[dict]:
         for version, last in published:
             n, seconds = s.execute(select(func.count(), func.sum(Label.walltime)).select_from(Label).join(Structure)
                                    .where(chosen, Label.id <= last)).one()
-            rows.append({"arm": arm, "version": version, "labels": int(n or 0), "pwx_seconds": float(seconds or 0.0)})
+            rows.append({"arm": arm, "repeat": repeat, "version": version, "labels": int(n or 0), "pwx_seconds": float(seconds or 0.0)})
     for row in rows:
         pot = store.get(row["version"])
         errors = []
@@ -173,35 +194,68 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--score-only", action="store_true", help="do not run the arms, only score them")
     ap.add_argument("--launcher", default="/usr/bin/mpirun --allow-run-as-root -np 2",
                     help="MPI launcher of the held-out frames' pw.x labels")
+    ap.add_argument("--repeat", type=int, default=0,
+                    help="run repeat K of the arms (new MD seeds; 0: the first run); scoring covers every repeat")
     args = ap.parse_args(argv)
     t0 = time.time()
     arms = [a for a in args.arms.split(",") if a]
     if not args.score_only:
         for arm in arms:
-            run_arm(arm, args.budget)
+            run_arm(arm, args.budget, args.repeat)
     from ase.io import read
 
     frames = [read(SHARED_FRAME)] + fresh_frames(args.fresh)
     names = ["shared"] + [f"fresh-{k}" for k in range(args.fresh)]
     refs = reference_forces(frames, names, args.launcher.split())
     rows = []
-    for arm in arms:
-        if (HERE / "runs" / arm / "run.resolved.json").exists():
-            rows += score(arm, frames, refs)
-    lines = ["| arm | version | labels | pw.x s before it | held-out force rms meV/Å | per frame |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        per = ", ".join(f"{1000 * x:.0f}" for x in r["per_frame_rms"])
-        lines.append(f"| {r['arm']} | v{r['version']} | {r['labels']} | {r['pwx_seconds']:.0f} | "
-                     f"{1000 * r['heldout_rms']:.0f} | {per} |" if r["heldout_rms"] is not None else
-                     f"| {r['arm']} | v{r['version']} | {r['labels']} | {r['pwx_seconds']:.0f} | - | - |")
-    text = ("\n".join(lines) + f"\n\nHeld-out frames: {', '.join(names)} (whole-frame pw.x, "
-            f"{sum(s for _, s in refs):.0f} s in all). Benchmark wall time this invocation: {time.time() - t0:.0f} s\n")
+    for arm in ARMS:
+        for repeat in range(10):
+            if (HERE / "runs" / arm_dir(arm, repeat) / "run.resolved.json").exists():
+                rows += score(arm, frames, refs, repeat)
+    text = (format_table(rows) + "\n\n" + format_summary(rows)
+            + f"\n\nHeld-out frames: {', '.join(names)} (whole-frame pw.x, {sum(s for _, s in refs):.0f} s in all). "
+            f"Benchmark wall time this invocation: {time.time() - t0:.0f} s\n")
     print(text)
-    (HERE / "results.md").write_text(text)
+    # Hand-written notes on how the arms were run stay below the generated tables.
+    previous = (HERE / "results.md").read_text() if (HERE / "results.md").exists() else ""
+    notes = previous[previous.index(NOTES):] if NOTES in previous else ""
+    (HERE / "results.md").write_text(text + ("\n" + notes if notes else ""))
     (HERE / "results.json").write_text(json.dumps(rows, indent=1))
     _plot(rows, HERE / "results.png")
     return 0
+
+
+def format_table(rows: list[dict]) -> str:
+    """One markdown row per published version of every arm and repeat (force rms in meV/Å)."""
+    lines = ["| arm | repeat (MD seed) | version | labels | pw.x s before it | held-out force rms meV/Å | per frame |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rep = r.get("repeat", 0)
+        head = f"| {r['arm']} | {rep} ({99 + 100 * rep}) | v{r['version']} | {r['labels']} | {r['pwx_seconds']:.0f} | "
+        if r["heldout_rms"] is None:
+            lines.append(head + "- | - |")
+        else:
+            per = ", ".join(f"{1000 * x:.0f}" for x in r["per_frame_rms"])
+            lines.append(head + f"{1000 * r['heldout_rms']:.0f} | {per} |")
+    return "\n".join(lines)
+
+
+def format_summary(rows: list[dict]) -> str:
+    """Per arm over its repeats: the final version's held-out rms (median, min-max) and pw.x seconds."""
+    lines = ["| arm | repeats | final held-out rms meV/Å: median (min-max) | pw.x s of the final version: median (min-max) |",
+             "|---|---|---|---|"]
+    for arm in ARMS:
+        finals = {}
+        for r in rows:
+            if r["arm"] == arm and r["heldout_rms"] is not None:
+                finals[r.get("repeat", 0)] = r  # rows come in version order: the last one stays
+        if not finals:
+            continue
+        rms = np.array([1000 * r["heldout_rms"] for r in finals.values()])
+        sec = np.array([r["pwx_seconds"] for r in finals.values()])
+        lines.append(f"| {arm} | {len(finals)} | {np.median(rms):.0f} ({rms.min():.0f}-{rms.max():.0f}) | "
+                     f"{np.median(sec):.0f} ({sec.min():.0f}-{sec.max():.0f}) |")
+    return "\n".join(lines)
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -211,13 +265,15 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for arm in ARMS:
-        rs = [r for r in rows if r["arm"] == arm and r["heldout_rms"] is not None]
-        if rs:
-            ax.plot([r["pwx_seconds"] for r in rs], [1000 * r["heldout_rms"] for r in rs], "o-", label=arm)
+    for arm, colour in zip(ARMS, ("C0", "C1")):
+        for repeat in sorted({r.get("repeat", 0) for r in rows}):
+            rs = [r for r in rows if r["arm"] == arm and r.get("repeat", 0) == repeat and r["heldout_rms"] is not None]
+            if rs:
+                ax.plot([r["pwx_seconds"] for r in rs], [1000 * r["heldout_rms"] for r in rs], "o-", color=colour,
+                        alpha=1.0 if repeat == 0 else 0.55, label=arm if repeat == 0 else None)
     ax.set_xlabel("pw.x wall seconds spent (2 ranks)")
     ax.set_ylabel("held-out force rms (meV/Å)")
-    ax.set_title("Si vacancy, 215-atom parent, 1300 K: carved vs whole frames", fontsize=9)
+    ax.set_title("Si vacancy, 215-atom parent, 1300 K: carved vs whole frames (one line per MD seed)", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -169,6 +169,12 @@ class MDConfig(StrictModel):
     dimension: Literal[2, 3] = Field(default=3, description="3 for bulk; 2 keeps atoms in the xy plane.")
     dump_every: int = Field(default=50, ge=1, description="Steps between trajectory frames.")
     thermo_every: int = Field(default=50, ge=1, description="Steps between thermodynamic records.")
+    keep_checkpoints: int | None = Field(
+        default=3, ge=1,
+        description="Segments per walker whose checkpoint files are kept (newest first), besides the walker's "
+        "first state, its current and previous good states and the starts of queued segments; older ones are "
+        "deleted as the walker moves on (a 10^6-atom state is ~50 MB per segment). None: keep them all.",
+    )
     seed: int = Field(default=12345, ge=1, description="Random seed of velocities and thermostat.")
     max_force: float = Field(
         default=1.0e3, gt=0, description="A force above this on any atom (eV/Å) counts as a blow-up."

@@ -192,6 +192,59 @@ def record_state(ctx: Context, walker_index: int, number: int, state: MDState | 
     return str(save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), state.step), state))
 
 
+#: Older segments :func:`prune_checkpoints` looks at beyond the kept ones.
+PRUNE_WINDOW = 16
+
+
+def checkpoint_path(text: str | None) -> Path | None:
+    """The file a checkpoint column names: a reference's path on the shared scratch, or the plain path."""
+    from autopipe.md.state import StateRef
+
+    if not text:
+        return None
+    ref = StateRef.from_text(text)
+    return Path(ref.path if ref is not None else text)
+
+
+def prune_checkpoints(ctx: Context, walker_index: int) -> list[Path]:
+    """Delete the checkpoint files of ``walker_index``'s older segments; returns the deleted paths.
+
+    Kept: every checkpoint of its newest ``md.keep_checkpoints`` segments, its first state
+    (replay starts there), its current checkpoint and the previous good one (where a refused
+    state sends it back), and the start of every segment not finished yet. Everything else under
+    older segments' directories, here and on the shared scratch, is deleted: nothing reads it
+    again. The database is committed before this runs, so a kill at any point leaves every
+    checkpoint it names on disk."""
+    keep_n = ctx.run.md.keep_checkpoints
+    if keep_n is None:
+        return []
+    with ctx.db.session() as s:
+        w = s.scalars(select(Walker).where(Walker.index == walker_index)).one()
+        newest = s.scalar(select(func.max(Segment.number)).where(Segment.walker_id == w.id))
+        if newest is None:
+            return []
+        # Only a window of older segments is looked at, so the cost per segment stays flat however
+        # long the run; a checkpoint kept while current and left behind later than that stays on disk.
+        segs = list(s.scalars(select(Segment).where(Segment.walker_id == w.id,
+                                                     Segment.number > newest - keep_n - PRUNE_WINDOW)))
+        previous = previous_state(s, w)
+        named = [w.checkpoint, previous[1] if previous else None]
+        named += [seg.start_checkpoint for seg in segs
+                  if seg.status in (SegmentStatus.pending, SegmentStatus.running)]
+        old = [seg.number for seg in segs if seg.number <= newest - keep_n]
+    keep = {p.resolve() for p in map(checkpoint_path, named) if p is not None}
+    roots = [ctx.layout.segment_dir(walker_index, n) for n in old]
+    if (scratch := scratch_root(ctx)) is not None:
+        roots += [scratch / ctx.layout.relative(d) for d in roots]
+    deleted = []
+    for d in roots:
+        for f in d.glob("checkpoint-*.npz"):
+            if f.resolve() not in keep:
+                f.unlink(missing_ok=True)
+                deleted.append(f)
+    return deleted
+
+
 def probe_state(state: MDState | StateRef):
     """A returned state for code that may need its atoms (the false-negative probe): the state
     itself, or for a reference one read from the shared scratch only if its atoms are used."""

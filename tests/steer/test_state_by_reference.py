@@ -6,6 +6,7 @@ for the executor's payload bound is refused at start, with one line."""
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -221,8 +222,13 @@ def test_sigkill_while_states_sit_on_scratch_resumes_with_nothing_lost(lj2d_pote
             assert [(g.start_step, g.end_step) for g in segs] == [(i, i + 200) for i in range(0, 1200, 200)]
             assert all(g.start_checkpoint == p.end_checkpoint for p, g in zip(segs, segs[1:]))
             assert all(StateRef.from_text(g.end_checkpoint) for g in segs)
+            # The newest md.keep_checkpoints (3) segments keep their files; older ones were deleted.
+            on_disk = [Path(StateRef.from_text(g.end_checkpoint).path).exists() for g in segs]
+            assert on_disk == [False] * (len(segs) - 3) + [True] * 3
         for key, ck in done_before.items():  # what was recorded before the kill stands
             seg = s.scalars(select(Segment).where(Segment.walker_id == key[0], Segment.number == key[1])).one()
-            assert seg.end_checkpoint == ck and load_state_ref(StateRef.from_text(ck))
+            assert seg.end_checkpoint == ck
+            if Path(StateRef.from_text(ck).path).exists():
+                assert load_state_ref(StateRef.from_text(ck)).step == seg.end_step
         resumed = s.scalars(select(Task).where(Task.id.in_(left_running))).all()
         assert all(t.state is TaskState.done and t.attempts >= 2 for t in resumed)

@@ -90,6 +90,8 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
 
         maybe_probe(ctx, walker=idx, segment=number, segment_id=seg_id, version=version,
                     state=walkers.probe_state(result.final_state))
+    if status in (SegmentStatus.completed, SegmentStatus.triggered):
+        walkers.prune_checkpoints(ctx, idx)  # after the probe has read the end state
 
 
 def crashed(ctx: Context, task_id: int, error: str) -> None:
