@@ -49,7 +49,25 @@ class Context:
     limit_problem: str | None = None  # a blow-up limit the labels show to be below physics
     cannot_run: str | None = None  # work that can never be sent (Slurm refused a block, a payload too big)
     t0: float = field(default_factory=time.monotonic)
+    cycle: int = 0  # the steering loop's pass: a batch of finished tasks is handled in one
+    per_cycle: dict[str, tuple[int, Any]] = field(default_factory=dict, repr=False)  # see cached_per_cycle
     _shipped: dict[int, ShippedPotential] = field(default_factory=dict, repr=False)  # version -> verified bytes
+
+    def cached_per_cycle(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per loop pass: what many handlers of one batch ask for and what
+        may be a pass out of date (the probe's spending). :meth:`forget` drops it early. Outside
+        a running loop (``cycle`` 0: tools, tests) nothing is cached."""
+        if self.cycle == 0:
+            return compute()
+        hit = self.per_cycle.get(key)
+        if hit is not None and hit[0] == self.cycle:
+            return hit[1]
+        value = compute()
+        self.per_cycle[key] = (self.cycle, value)
+        return value
+
+    def forget(self, key: str) -> None:
+        self.per_cycle.pop(key, None)
 
     def new_task(self, kind: TaskKind, **fields: Any) -> Task:
         """A pending task row on the executor serving ``kind``; add it in the caller's transaction."""

@@ -112,6 +112,7 @@ class Steering:
         changed = True
         while True:
             tick, tick_cpu = time.perf_counter(), time.thread_time()
+            ctx.cycle += 1
             if stopping is None and changed:
                 for start in STARTERS:
                     start(ctx)

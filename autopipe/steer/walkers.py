@@ -192,8 +192,9 @@ def record_state(ctx: Context, walker_index: int, number: int, state: MDState | 
     return str(save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), state.step), state))
 
 
-#: Older segments :func:`prune_checkpoints` looks at beyond the kept ones.
-PRUNE_WINDOW = 16
+#: Segments :func:`prune_checkpoints` clears each time, just beyond the kept ones (more than one:
+#: a resumed run or a failed prune leaves one behind).
+PRUNE_WINDOW = 2
 
 
 def checkpoint_path(text: str | None) -> Path | None:
@@ -207,37 +208,37 @@ def checkpoint_path(text: str | None) -> Path | None:
 
 
 def prune_checkpoints(ctx: Context, walker_index: int) -> list[Path]:
-    """Delete the checkpoint files of ``walker_index``'s older segments; returns the deleted paths.
+    """Delete the checkpoint files of ``walker_index``'s segments that just fell out of the newest
+    ``md.keep_checkpoints``; returns the deleted paths.
 
-    Kept: every checkpoint of its newest ``md.keep_checkpoints`` segments, its first state
-    (replay starts there), its current checkpoint and the previous good one (where a refused
-    state sends it back), and the start of every segment not finished yet. Everything else under
-    older segments' directories, here and on the shared scratch, is deleted: nothing reads it
-    again. The database is committed before this runs, so a kill at any point leaves every
-    checkpoint it names on disk."""
+    Never deleted: the walker's first state (replay starts there), its current checkpoint, the
+    previous good one (where a refused state sends it back) and the start of every segment not
+    finished yet. Files are deleted here and on the shared scratch. The database is committed
+    before this runs, so a kill at any point leaves every checkpoint it names on disk. The cost
+    per segment is flat (two queries over the newest few segments, one or two directories): a
+    checkpoint that stayed because it was current while its segment fell out of the window (a
+    walker that triggered over and over without moving) is left on disk."""
     keep_n = ctx.run.md.keep_checkpoints
     if keep_n is None:
         return []
     with ctx.db.session() as s:
         w = s.scalars(select(Walker).where(Walker.index == walker_index)).one()
-        newest = s.scalar(select(func.max(Segment.number)).where(Segment.walker_id == w.id))
-        if newest is None:
+        segs = list(s.scalars(select(Segment).where(Segment.walker_id == w.id).order_by(Segment.number.desc())
+                              .limit(keep_n + PRUNE_WINDOW)))
+        if len(segs) <= keep_n:
             return []
-        # Only a window of older segments is looked at, so the cost per segment stays flat however
-        # long the run; a checkpoint kept while current and left behind later than that stays on disk.
-        segs = list(s.scalars(select(Segment).where(Segment.walker_id == w.id,
-                                                     Segment.number > newest - keep_n - PRUNE_WINDOW)))
-        previous = previous_state(s, w)
-        named = [w.checkpoint, previous[1] if previous else None]
-        named += [seg.start_checkpoint for seg in segs
-                  if seg.status in (SegmentStatus.pending, SegmentStatus.running)]
-        old = [seg.number for seg in segs if seg.number <= newest - keep_n]
+        named = [w.checkpoint] + [seg.start_checkpoint for seg in segs
+                                  if seg.status in (SegmentStatus.pending, SegmentStatus.running)]
+        # The previous good state (as previous_state finds it): if it is older than these segments, so is its file.
+        named += [next((seg.start_checkpoint for seg in segs
+                        if seg.start_checkpoint and seg.start_checkpoint != w.checkpoint), None)]
+        old = [seg.number for seg in segs[keep_n:]]
     keep = {p.resolve() for p in map(checkpoint_path, named) if p is not None}
-    roots = [ctx.layout.segment_dir(walker_index, n) for n in old]
+    dirs = [ctx.layout.segment_dir(walker_index, n) for n in old]
     if (scratch := scratch_root(ctx)) is not None:
-        roots += [scratch / ctx.layout.relative(d) for d in roots]
+        dirs += [scratch / ctx.layout.relative(d) for d in dirs]
     deleted = []
-    for d in roots:
+    for d in dirs:
         for f in d.glob("checkpoint-*.npz"):
             if f.resolve() not in keep:
                 f.unlink(missing_ok=True)
