@@ -118,6 +118,19 @@ def load_state(path: Path | str | io.BytesIO) -> MDState:
     return MDState(atoms=atoms, step=step)
 
 
+def as_saved(state: MDState) -> MDState:
+    """The state :func:`load_state` would read back from :func:`save_state`'s file: the same
+    arrays, copied, and nothing else (no calculator, info or per-atom extras)."""
+    from ase import Atoms
+
+    a = state.atoms
+    atoms = Atoms(numbers=a.get_atomic_numbers(), positions=a.get_positions(), cell=np.array(a.get_cell()),
+                  pbc=np.array(a.get_pbc(), dtype=bool))
+    atoms.set_masses(a.get_masses())
+    atoms.set_momenta(a.get_momenta())
+    return MDState(atoms=atoms, step=int(state.step))
+
+
 def kinetic_temperature(atoms: Atoms, dimension: int = 3) -> float:
     """Instantaneous temperature (K) with LAMMPS's count of degrees of freedom, d·(N-1)."""
     dof = dimension * (len(atoms) - 1)

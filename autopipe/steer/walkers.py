@@ -175,6 +175,8 @@ def start_state(ctx: Context, checkpoint: str, directory: Path) -> MDState | OnS
     ref = StateRef.from_text(checkpoint)
     root = scratch_root(ctx)
     if root is None:
+        if ref is None and (kept := ctx.recent_states.pop(checkpoint, None)) is not None:
+            return kept[1]
         return load_state_ref(ref) if ref is not None else load_state(checkpoint)
     if ref is None:  # on the steering host (the run started without a shared scratch): put it there once
         ref = save_state_ref(root / ctx.layout.relative(checkpoint), load_state(checkpoint))
@@ -185,12 +187,22 @@ def record_state(ctx: Context, walker_index: int, number: int, state: MDState | 
     """The checkpoint column for a state a segment returned: its reference as text when it stayed
     on the shared scratch, else the path of the file written here, in the segment's directory."""
     from autopipe.layout import checkpoint_file
-    from autopipe.md.state import StateRef, save_state
+    from autopipe.md.state import StateRef, as_saved, save_state
 
     if isinstance(state, StateRef):
         return state.to_text()
-    return str(save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), state.step), state))
+    path = str(save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), state.step), state))
+    if len(state.atoms) <= RECENT_STATE_ATOMS:
+        # Its walker's next segment starts from it: no need to read the file back (4 ms per segment at 64
+        # walkers, benchmarks/scale.py). One per walker at most; big states are always read from disk.
+        for stale in [k for k, v in ctx.recent_states.items() if v[0] == walker_index]:
+            del ctx.recent_states[stale]
+        ctx.recent_states[path] = (walker_index, as_saved(state))
+    return path
 
+
+#: States of at most this many atoms are kept in memory from being written until their next segment is sent.
+RECENT_STATE_ATOMS = 20_000
 
 #: Segments :func:`prune_checkpoints` clears each time, just beyond the kept ones (more than one:
 #: a resumed run or a failed prune leaves one behind).

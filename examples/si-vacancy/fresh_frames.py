@@ -39,19 +39,22 @@ SEED_OFFSET = 1000
 NEIGHBOUR_RADIUS = 3.0
 
 
-def fresh_structure(run, seed_offset: int):
-    """(63-atom start with the vacancy elsewhere, empty site position Å, the run's own vacancy site)."""
+def fresh_structure(run, seed_offset: int, repeat: list[int] | None = None):
+    """(the run's start with the vacancy elsewhere, empty site position Å, the run's own vacancy
+    site); with ``repeat`` the fresh crystal has that many unit cells instead of the run's (a
+    smaller parent makes the pw.x references cheaper: the run's own vacancy site is then None)."""
     from autopipe.config.run import SystemConfig
     from autopipe.generate import template_atoms
 
     src = run.system.structure
     if src.kind != "bulk" or not src.vacancies:
         raise SystemExit("this check needs a bulk structure with a vacancy (system.structure kind: bulk)")
-    fresh_src = src.model_copy(update={"seed": src.seed + seed_offset})
+    fresh_src = src.model_copy(update={"seed": src.seed + seed_offset, **({"repeat": list(repeat)} if repeat else {})})
     atoms = template_atoms(SystemConfig(elements=run.system.elements, structure=fresh_src))
     perfect = template_atoms(SystemConfig(elements=run.system.elements,
-                                          structure=src.model_copy(update={"vacancies": 0, "rattle": 0.0})))
-    return atoms, empty_site(perfect, atoms), empty_site(perfect, template_atoms(run.system))
+                                          structure=fresh_src.model_copy(update={"vacancies": 0, "rattle": 0.0})))
+    run_site = None if repeat else empty_site(perfect, template_atoms(run.system))
+    return atoms, empty_site(perfect, atoms), run_site
 
 
 def empty_site(perfect, with_vacancy) -> np.ndarray:
@@ -117,6 +120,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="pw.x labels at a time (one core each).")
     ap.add_argument("--structure-seed-offset", type=int, default=SEED_OFFSET,
                     help="Added to system.structure.seed: moves the vacancy.")
+    ap.add_argument("--repeat", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
+                    help="Unit cells of the fresh crystal (default: the run's): a smaller parent for cheaper pw.x.")
     args = ap.parse_args()
 
     from autopipe.config.run import load_resolved_run
@@ -133,15 +138,16 @@ def main() -> None:
     versions = store.versions()
     first, newest = store.get(versions[0]), store.get(versions[-1])
     out_dir = workdir / "fresh"
-    atoms, site, run_site = fresh_structure(run, args.structure_seed_offset)
-    moved = float(np.linalg.norm(site - run_site))
-    print(f"fresh start: {len(atoms)} atoms, vacancy at {np.round(site, 2)} Å ({moved:.2f} Å from the run's); "
+    atoms, site, run_site = fresh_structure(run, args.structure_seed_offset, args.repeat)
+    moved = float(np.linalg.norm(site - run_site)) if run_site is not None else None
+    where = f"{moved:.2f} Å from the run's" if moved is not None else f"a {'x'.join(map(str, args.repeat))} crystal"
+    print(f"fresh start: {len(atoms)} atoms, vacancy at {np.round(site, 2)} Å ({where}); "
           f"v{first.version} against v{newest.version}; {args.seeds} seeds x {args.steps} steps")
-    if moved < 1e-6:
+    if moved is not None and moved < 1e-6:
         raise SystemExit("the fresh structure seed put the vacancy where the run had it: choose another offset")
 
     result: dict = {"first": first.version, "newest": newest.version, "seeds": args.seeds, "steps": args.steps,
-                    "vacancy_moved_A": moved, "threshold": run.otf.uncertainty_threshold, "triggers": {}}
+                    "vacancy_moved_A": moved, "n_atoms": len(atoms), "repeat": args.repeat, "threshold": run.otf.uncertainty_threshold, "triggers": {}}
     md_seeds = [run.md.seed + SEED_OFFSET + k for k in range(args.seeds)]
     for pot in (first, newest):
         rows = []

@@ -90,3 +90,25 @@ def test_initial_state_uses_temperature_when_no_initial_temperature():
     s = initial_state(fcc(repeat=2), md_config(temperature=75.0))
     assert kinetic_temperature(s.atoms) == pytest.approx(75.0, rel=1e-12)
     assert np.all(initial_state(fcc(repeat=2), md_config(temperature=0.0)).atoms.get_momenta() == 0.0)
+
+
+def test_a_state_kept_in_memory_equals_the_one_read_back_from_its_file(tmp_path):
+    """walkers.record_state keeps small states in memory for the next segment: they must be what the
+    file holds, bit for bit, and nothing more."""
+    import numpy as np
+    from ase.build import bulk
+
+    from autopipe.config.run import MDConfig
+    from autopipe.md.state import as_saved, initial_state, load_state, save_state
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=1)
+    state = initial_state(atoms, MDConfig(temperature=500.0, seed=3), step=120)
+    state.atoms.info["junk"] = 1
+    state.atoms.arrays["gamma"] = np.arange(len(atoms), dtype=float)
+    kept, back = as_saved(state), load_state(save_state(tmp_path / "ck.npz", state))
+    assert kept.step == back.step == 120
+    for get in ("get_atomic_numbers", "get_positions", "get_momenta", "get_masses", "get_cell", "get_pbc"):
+        assert np.array_equal(np.asarray(getattr(kept.atoms, get)()), np.asarray(getattr(back.atoms, get)())), get
+    assert set(kept.atoms.arrays) == set(back.atoms.arrays) and not kept.atoms.info
+    assert kept.atoms.positions is not state.atoms.positions  # a copy: the segment's own object may change
