@@ -116,8 +116,7 @@ class Steering:
             if stopping is None and changed:
                 for start in STARTERS:
                     start(ctx)
-                for task_id, _ in dispatcher.pump():
-                    tasks.mark(ctx.db, task_id, TaskState.running)
+                tasks.mark_running(ctx.db, [task_id for task_id, _ in dispatcher.pump()])
                 if dispatcher.idle():  # nothing runs and nothing could start: nothing will change
                     stopping = self._stop_reason() or "nothing left to run (see `autopipe status`)"
                     ctx.progress.log(f"stopping: {stopping}")

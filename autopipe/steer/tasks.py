@@ -44,6 +44,22 @@ def mark(db: Database, task_id: int, state: TaskState, error: str | None = None)
         t.error = error
 
 
+def mark_running(db: Database, task_ids: list[int]) -> None:
+    """:func:`mark` ``running`` for many tasks in one transaction (a pass of the loop sends
+    dozens at 100 walkers: one transaction each was 4 queries per task)."""
+    if not task_ids:
+        return
+    now = utcnow()
+    with db.session() as s:
+        rows = list(s.scalars(select(Task).where(Task.id.in_(task_ids))))
+        segments = {t.segment_id for t in rows if t.segment_id is not None}
+        for t in rows:
+            t.state, t.started_at, t.attempts, t.error = TaskState.running, now, t.attempts + 1, None
+        if segments:
+            for seg in s.scalars(select(Segment).where(Segment.id.in_(segments))):
+                seg.status = SegmentStatus.running
+
+
 def kind_of(db: Database, task_id: int) -> TaskKind:
     with db.session() as s:
         return s.get(Task, task_id).kind
