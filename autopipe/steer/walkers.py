@@ -202,7 +202,7 @@ def record_state(ctx: Context, walker_index: int, number: int, state: MDState | 
 
 
 #: States of at most this many atoms are kept in memory from being written until their next segment is sent.
-RECENT_STATE_ATOMS = 20_000
+RECENT_STATE_ATOMS = 5_000  # 128 walkers: at most ~40 MB held
 
 #: Segments :func:`prune_checkpoints` clears each time, just beyond the kept ones (more than one:
 #: a resumed run or a failed prune leaves one behind).
