@@ -127,7 +127,7 @@ class Steering:
             if ctx.progress.due():
                 from autopipe.steer.live import snapshot
 
-                ctx.progress.update(snapshot(read_view(ctx), ctx.run))
+                ctx.progress.update(snapshot(read_view(ctx, gammas=True), ctx.run))
             if stopping is None and (changed or self._out_of_time() or ctx.cannot_run):
                 stopping = self._stop_reason()
                 if stopping:

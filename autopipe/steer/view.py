@@ -85,16 +85,20 @@ class RunView:
         return all_waiting(self.walkers, self.newest_version)
 
 
-def read_view(ctx: Context) -> RunView:
-    """Fill a :class:`RunView` from the database and the loop's context."""
+def read_view(ctx: Context, *, gammas: bool = False) -> RunView:
+    """Fill a :class:`RunView` from the database and the loop's context. Each walker's
+    ``last_max_gamma`` only with ``gammas`` (the live display): it needs a pass over every
+    segment of the run, which the stopping and training rules, read every loop pass, do not."""
     with ctx.db.session() as s:
         # The version walkers use: gate-rejected and rolled-back versions are not served.
         newest = s.scalar(select(func.max(Potential.version)).where(or_(
             Potential.status.is_(None), Potential.status == PotentialStatus.served)))
         n_versions = int(s.scalar(select(func.count()).select_from(Potential)) or 0)
         snapshot = s.scalar(select(Potential.last_label_id).order_by(Potential.version.desc()).limit(1)) or 0
-        latest = select(func.max(Segment.id)).where(Segment.max_gamma.is_not(None)).group_by(Segment.walker_id)
-        last_gamma = dict(s.execute(select(Segment.walker_id, Segment.max_gamma).where(Segment.id.in_(latest))).all())
+        last_gamma = {}
+        if gammas:
+            latest = select(func.max(Segment.id)).where(Segment.max_gamma.is_not(None)).group_by(Segment.walker_id)
+            last_gamma = dict(s.execute(select(Segment.walker_id, Segment.max_gamma).where(Segment.id.in_(latest))).all())
         walkers = tuple(WalkerView(w.status, w.step, w.segments_since_trigger, w.waiting_for_version, w.index,
                                    last_gamma.get(w.id))
                         for w in s.scalars(select(Walker).order_by(Walker.index)))

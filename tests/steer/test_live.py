@@ -20,7 +20,8 @@ def test_the_live_table_is_drawn_from_the_view_alone(ctx):
             Task(kind=TaskKind.dft, executor="local", state=TaskState.running),
             Task(kind=TaskKind.train, executor="local", state=TaskState.done),
         ])
-    view = read_view(ctx)
+    assert all(w.last_max_gamma is None for w in read_view(ctx).walkers)  # what the rules read: no gammas
+    view = read_view(ctx, gammas=True)
     snap = snapshot(view, ctx.run)  # no database, no store: everything the table shows is in the view
     assert snap["walkers"] == [(0, "running", 120, 2.5, None), (1, "waiting", 40, None, 1)]
     assert snap["tasks"] == {("dft", "pending"): 1, ("dft", "running"): 1, ("train", "done"): 1}
