@@ -124,3 +124,21 @@ def test_two_walkers_on_equivalent_holes_send_one_dft_job_and_a_failed_one_is_se
         s.add(Label(structure_id=t.structure_id, status=LabelStatus.failed, code="lj", error="SCF"))
     third = _trigger(ctx, _frame(shift=(-2.1, 4.0)), walker=1)
     assert len(third) == 1 and third[0] != first[0]
+
+
+def test_a_trigger_on_a_cell_the_newest_version_already_knows_is_labelled_anyway(ctx):
+    """Otherwise the walker waits for a retrain no label will bring, and the run stalls (MgO did)."""
+    from types import SimpleNamespace
+
+    from autopipe.steer.handlers import embed
+    from tests.lj import lj2d_template
+
+    known = SimpleNamespace(atoms=lj2d_template(), masked=[0, 1])  # a training-like liquid: low core gamma
+    newest = ctx.store.latest().version
+    [covered] = embed.decide(ctx, [known])  # no trigger version: plain selection
+    assert not covered.keep and covered.score <= ctx.run.otf.uncertainty_threshold, covered
+    [older] = embed.decide(ctx, [known], trigger_version=newest - 1)  # a newer version may cure it: wait
+    assert not older.keep
+    [forced] = embed.decide(ctx, [known], trigger_version=newest)
+    assert forced.keep and forced.reason.startswith(f"selected anyway: v{newest} triggered here")
+    assert forced.score == pytest.approx(covered.score)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 from sqlalchemy import select
 
 from autopipe.db import (
@@ -101,10 +102,17 @@ def coming_cells(ctx: Context, newest_snapshot: int) -> list[tuple]:
                 if not (r.info or {}).get("calibration_for")]
 
 
-def decide(ctx: Context, carved: list[CarvedCell], label_anyway: bool = False):
+def decide(ctx: Context, carved: list[CarvedCell], label_anyway: bool = False, trigger_version: int | None = None):
     """The selection decisions for ``carved`` (see :mod:`autopipe.steer.selection`). With
     ``label_anyway`` (a frame that blew up with low gamma) the first, most uncertain cell is
-    kept whatever its grade: a low grade is exactly what was wrong there."""
+    kept whatever its grade: a low grade is exactly what was wrong there.
+
+    A walker that triggered with the newest version (``trigger_version``) on an environment whose
+    carved cells that version's own active set already covers (no coming cell involved) would
+    wait for a retrain that never comes: the carve does not show what the walker saw (its core
+    atoms' cutoff spheres reach past the buffer into the cell's images; seen on MgO with a 1.8 Å
+    buffer under a 5 Å cutoff, where the run stalled after two labels). The most uncertain cell is
+    then labelled anyway, and the decision says why."""
     from autopipe.steer.selection import Decision, grade, select_d_optimal, trusted_projections
 
     newest = ctx.store.latest()
@@ -115,7 +123,17 @@ def decide(ctx: Context, carved: list[CarvedCell], label_anyway: bool = False):
     if label_anyway:
         forced = [Decision(True, grade(rows[0], inverses), "selected: the potential blew up here with low gamma")]
         coming_rows, rows = [*coming_rows, rows[0]], rows[1:]
-    return forced + select_d_optimal(inverses, coming_rows, rows, ctx.run.otf.uncertainty_threshold)
+    threshold = ctx.run.otf.uncertainty_threshold
+    decisions = forced + select_d_optimal(inverses, coming_rows, rows, threshold)
+    if not forced and rows and trigger_version == newest.version and not any(d.keep for d in decisions):
+        known = [grade(r, inverses) for r in rows]  # against what the newest version was trained on only
+        k = int(np.argmax(known))
+        if known[k] <= threshold:
+            decisions[k] = Decision(True, known[k], (
+                f"selected anyway: v{newest.version} triggered here but already knows this cell's core (gamma "
+                f"{known[k]:.2f} <= {threshold:g}): the carve does not show what the walker saw, and waiting "
+                "would stall the walker"))
+    return decisions
 
 
 def done(ctx: Context, task_id: int, cells: list[CarvedCell]) -> None:
@@ -130,7 +148,7 @@ def done(ctx: Context, task_id: int, cells: list[CarvedCell]) -> None:
     if calibration and budget.plan(ctx).calibrate == ():
         calibration = []  # another frame's calibration began meanwhile: this one is labelled whole only
     carved = [c for c in cells if c.atoms is not None]
-    decisions = decide(ctx, carved, bool(info.get("label_anyway"))) if carved else []
+    decisions = decide(ctx, carved, bool(info.get("label_anyway")), version) if carved else []
     if calibration and carved and carved[0].whole_frame:
         from autopipe.steer.selection import Decision
 
@@ -246,7 +264,7 @@ def precarved_decisions(ctx: Context, result) -> list | None:
     if cells is None:
         return None
     carved = [c for c in cells if c.atoms is not None]
-    return decide(ctx, carved, result.label_anyway) if carved else []
+    return decide(ctx, carved, result.label_anyway, result.potential_version) if carved else []
 
 
 def store_trigger(ctx: Context, s, seg, walker, result, decisions: list | None) -> Stored:
