@@ -142,3 +142,21 @@ def test_a_trigger_on_a_cell_the_newest_version_already_knows_is_labelled_anyway
     [forced] = embed.decide(ctx, [known], trigger_version=newest)
     assert forced.keep and forced.reason.startswith(f"selected anyway: v{newest} triggered here")
     assert forced.score == pytest.approx(covered.score)
+
+
+def test_a_known_cell_is_not_forced_while_other_cells_are_on_their_way_to_a_retrain(ctx):
+    """Then a retrain is coming and the walker will try again with it: no duplicate label."""
+    from types import SimpleNamespace
+
+    from autopipe.db import Origin, Task, TaskKind, structure_from_atoms
+    from autopipe.steer.handlers import embed
+    from tests.lj import lj2d_template
+
+    known = SimpleNamespace(atoms=lj2d_template(), masked=[0, 1])
+    with ctx.db.session() as s:  # a cell queued for DFT
+        row = structure_from_atoms(_frame(), Origin.embedded, selected=True)
+        s.add(row)
+        s.flush()
+        s.add(Task(kind=TaskKind.dft, executor="local", structure_id=row.id))
+    [d] = embed.decide(ctx, [known], trigger_version=ctx.store.latest().version)
+    assert not d.keep and d.reason.startswith("covered")

@@ -108,8 +108,8 @@ def decide(ctx: Context, carved: list[CarvedCell], label_anyway: bool = False, t
     kept whatever its grade: a low grade is exactly what was wrong there.
 
     A walker that triggered with the newest version (``trigger_version``) on an environment whose
-    carved cells that version's own active set already covers (no coming cell involved) would
-    wait for a retrain that never comes: the carve does not show what the walker saw (its core
+    carved cells that version's own active set already covers, with no cell on its way to a
+    retrain, would wait for a retrain that never comes: the carve does not show what the walker saw (its core
     atoms' cutoff spheres reach past the buffer into the cell's images; seen on MgO with a 1.8 Å
     buffer under a 5 Å cutoff, where the run stalled after two labels). The most uncertain cell is
     then labelled anyway, and the decision says why."""
@@ -125,7 +125,8 @@ def decide(ctx: Context, carved: list[CarvedCell], label_anyway: bool = False, t
         coming_rows, rows = [*coming_rows, rows[0]], rows[1:]
     threshold = ctx.run.otf.uncertainty_threshold
     decisions = forced + select_d_optimal(inverses, coming_rows, rows, threshold)
-    if not forced and rows and trigger_version == newest.version and not any(d.keep for d in decisions):
+    if (not forced and rows and not coming and trigger_version == newest.version
+            and not any(d.keep for d in decisions)):
         known = [grade(r, inverses) for r in rows]  # against what the newest version was trained on only
         k = int(np.argmax(known))
         if known[k] <= threshold:
