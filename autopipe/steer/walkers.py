@@ -241,9 +241,9 @@ def prune_checkpoints(ctx: Context, walker_index: int) -> list[Path]:
             return []
         named = [w.checkpoint] + [seg.start_checkpoint for seg in segs
                                   if seg.status in (SegmentStatus.pending, SegmentStatus.running)]
-        # The previous good state (as previous_state finds it): if it is older than these segments, so is its file.
-        named += [next((seg.start_checkpoint for seg in segs
-                        if seg.start_checkpoint and seg.start_checkpoint != w.checkpoint), None)]
+        # The previous good state: if it is older than these segments, so is its file.
+        previous = _previous_start(segs, w.checkpoint)
+        named.append(previous[1] if previous else None)
         old = [seg.number for seg in segs[keep_n:]]
     keep = {p.resolve() for p in map(checkpoint_path, named) if p is not None}
     dirs = [ctx.layout.segment_dir(walker_index, n) for n in old]
@@ -269,8 +269,14 @@ def probe_state(state: MDState | StateRef):
 def previous_state(s, walker: Walker) -> tuple[int, str] | None:
     """(step, checkpoint) the walker held before its current checkpoint: the start of its newest
     segment that started elsewhere (later ones, failed or refused, started from the current one)."""
-    for seg in s.scalars(select(Segment).where(Segment.walker_id == walker.id).order_by(Segment.number.desc())):
-        if seg.start_checkpoint and seg.start_checkpoint != walker.checkpoint:
+    return _previous_start(s.scalars(select(Segment).where(Segment.walker_id == walker.id)
+                                     .order_by(Segment.number.desc())), walker.checkpoint)
+
+
+def _previous_start(newest_first: Iterable[Segment], current: str | None) -> tuple[int, str] | None:
+    """:func:`previous_state` over segments given newest first."""
+    for seg in newest_first:
+        if seg.start_checkpoint and seg.start_checkpoint != current:
             return seg.start_step, seg.start_checkpoint
     return None
 

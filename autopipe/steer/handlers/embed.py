@@ -127,7 +127,8 @@ def decide(ctx: Context, carved: list[CarvedCell], label_anyway: bool = False, t
     decisions = forced + select_d_optimal(inverses, coming_rows, rows, threshold)
     if (not forced and rows and not coming and trigger_version == newest.version
             and not any(d.keep for d in decisions)):
-        known = [grade(r, inverses) for r in rows]  # against what the newest version was trained on only
+        # Nothing coming and nothing kept: every score was taken against the newest version's own active set.
+        known = [d.score for d in decisions]
         k = int(np.argmax(known))
         if known[k] <= threshold:
             decisions[k] = Decision(True, known[k], (
