@@ -54,6 +54,7 @@ class Context:
     # Checkpoints just written here (by value), path -> MDState, so the next segment's arguments do
     # not read back what was written a moment ago (walkers.record_state / start_state).
     recent_states: dict[str, Any] = field(default_factory=dict, repr=False)
+    sent_bytes: dict[int, int] = field(default_factory=dict, repr=False)  # task id -> its arguments pickled (push)
     _shipped: dict[int, ShippedPotential] = field(default_factory=dict, repr=False)  # version -> verified bytes
 
     def cached_per_cycle(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -92,8 +93,10 @@ class Context:
                 app_args = self.args[kind](self, task)
             if kind is not TaskKind.embed:  # carving runs in this process: nothing is sent
                 try:
-                    check_size(app_args, self.site.executor_for(kind.value).payload_bytes(),
-                               f"the arguments of task {task_id} ({kind.value})")
+                    # Kept here until the task finishes, then stored with where it ran (tasks.received):
+                    # a write per push would cost a commit per task.
+                    self.sent_bytes[task_id] = check_size(app_args, self.site.executor_for(kind.value).payload_bytes(),
+                                                          f"the arguments of task {task_id} ({kind.value})")
                 except PayloadTooLarge as exc:
                     self.cannot_send(str(exc))
                     continue

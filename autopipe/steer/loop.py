@@ -159,7 +159,7 @@ class Steering:
         self.waits.append((kind.value, ctx.dispatcher.waited(future)))
         handler = HANDLERS[kind]
         try:
-            result = tasks.received(ctx.db, task_id, future)
+            result = tasks.received(ctx.db, task_id, future, ctx.sent_bytes.pop(task_id, None))
         except Exception as exc:  # the app itself raised (not a failed label or segment)
             msg = f"{type(exc).__name__}: {exc}".strip()
             if (blocked := self._blocked(exc)) is not None:

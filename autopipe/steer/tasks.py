@@ -101,10 +101,12 @@ def reconcile(db: Database) -> list[int]:
     return requeue
 
 
-def received(db: Database, task_id: int, future) -> Any:
+def received(db: Database, task_id: int, future, sent_bytes: int | None = None) -> Any:
     """The value a finished app returned; where and when it ran goes into the task's
     ``payload["ran"]`` (host, Slurm job and partition, worker start/end as UTC ISO times,
-    Parsl's ``tries`` and why the earlier ones were lost: their worker or block went away).
+    Parsl's ``tries`` and why the earlier ones were lost: their worker or block went away),
+    with what travelled: ``sent_bytes`` (its arguments pickled, when this process sent them)
+    and ``result_bytes`` (its answer pickled).
     Raises what the app raised, or :class:`~autopipe.transfer.PayloadTooLarge` when its result
     exceeded the bound."""
     from autopipe.scheduler import LOST_TRIES
@@ -120,7 +122,8 @@ def received(db: Database, task_id: int, future) -> Any:
             "started": dt.datetime.fromtimestamp(ran.started, utc).isoformat(),
             "finished": dt.datetime.fromtimestamp(ran.finished, utc).isoformat(),
             "tries": int(record.get("fail_count", 0)) + 1,
-            "lost": [str(e).splitlines()[0][:300] for e in record.get(LOST_TRIES, [])]}
+            "lost": [str(e).splitlines()[0][:300] for e in record.get(LOST_TRIES, [])],
+            "sent_bytes": sent_bytes, "result_bytes": ran.result_bytes}
     with db.session() as s:
         t = s.get(Task, task_id)
         t.payload = {**(t.payload or {}), "ran": info}

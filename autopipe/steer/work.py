@@ -24,7 +24,8 @@ from typing import Any
 class Ran:
     """A worker's answer: ``value`` (the app's result), where it ran (host, Slurm job and
     partition when in one) and when (``started``/``finished``, epoch seconds on the worker's
-    clock); ``too_large``: why ``value`` was not sent back (it exceeded the executor's bound)."""
+    clock); ``too_large``: why ``value`` was not sent back (it exceeded the executor's bound);
+    ``result_bytes``: ``value`` pickled, the bytes the answer carries back (issue 22's "what travels")."""
 
     value: Any
     host: str
@@ -33,6 +34,7 @@ class Ran:
     slurm_job: str | None = None
     slurm_partition: str | None = None
     too_large: str | None = None
+    result_bytes: int | None = None
 
 
 def _ran(value: Any, started: float, scratch, what: str) -> Ran:
@@ -41,10 +43,10 @@ def _ran(value: Any, started: float, scratch, what: str) -> Ran:
     where = dict(host=socket.gethostname(), started=started, finished=time.time(),
                  slurm_job=os.environ.get("SLURM_JOB_ID"), slurm_partition=os.environ.get("SLURM_JOB_PARTITION"))
     try:
-        check_size(value, scratch.max_result_bytes, f"the result of {what}")
+        n = check_size(value, scratch.max_result_bytes, f"the result of {what}")
     except PayloadTooLarge as exc:
         return Ran(None, too_large=str(exc), **where)
-    return Ran(value, **where)
+    return Ran(value, result_bytes=n, **where)
 
 
 def md_work(state, potential, md_config, otf_config, scratch, n_steps: int, launcher: list[str] | None = None,

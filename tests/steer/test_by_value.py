@@ -93,6 +93,25 @@ def test_a_result_above_the_bound_comes_back_as_one_line_and_where_it_ran(ctx, t
     assert ran["tries"] == 1 and ran["host"] and ran["started"].startswith("1970-01-01")
 
 
+def test_what_travels_is_recorded_with_where_it_ran(ctx, tmp_path):
+    """The bytes a task's arguments and answer carry (issue 22's "what travels") reach its row."""
+    from autopipe.steer.work import _ran
+    from autopipe.transfer import pickled_size
+
+    task_id = _segment_task(ctx)
+    ctx.push(task_id)
+    with ctx.db.session() as s:
+        args = ctx.args[TaskKind.md](ctx, s.get(Task, task_id))
+    sent = ctx.sent_bytes[task_id]
+    assert sent == pickled_size(args) and sent > 1000  # the state and the potential's files
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    fut.set_result(_ran(np.zeros(4000), 0.0, Scratch(str(tmp_path), "x", max_result_bytes=10**6), "MD segment x"))
+    tasks.received(ctx.db, task_id, fut, ctx.sent_bytes.pop(task_id))
+    with ctx.db.session() as s:
+        ran = s.get(Task, task_id).payload["ran"]
+    assert ran["sent_bytes"] == sent and ran["result_bytes"] == pickled_size(np.zeros(4000))
+
+
 def test_pseudopotentials_travel_by_value_and_are_found_on_the_worker(ctx, tmp_path):
     from tests.dft.conftest import HAVE_PWX, PSEUDO_DIR
 
