@@ -8,8 +8,8 @@ test; what is measured is what travels and what the steering host holds, not phy
 The walker: an fcc LJ crystal (a = 3.2 Å) of ``--side``³ conventional cells (30: 108,000 atoms)
 with one octahedral self-interstitial near the centre (1.6 Å from six neighbours). Version 1 is
 fitted to rattled 32-atom cells with no pair closer than 2 Å, so the interstitial triggers at the
-first gamma check. The run stops when the walker has done ``--steps`` MD steps (on version 2 after
-the rewind) or after 5 retrains.
+first gamma check. The run stops when the walker has done ``--steps`` MD steps (after its
+rewinds) or after ``--trainings`` retrains (default 5).
 
 Routes, each a fresh run from the same files:
 
@@ -22,7 +22,8 @@ Routes, each a fresh run from the same files:
 
 Per route: bytes sent to and back from the MD worker per quiet segment and for the trigger
 segment (``payload.ran`` of each task: ``sent_bytes``/``result_bytes``, the pickled arguments and
-answer), database bytes, checkpoint bytes on the steering host, the steering process's peak
+answer), database bytes, checkpoint bytes on the steering host, what the MD workers left on their
+own scratch (and how much of it is trajectory dumps) and on the shared scratch, the steering process's peak
 resident memory (``VmHWM``, HTEX workers and LAMMPS are other processes), and the time from the
 trigger segment's end to the first segment on version 2 (its start and its end), with the
 steps between: carving (whole route), label, fit.
@@ -63,7 +64,7 @@ def big_crystal(side: int, a: float = 3.2):
     return atoms
 
 
-def run_yaml(structure: Path, route: str, steps: int) -> str:
+def run_yaml(structure: Path, route: str, steps: int, trainings: int) -> str:
     keep = 10**9 if route == "whole" else 2000
     return f"""# benchmarks/big_walker.py, route {route}: written by the benchmark
 name: big_{route}
@@ -84,7 +85,7 @@ md:
   temperature: 100.0
   timestep: 1.0
   segment_steps: 20
-  dump_every: 10
+  dump_every: 20
   thermo_every: 10
   seed: 11
 otf:
@@ -104,12 +105,14 @@ train:
 walkers: {{count: 1}}
 stop:
   max_md_steps: {steps}
-  max_trainings: 5
+  max_trainings: {trainings}
   max_walltime: 2400
 """
 
 
-def site_yaml(route: str, scratch: Path) -> str:
+def site_yaml(route: str, scratch: Path, worker_scratch: Path) -> str:
+    # The MD workers write under a scratch of their own (as on a cluster's compute nodes), so what
+    # the steering host keeps and what the workers leave behind are counted apart.
     shared = f"\n    shared_scratch: {scratch}" if route == "scratch" else ""
     return f"""# benchmarks/big_walker.py, route {route}
 name: big-walker
@@ -118,7 +121,8 @@ executors:
     kind: htex-local
     roles: [md]
     max_workers_per_node: 1
-    md_launcher: [{VENV_BIN / 'mpirun'}, -np, "2"]{shared}
+    md_launcher: [{VENV_BIN / 'mpirun'}, -np, "2"]
+    scratch: {worker_scratch}{shared}
   - label: cpu
     kind: htex-local
     roles: [dft, train]
@@ -178,14 +182,18 @@ def measure(workdir: Path) -> dict:
             out["to_swap_end"] = after[0]["t1"] - trig["t1"]
         steps = {}
         for kind in ("embed", "dft", "train"):
-            rows = q("SELECT payload, created_at, finished_at FROM tasks WHERE kind=? ORDER BY id", kind)
+            # The first of its kind created after the trigger segment ended (the initial dataset's
+            # labels and version 1's fit come before it). Row times are naive UTC.
+            rows = [r for r in q("SELECT payload, created_at, finished_at FROM tasks WHERE kind=? ORDER BY id", kind)
+                    if _t(r[1] + "+00:00") >= trig["t1"] - 1.0]
             if rows:
                 payload, created, finished = rows[0]
                 ran = (json.loads(payload) if payload else {}).get("ran")
                 # Carving on the steering host (whole route) is not a Parsl app: no ``ran``, so its
                 # row's own times (naive UTC) stand in.
-                steps[kind] = ((_t(ran["finished"]) - _t(ran["started"])) if ran else
-                               (_t(finished) - _t(created)) if finished else None)
+                carved_on_worker = kind == "embed" and json.loads(payload or "{}").get("carved_on") == "md worker"
+                steps[kind] = None if carved_on_worker else ((_t(ran["finished"]) - _t(ran["started"])) if ran else
+                               (_t(finished + "+00:00") - _t(created + "+00:00")) if finished else None)
                 if kind in ("dft", "train"):
                     steps[kind + "_bytes"] = (ran or {}).get("sent_bytes"), (ran or {}).get("result_bytes")
         out["steps"] = steps
@@ -200,14 +208,21 @@ def measure(workdir: Path) -> dict:
     out["db_bytes"] = db_bytes
     # Walker checkpoints left on the steering host's disk (on the scratch route they sit on the scratch).
     out["checkpoint_bytes"] = sum(p.stat().st_size for p in (workdir / "walkers").rglob("*.npz"))
+    # What the MD workers left on their own scratch (LAMMPS inputs, logs, trajectory dumps every
+    # md.dump_every steps, their copy of each checkpoint) and the walker states on the shared scratch.
+    base, route = workdir.parent, workdir.name
+    for key, where in (("worker_bytes", base / f"worker-{route}"), ("shared_bytes", base / f"shared-{route}")):
+        files = [p for p in where.rglob("*") if p.is_file()] if where.is_dir() else []
+        out[key] = sum(p.stat().st_size for p in files)
+        out[key.replace("_bytes", "_dumps")] = sum(p.stat().st_size for p in files if p.suffix == ".lammpstrj")
     return out
 
 
-def run_route(route: str, base: Path, structure: Path, steps: int) -> dict:
+def run_route(route: str, base: Path, structure: Path, steps: int, trainings: int) -> dict:
     workdir = base / route
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "run.yaml").write_text(run_yaml(structure, route, steps))
-    (workdir / "site.yaml").write_text(site_yaml(route, base / f"scratch-{route}"))
+    (workdir / "run.yaml").write_text(run_yaml(structure, route, steps, trainings))
+    (workdir / "site.yaml").write_text(site_yaml(route, base / f"shared-{route}", base / f"worker-{route}"))
     log = open(workdir / "steer.log", "w")
     t0 = time.time()
     proc = subprocess.Popen([str(VENV_BIN / "autopipe-steer"), "--site", str(workdir / "site.yaml"), "--run",
@@ -220,7 +235,13 @@ def run_route(route: str, base: Path, structure: Path, steps: int) -> dict:
     wall = time.time() - t0
     if rc != 0:
         raise SystemExit(f"route {route}: autopipe-steer exited {rc}; see {workdir / 'steer.log'}")
-    return {"route": route, "wall_s": wall, "steer_peak_mb": mem.peak_kb / 1024, **measure(workdir)}
+    row = {"route": route, "wall_s": wall, "steer_peak_mb": mem.peak_kb / 1024}
+    (workdir / "row.json").write_text(json.dumps(row))  # what the database cannot tell (--remeasure)
+    return {**row, **measure(workdir)}
+
+
+def _s(seconds) -> str:
+    return "in the segment" if seconds is None else f"{seconds:.1f}"
 
 
 def mb(n) -> str:
@@ -229,7 +250,7 @@ def mb(n) -> str:
 
 def table(rows: list[dict], n_atoms: int) -> str:
     head = ("| route | frame route | quiet segment: sent / back | trigger segment: sent / back | database | "
-            "checkpoints on the steering host | steering peak RSS | trigger -> v2 segment start / end (s) | "
+            "checkpoints on the steering host | MD workers' scratch (trajectory dumps) | shared scratch | steering peak RSS | trigger -> v2 segment start / end (s) | "
             "carve / label / fit (s) | MD s per segment | wall s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -237,8 +258,9 @@ def table(rows: list[dict], n_atoms: int) -> str:
         lines.append(
             f"| {r['route']} | {(r.get('frame_route') or '-').split(':')[0]} | {mb(r.get('quiet_sent'))} / "
             f"{mb(r.get('quiet_back'))} | {mb(r.get('trig_sent'))} / {mb(r.get('trig_back'))} | {mb(r['db_bytes'])} | "
-            f"{mb(r['checkpoint_bytes'])} | {r['steer_peak_mb']:.0f} MB | {r.get('to_swap_start', float('nan')):.0f} / "
-            f"{r.get('to_swap_end', float('nan')):.0f} | {st.get('embed') or 0:.1f} / {st.get('dft') or 0:.1f} / {st.get('train') or 0:.0f} | "
+            f"{mb(r['checkpoint_bytes'])} | {mb(r.get('worker_bytes'))} ({mb(r.get('worker_dumps'))}) | "
+            f"{mb(r.get('shared_bytes')) if r['route'] == 'scratch' else '-'} | {r['steer_peak_mb']:.0f} MB | {r.get('to_swap_start', float('nan')):.0f} / "
+            f"{r.get('to_swap_end', float('nan')):.0f} | {_s(st.get('embed'))} / {st.get('dft') or 0:.1f} / {st.get('train') or 0:.0f} | "
             f"{r.get('md_s', float('nan')):.1f} | {r['wall_s']:.0f} |")
     return "\n".join(lines)
 
@@ -248,6 +270,8 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=30, help="conventional fcc cells per side (30: 108,001 atoms)")
     ap.add_argument("--routes", default=",".join(ROUTES))
     ap.add_argument("--steps", type=int, default=60, help="MD steps the walker must reach (segments of 20)")
+    ap.add_argument("--trainings", type=int, default=5, help="stop after this many retrains (1: trigger -> v2 -> stop)")
+    ap.add_argument("--remeasure", action="store_true", help="only read the finished runs in --workdir again")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a new directory under /tmp")
     args = ap.parse_args()
 
@@ -257,20 +281,24 @@ def main() -> None:
 
     atoms = big_crystal(args.side)
     structure = base / "walker.extxyz"
-    write(structure, atoms)
+    if not args.remeasure:
+        write(structure, atoms)
     print(f"big walker: {len(atoms)} atoms (fcc LJ, a = 3.2 Å, one octahedral interstitial); "
           f"stand-in labeller: the LJ oracle; work in {base}", flush=True)
     rows = []
     for route in args.routes.split(","):
+        if args.remeasure:  # read the finished runs in --workdir again
+            rows.append({**json.loads((base / route / "row.json").read_text()), **measure(base / route)})
+            continue
         print(f"== route {route}", flush=True)
-        row = run_route(route, base, structure, args.steps)
+        row = run_route(route, base, structure, args.steps, args.trainings)
         print(json.dumps(row, indent=1, default=str), flush=True)
         rows.append(row)
     text = table(rows, len(atoms))
     print(text)
     out = ROOT / "benchmarks" / "results" / "big_walker.md"
     out.write_text(f"# benchmarks/big_walker.py, {dt.date.today()}: {len(atoms)} atoms, "
-                   f"`--side {args.side} --steps {args.steps}`\n\n{text}\n\n```\n"
+                   f"`--side {args.side} --steps {args.steps} --trainings {args.trainings}`\n\n{text}\n\n```\n"
                    + json.dumps(rows, indent=1, default=str) + "\n```\n")
     print(f"written: {out}")
 

@@ -20,10 +20,15 @@ from autopipe.steer.handlers import md as md_handler
 from autopipe.steer.work import md_work
 
 
-def _on_shared_scratch(ctx, monkeypatch, tmp_path):
-    """The ctx's site with a shared scratch written as '${VAR}/...' (expanded on the steering host)."""
+def _on_shared_scratch(ctx, monkeypatch, tmp_path, workers_write_there: bool = False):
+    """The ctx's site with a shared scratch written as '${VAR}/...' (expanded on the steering host);
+    ``workers_write_there``: the executor's own scratch is the same directory (as on Perlmutter,
+    where both would be $PSCRATCH/autopipe)."""
     monkeypatch.setenv("AP_TEST_SCRATCH", str(tmp_path / "pscratch"))
-    ex = ctx.site.executors[0].model_copy(update={"shared_scratch": "${AP_TEST_SCRATCH}/autopipe"})
+    update = {"shared_scratch": "${AP_TEST_SCRATCH}/autopipe"}
+    if workers_write_there:
+        update["scratch"] = "${AP_TEST_SCRATCH}/autopipe"
+    ex = ctx.site.executors[0].model_copy(update=update)
     ctx.site = ctx.site.model_copy(update={"executors": [ex]})
     return tmp_path / "pscratch" / "autopipe"
 
@@ -73,9 +78,12 @@ def test_a_reference_round_trips_and_a_changed_file_is_refused_with_one_line(tmp
         load_state_ref(ref)
 
 
+@pytest.mark.parametrize("workers_write_there", [False, True], ids=["own-scratch", "scratch-is-shared"])
 def test_states_stay_on_scratch_and_a_tampered_checkpoint_restarts_the_walker_from_its_previous_one(
-        ctx, monkeypatch, tmp_path):
-    root = _on_shared_scratch(ctx, monkeypatch, tmp_path)
+        ctx, monkeypatch, tmp_path, workers_write_there):
+    # With the workers' scratch on the shared one, the files a worker drops after a segment
+    # (work.drop_restated) sit where the states by reference are kept: they must survive.
+    root = _on_shared_scratch(ctx, monkeypatch, tmp_path, workers_write_there)
     _placeable(ctx)
     ctx.run.md = ctx.run.md.model_copy(update={"segment_steps": 20})
     ctx.run.otf = ctx.run.otf.model_copy(update={"uncertainty_threshold": 1e9})  # quiet segments only
