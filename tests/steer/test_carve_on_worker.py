@@ -4,7 +4,6 @@ on the MD worker; only its cells and a compact record travel and are stored (iss
 from __future__ import annotations
 
 import pickle
-
 from pathlib import Path
 
 import numpy as np
