@@ -189,9 +189,9 @@ def measure(workdir: Path) -> dict:
             if rows:
                 payload, created, finished = rows[0]
                 ran = (json.loads(payload) if payload else {}).get("ran")
+                carved_on_worker = kind == "embed" and json.loads(payload or "{}").get("carved_on") == "md worker"
                 # Carving on the steering host (whole route) is not a Parsl app: no ``ran``, so its
                 # row's own times (naive UTC) stand in.
-                carved_on_worker = kind == "embed" and json.loads(payload or "{}").get("carved_on") == "md worker"
                 steps[kind] = None if carved_on_worker else ((_t(ran["finished"]) - _t(ran["started"])) if ran else
                                (_t(finished + "+00:00") - _t(created + "+00:00")) if finished else None)
                 if kind in ("dft", "train"):
@@ -223,15 +223,16 @@ def run_route(route: str, base: Path, structure: Path, steps: int, trainings: in
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "run.yaml").write_text(run_yaml(structure, route, steps, trainings))
     (workdir / "site.yaml").write_text(site_yaml(route, base / f"shared-{route}", base / f"worker-{route}"))
-    log = open(workdir / "steer.log", "w")
     t0 = time.time()
-    proc = subprocess.Popen([str(VENV_BIN / "autopipe-steer"), "--site", str(workdir / "site.yaml"), "--run",
-                             str(workdir / "run.yaml"), "--workdir", str(workdir)], stdout=log, stderr=subprocess.STDOUT)
-    mem = PeakMemory(proc.pid)
-    mem.start()
-    rc = proc.wait()
-    mem.done.set()
-    mem.join()
+    with open(workdir / "steer.log", "w") as log:
+        proc = subprocess.Popen([str(VENV_BIN / "autopipe-steer"), "--site", str(workdir / "site.yaml"), "--run",
+                                 str(workdir / "run.yaml"), "--workdir", str(workdir)], stdout=log,
+                                stderr=subprocess.STDOUT)
+        mem = PeakMemory(proc.pid)
+        mem.start()
+        rc = proc.wait()
+        mem.done.set()
+        mem.join()
     wall = time.time() - t0
     if rc != 0:
         raise SystemExit(f"route {route}: autopipe-steer exited {rc}; see {workdir / 'steer.log'}")
@@ -245,10 +246,12 @@ def _s(seconds) -> str:
 
 
 def mb(n) -> str:
-    return "-" if n is None else (f"{n / 1024:.0f} kB" if n < 1024**2 else f"{n / 1024**2:.1f} MB")
+    from autopipe.transfer import human
+
+    return "-" if n is None else human(int(n))
 
 
-def table(rows: list[dict], n_atoms: int) -> str:
+def table(rows: list[dict]) -> str:
     head = ("| route | frame route | quiet segment: sent / back | trigger segment: sent / back | database | "
             "checkpoints on the steering host | MD workers' scratch (trajectory dumps) | shared scratch | steering peak RSS | trigger -> v2 segment start / end (s) | "
             "carve / label / fit (s) | MD s per segment | wall s |")
@@ -294,7 +297,7 @@ def main() -> None:
         row = run_route(route, base, structure, args.steps, args.trainings)
         print(json.dumps(row, indent=1, default=str), flush=True)
         rows.append(row)
-    text = table(rows, len(atoms))
+    text = table(rows)
     print(text)
     out = ROOT / "benchmarks" / "results" / "big_walker.md"
     out.write_text(f"# benchmarks/big_walker.py, {dt.date.today()}: {len(atoms)} atoms, "
