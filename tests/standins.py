@@ -31,12 +31,12 @@ class StandinMD:
 
     def __call__(self, state, potential, md_config, otf_config, scratch, n_steps: int, *rest,
                  parsl_resource_specification: dict | None = None):
-        # ``rest``: launcher, LAMMPS switches and the worker-side carving plan of md_work, if any.
+        # ``rest``: launcher, LAMMPS switches and the worker-side carving and probe plans of md_work, if any.
         import numpy as np
 
         from autopipe.md.result import finish
         from autopipe.md.state import MDState
-        from autopipe.steer.work import _ran
+        from autopipe.steer.work import _ran, after_segment
 
         t0 = time.time()
         time.sleep(self.seconds)
@@ -59,12 +59,11 @@ class StandinMD:
                          walltime=time.time() - t0, route="stand-in")
         else:
             res = finish("completed", MDState(atoms, end), start, [(start, 0.5 * thr), (end, 0.5 * thr)],
-                         walltime=time.time() - t0, route="stand-in")
-        carve = rest[2] if len(rest) > 2 else None
-        if carve is not None:  # carve on the worker as md_work does
-            from autopipe.steer.work import carve_on_worker
-
-            carve_on_worker(res, carve)
+                         walltime=time.time() - t0, route="stand-in",
+                         end_gamma=rng.uniform(0.1, 0.9, len(atoms)) * thr)  # stand-in gamma for the probe
+        # Carve triggers and the probe's cell on the worker as md_work does.
+        carve, probe = (list(rest[2:4]) + [None, None])[:2]
+        after_segment(res, carve, probe)
         return _ran(res, t0, scratch, f"stand-in MD segment {scratch.relative}")
 
 

@@ -351,7 +351,9 @@ def _run(lmp, state, potential, box, spec_kw, workdir, tag, limits, failed) -> S
                        trigger_atom=int(np.argmax(trig.gamma)), thermo=thermo, **extra)
     if step != start + n:
         return failed(f"run stopped at step {step} before {start + n} without a trigger", trajectory=traj_path)
-    return finish("completed", final, start, cb.gamma_trace, thermo=thermo, **extra)
+    last = cb.last_check
+    end_gamma = last.gamma.copy() if last is not None and last.step == step else None  # ID order: the state's
+    return finish("completed", final, start, cb.gamma_trace, thermo=thermo, end_gamma=end_gamma, **extra)
 
 
 def _blowup_fields(blowup: bool, cb, box, atoms, version) -> dict[str, Any]:

@@ -302,7 +302,9 @@ def run_native(state: MDState, potential, box: LammpsBox, spec_kw: dict[str, Any
                           **extra)
     if step != start + n:
         return failed(f"run stopped at step {step} before {start + n} without a trigger", gamma_trace=trace, **extra)
-    return finish("completed", final, start, trace, **extra)
+    end_gamma = np.empty(len(atoms))
+    end_gamma[np.asarray(cols["id"], dtype=np.int64) - 1] = cols["f_ap_gamma_end"]  # the final state's order
+    return finish("completed", final, start, trace, end_gamma=end_gamma, **extra)
 
 
 def _gamma_frame(dump: DumpFrame, column: str, box: LammpsBox, atoms: Atoms, lo: np.ndarray, matrix: np.ndarray,

@@ -53,7 +53,9 @@ class SegmentResult:
     evaluation in it, neighbour lists included), on the native route ``lammps`` (the whole
     LAMMPS execution, start-up included). ``n_ranks``: MPI ranks LAMMPS ran on.
     ``carved``/``frame_record``/``frame_route``: a trigger frame carved on the MD worker (then
-    ``trigger_frame`` is None), see :func:`autopipe.steer.work.carve_on_worker`.
+    ``trigger_frame`` is None), see :func:`autopipe.steer.work.carve_on_worker`. ``end_gamma``/``probe``:
+    the false-negative probe's input and its cell, both made on the MD worker (see
+    :func:`autopipe.steer.work.probe_on_worker`).
     """
 
     status: Status
@@ -85,6 +87,13 @@ class SegmentResult:
     carved: list[Any] | None = None  # the cells carved around its centres (CarvedCell), or None
     frame_record: Atoms | None = None  # the atoms near the centres, see autopipe.carving.record
     frame_route: str | None = None  # how the frame travelled: whole (and why) or carved on the worker
+    # Per-atom gamma of ``final_state`` at ``end_step`` (completed segments), where the route computed it
+    # there (native: the final ``run 0``; callback: a check on the last step). Read on the MD worker by the
+    # false-negative probe (autopipe.steer.work.probe_on_worker) and dropped before the answer travels.
+    end_gamma: np.ndarray | None = None
+    # Set on the MD worker when the steering side asked for it: the false-negative probe's cell carved
+    # from the end of a segment that did not trigger (autopipe.steer.work.ProbeFound), or None.
+    probe: Any = None
 
 
 def finish(status: Status, final: MDState, start: int, trace: list[tuple[int, float]], **kw: Any) -> SegmentResult:

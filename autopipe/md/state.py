@@ -252,17 +252,3 @@ class OnScratch:
         final = self.ref if result.status == "failed" else put(result.final_state)
         rewind = put(result.rewind_state) if result.rewind_state is not None else None
         return replace(result, final_state=final, rewind_state=rewind)
-
-
-class DeferredState:
-    """A state by reference read (and verified) only when its atoms are asked for: the steering
-    side hands one to code that may or may not need the arrays (the false-negative probe)."""
-
-    def __init__(self, ref: StateRef) -> None:
-        self.ref, self.step, self._state = ref, ref.step, None
-
-    @property
-    def atoms(self):
-        if self._state is None:
-            self._state = load_state_ref(self.ref)
-        return self._state.atoms

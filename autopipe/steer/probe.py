@@ -3,11 +3,15 @@
 gamma says how novel an environment is, not how wrong the forces are. The probe measures
 the second where the MD goes: at a small share of the loop's DFT cost (``otf.probe_share``),
 after a segment that did **not** trigger, it takes the walker's configuration at the
-segment's end, evaluates gamma with the version that ran, picks an atom at random among
+segment's end with its per-atom gamma under the version that ran, picks an atom at random among
 those below the threshold (seeded by the MD seed, the walker and the step: a resumed run
 picks the same atom), carves a cell around it with the run's strategy and rules
 (:func:`autopipe.steer.work.carve_one`: the whole frame where trigger frames would go whole)
-and queues it for DFT after the trigger labels (:data:`PROBE_PRIORITY`). Every probe
+and queues it for DFT after the trigger labels (:data:`PROBE_PRIORITY`). The pick and the carve
+happen on the MD worker, where the frame is (:func:`autopipe.steer.work.probe_on_worker`; the
+segment is asked for one when it is submitted, :func:`worker_request`): gamma comes from LAMMPS at
+the segment's last step, the steering process evaluates nothing, and a frame larger than
+``embedding.keep_frames_up_to`` atoms stays there (its compact record is stored, as for triggers). Every probe
 structure is ``HeldOut.probe``: never trained on, not a new label for a retrain, scored by
 the gate (:mod:`autopipe.steer.gate`).
 
@@ -45,11 +49,10 @@ if TYPE_CHECKING:
     from ase import Atoms
 
     from autopipe.db import Database
-    from autopipe.md import MDState
     from autopipe.potentials.store import PotentialStore
     from autopipe.steer.context import Context
     from autopipe.steer.gate import HeldOutFrame
-    from autopipe.steer.work import CarvedCell
+    from autopipe.steer.work import CarvedCell, ProbeFound, WorkerProbe
 
 log = logging.getLogger(__name__)
 
@@ -196,65 +199,64 @@ def _budget_left(ctx: Context, share: ShareState) -> bool:
     return (labels or 0) + (queued or 0) < stop.max_dft_calls
 
 
-def maybe_probe(ctx: Context, *, walker: int, segment: int, segment_id: int, version: int,
-                state: MDState) -> int | None:
-    """After a segment that did not trigger: queue a probe label when the probe is behind its share
-    and this walker is due; returns the DFT task's id (already pushed), or None. Never raises:
-    a probe that cannot be made is logged and skipped (the run does not depend on it)."""
+def worker_request(ctx: Context, *, walker: int, segment: int, version: int) -> WorkerProbe | None:
+    """What the MD worker needs to carve a probe cell at the end of segment ``segment`` of ``walker``
+    (run by ``version``) should it complete, or None when no probe is wanted from it: the probe is
+    off, ahead of its share, or the walker gave one fewer than ``otf.probe_every`` segments ago.
+    Read when the segment is submitted; :func:`maybe_probe` decides again when it comes back."""
+    from autopipe.steer.handlers.embed import carving_settings
+    from autopipe.steer.work import WorkerProbe
+
     otf = ctx.run.otf
     if otf.probe_share <= 0:
         return None
+    share = ctx.cached_per_cycle(SHARE_KEY, lambda: share_state(ctx.db))
+    if not (share.behind(otf.probe_share) and walker_due(_probed_segments(ctx.db, walker), segment, otf.probe_every)):
+        return None
+    e, lattice, kpoints, plan, charge = carving_settings(ctx)
+    return WorkerProbe(e, otf.uncertainty_threshold, ctx.run.md.seed, walker, segment, version, e.keep_frames_up_to,
+                       lattice, kpoints, plan.strategy, charge)
+
+
+def maybe_probe(ctx: Context, *, walker: int, segment: int, segment_id: int | None, version: int,
+                found: ProbeFound | None) -> int | None:
+    """After a segment that did not trigger: queue the probe cell its MD worker carved (``found``,
+    see :func:`autopipe.steer.work.probe_on_worker`) when the probe is still behind its share and
+    the DFT budget has room; returns the DFT task's id (already pushed), or None. Never raises: a
+    probe that cannot be stored is logged and skipped (the run does not depend on it)."""
+    otf = ctx.run.otf
+    if found is None or otf.probe_share <= 0:
+        return None
     try:
+        if found.cell is None:
+            ctx.progress.log(f"probe: nothing to label after walker {walker} segment {segment}: {found.what}")
+            return None
         # Read once per loop pass, not per segment (16 ms at 64 walkers: benchmarks/scale.py); a
         # probe queued in this pass makes the next segment read it again.
         share = ctx.cached_per_cycle(SHARE_KEY, lambda: share_state(ctx.db))
-        if not (share.behind(otf.probe_share) and walker_due(_probed_segments(ctx.db, walker), segment,
-                                                             otf.probe_every) and _budget_left(ctx, share)):
+        if not (share.behind(otf.probe_share) and _budget_left(ctx, share)):
             return None
         ctx.forget(SHARE_KEY)
-        return _queue_probe(ctx, walker, segment, segment_id, version, state)
+        return _queue_probe(ctx, segment_id, version, found)
     except Exception as exc:  # a measurement: it must never stop the loop
         log.warning("probe after walker %d segment %d skipped: %s", walker, segment, exc, exc_info=True)
         ctx.progress.log(f"probe skipped (walker {walker} segment {segment}): {type(exc).__name__}: {exc}")
         return None
 
 
-def _carver(ctx: Context) -> Callable[[Atoms, int], CarvedCell]:
-    """``carve(frame, center)`` with the run's strategy, lattice, k-point and charge rules (as trigger frames)."""
-    from autopipe.carving.charge import ChargeRule
-    from autopipe.carving.reference import reference_lattice
-    from autopipe.config.run import EspressoConfig
-    from autopipe.steer import budget
-    from autopipe.steer.work import carve_one
-
-    e, dft = ctx.run.embedding, ctx.run.dft
-    lattice = reference_lattice(ctx.run) if e.strategy in ("commensurate", "budget") else None
-    kpoints = (dft.kspacing, dft.gamma_only_length) if isinstance(dft, EspressoConfig) else None
-    strategy = budget.plan(ctx).strategy  # the budget's current choice; its calibrations are for triggers only
-    charge = ChargeRule.from_run(ctx.run)
-    return lambda frame, center: carve_one(frame, center, e, strategy, lattice, kpoints, charge)
-
-
-def _queue_probe(ctx: Context, walker: int, segment: int, segment_id: int, version: int,
-                 state: MDState) -> int | None:
+def _queue_probe(ctx: Context, segment_id: int | None, version: int, found: ProbeFound) -> int:
+    """Store the probe's frame (whole, or its compact record), its cell and a DFT task; push the task."""
     from autopipe.db import structure_from_atoms
-    from autopipe.potentials.uncertainty import evaluate
 
-    frame = state.atoms.copy()
-    frame.wrap()
-    frame.calc = None
-    frame.arrays["gamma"] = np.asarray(evaluate(frame, ctx.store.get(version, verify=False))["gamma"], dtype=float)
-    threshold = ctx.run.otf.uncertainty_threshold
-    cell, what = probe_cell(frame, threshold, probe_rng(ctx.run.md.seed, walker, state.step), _carver(ctx))
-    if cell is None:
-        ctx.progress.log(f"probe: nothing to label after walker {walker} segment {segment}: {what}")
-        return None
-    info = probe_info(cell, frame.arrays["gamma"], version, walker, segment, state.step)
+    cell, info, frame = found.cell, found.info, found.frame
+    compact = not cell.whole_frame and "record_radius" in frame.info
     with ctx.db.session() as s:
-        row = structure_from_atoms(frame, Origin.md_frame, segment_id=segment_id, potential_version=version,
-                                   heldout=HeldOut.probe,
-                                   info={"walker": walker, "step": state.step,
-                                         **({"probe": info} if cell.whole_frame else {})})
+        frame_info = {"walker": info["walker"], "step": found.step,
+                      **({k: v for k, v in frame.info.items() if k != "step"} if compact else {}),
+                      **({"probe": info} if cell.whole_frame else {})}
+        row = structure_from_atoms(cell.atoms if cell.whole_frame else frame,
+                                   Origin.frame_record if compact else Origin.md_frame, segment_id=segment_id,
+                                   potential_version=version, heldout=HeldOut.probe, info=frame_info)
         s.add(row)
         s.flush()
         sid = row.id
@@ -271,8 +273,9 @@ def _queue_probe(ctx: Context, walker: int, segment: int, segment_id: int, versi
         s.add(task)
         s.flush()
         task_id = task.id
-    msg = (f"walker {walker} step {state.step} (v{version}): {what}, "
-           + ("the whole frame" if cell.whole_frame else f"a {len(cell.atoms)}-atom cell") + " to DFT")
+    msg = (f"walker {info['walker']} step {found.step} (v{version}): {found.what}, "
+           + ("the whole frame" if cell.whole_frame else f"a {len(cell.atoms)}-atom cell") + " to DFT"
+           + (f" (the frame's {frame.info['frame_atoms']} atoms stayed on the MD worker)" if compact else ""))
     ctx.db.record_event(PROBE_EVENT, msg, structure_id=sid, **info)
     ctx.progress.log(f"probe: {msg}")
     ctx.push(task_id)

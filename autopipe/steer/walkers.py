@@ -258,14 +258,6 @@ def prune_checkpoints(ctx: Context, walker_index: int) -> list[Path]:
     return deleted
 
 
-def probe_state(state: MDState | StateRef):
-    """A returned state for code that may need its atoms (the false-negative probe): the state
-    itself, or for a reference one read from the shared scratch only if its atoms are used."""
-    from autopipe.md.state import DeferredState, StateRef
-
-    return DeferredState(state) if isinstance(state, StateRef) else state
-
-
 def previous_state(s, walker: Walker) -> tuple[int, str] | None:
     """(step, checkpoint) the walker held before its current checkpoint: the start of its newest
     segment that started elsewhere (later ones, failed or refused, started from the current one)."""

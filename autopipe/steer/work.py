@@ -50,7 +50,7 @@ def _ran(value: Any, started: float, scratch, what: str) -> Ran:
 
 
 def md_work(state, potential, md_config, otf_config, scratch, n_steps: int, launcher: list[str] | None = None,
-            lammps_args: list[str] | None = None, carve: WorkerCarve | None = None,
+            lammps_args: list[str] | None = None, carve: WorkerCarve | None = None, probe: WorkerProbe | None = None,
             parsl_resource_specification: dict | None = None) -> Ran:
     """Run one walker segment from ``state`` (an ``MDState``, or an ``OnScratch`` reference on the
     shared-scratch route: its states then come back as ``StateRef``) with ``potential`` (a
@@ -59,7 +59,9 @@ def md_work(state, potential, md_config, otf_config, scratch, n_steps: int, laun
     and frames are values (``trajectory`` names the file on the worker).
     ``launcher``/``lammps_args``: the MD executor's MPI launcher and LAMMPS switches (native route).
     ``carve``: a trigger frame larger than ``carve.keep_frames_up_to`` atoms is carved here and
-    only its cells and compact record come back (:func:`carve_on_worker`); None: frames travel whole."""
+    only its cells and compact record come back (:func:`carve_on_worker`); None: frames travel whole.
+    ``probe``: a segment that completes gives the false-negative probe's cell, carved here from its end
+    (:func:`probe_on_worker`); None: not asked for."""
     from autopipe.md import BlowUpLimits, run_walker_segment
     from autopipe.md.state import OnScratch, StateRefused
     from autopipe.md.walk import refused_start
@@ -72,17 +74,96 @@ def md_work(state, potential, md_config, otf_config, scratch, n_steps: int, laun
         except StateRefused as exc:
             return _ran(refused_start(on_scratch.ref, str(exc)), t0, scratch, f"MD segment {scratch.relative}")
     limits = BlowUpLimits(max_force=md_config.max_force, max_energy_change=md_config.max_energy_change)
-    res = run_walker_segment(state, potential.materialise(scratch.cache()), md_config, otf_config,
-                             workdir=scratch.path(), n_steps=n_steps, limits=limits, launcher=launcher or None,
-                             lammps_args=lammps_args or None)
+    files = potential.materialise(scratch.cache())
+    res = run_walker_segment(state, files, md_config, otf_config, workdir=scratch.path(), n_steps=n_steps,
+                             limits=limits, launcher=launcher or None, lammps_args=lammps_args or None)
     res.checkpoint = None  # a file on the worker: the steering side saves ``final_state`` itself
     if res.status in ("completed", "triggered"):
         drop_restated(scratch.path())  # before keep(): the worker's scratch may be the shared one
-    if carve is not None:
-        carve_on_worker(res, carve)
+    after_segment(res, carve, probe, files)
     if on_scratch is not None:
         res = on_scratch.keep(res)  # its states stay on the shared scratch; their references travel
     return _ran(res, t0, scratch, f"MD segment {scratch.relative}")
+
+
+def after_segment(res, carve: WorkerCarve | None, probe: WorkerProbe | None, potential=None) -> None:
+    """What the MD worker does with a segment's result before it travels: carve a large trigger frame
+    (:func:`carve_on_worker`), carve the probe's cell from a completed segment's end
+    (:func:`probe_on_worker`; ``potential``: the materialised files, for gamma where the route did
+    not compute it at the end), and drop the end's per-atom gamma, which only the probe reads."""
+    if carve is not None:
+        carve_on_worker(res, carve)
+    if probe is not None and res.status == "completed":
+        gamma = res.end_gamma
+        if gamma is None:
+            from autopipe.potentials.uncertainty import gamma as evaluate_gamma
+
+            gamma = evaluate_gamma(res.final_state.atoms, potential)
+        res.probe = probe_on_worker(res.final_state, gamma, probe)
+    res.end_gamma = None
+
+
+@dataclass(frozen=True)
+class WorkerProbe:
+    """What the MD worker needs to carve the false-negative probe's cell at the end of a segment that
+    did not trigger (see :mod:`autopipe.steer.probe`): the carving rules of trigger frames (the
+    budget's strategy when the segment was submitted), the threshold, the picker's seed parts (the
+    run's MD seed and the walker: with the end step they fix the atom, so a resumed run picks the
+    same one), the segment and the version that runs it (for the probe's record) and
+    ``keep_frames_up_to`` (atoms): a larger frame comes back as its compact record."""
+
+    embedding_config: Any
+    threshold: float
+    seed: int
+    walker: int
+    segment: int
+    version: int
+    keep_frames_up_to: int
+    lattice: Any = None
+    kpoint_settings: tuple[float, float] | None = None
+    strategy: str | None = None
+    charge: Any = None
+
+
+@dataclass
+class ProbeFound:
+    """The probe's pick at a segment's end, made on the MD worker: ``cell`` (None: nothing to label,
+    ``what`` says why), ``what`` (the atom and its gamma, or the reason), ``info`` (the probe record,
+    :func:`autopipe.steer.probe.probe_info`; None without a cell) and ``frame``: the end frame with
+    per-atom gamma where it is small enough to travel, else its compact record
+    (:func:`autopipe.carving.record.frame_record`, the atoms near the picked atom)."""
+
+    cell: CarvedCell | None
+    what: str
+    step: int
+    info: dict | None = None
+    frame: Any = None
+
+
+def probe_on_worker(state, gamma, probe: WorkerProbe) -> ProbeFound:
+    """The false-negative probe at ``state`` (an ``MDState``, a segment's end) with its per-atom
+    ``gamma`` under the version that ran: a random atom below the threshold
+    (:func:`autopipe.steer.probe.pick_atom`) and the cell carved around it (:func:`carve_one`)."""
+    import numpy as np
+
+    from autopipe.steer.probe import probe_cell, probe_info, probe_rng
+
+    frame = state.atoms.copy()
+    frame.wrap()
+    frame.calc = None
+    frame.arrays["gamma"] = np.asarray(gamma, dtype=float)
+    e = probe.embedding_config
+    cell, what = probe_cell(frame, probe.threshold, probe_rng(probe.seed, probe.walker, state.step),
+                            lambda f, c: carve_one(f, c, e, probe.strategy, probe.lattice, probe.kpoint_settings,
+                                                   probe.charge))
+    if cell is None:
+        return ProbeFound(None, what, state.step)
+    info = probe_info(cell, frame.arrays["gamma"], probe.version, probe.walker, probe.segment, state.step)
+    if len(frame) > probe.keep_frames_up_to and not cell.whole_frame:
+        from autopipe.carving.record import frame_record
+
+        frame = frame_record(frame, [cell.center], e.core_radius, probe.threshold)
+    return ProbeFound(cell, what, state.step, info, frame)
 
 
 #: Files a finished segment leaves on its worker that only restate a state the answer carries (or the

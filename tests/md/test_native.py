@@ -291,3 +291,23 @@ def test_native_files_are_absolute_for_a_relative_workdir(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     files = NativeFiles.at(Path("demo-run/walker"), "seg-0")
     assert files.input.is_absolute() and files.log == tmp_path / "demo-run" / "walker" / "seg-0.log"
+
+
+@pytest.mark.parametrize("route", ["native", "external"])
+def test_a_completed_segment_gives_its_end_gamma_as_pyace_computes_it(pot, tmp_path, route):
+    """The false-negative probe picks its atom from the segment's end gamma on the MD worker: it must
+    be the gamma of the final state under the version that ran (LAMMPS's, not a stale check's)."""
+    a = fcc()
+    a.rattle(0.05, seed=3)
+    md = md_config(temperature=60.0)
+    res = run_segment(initial_state(a, md), pot, md, otf_config(uncertainty_threshold=50.0), workdir=tmp_path,
+                      n_steps=40, route=route)
+    assert res.status == "completed" and res.end_step == 40
+    ref = pyace_results(res.final_state.atoms, pot)["gamma"]
+    assert res.end_gamma.shape == (len(a),) and ref.max() > 0
+    np.testing.assert_allclose(res.end_gamma, ref, rtol=1e-6, atol=1e-8)
+    # Not a check step at the end (callback route): no end gamma rather than an older one.
+    if route == "external":
+        odd = run_segment(initial_state(a, md), pot, md, otf_config(uncertainty_threshold=50.0),
+                          workdir=tmp_path / "odd", n_steps=35, route=route)
+        assert odd.status == "completed" and odd.end_gamma is None

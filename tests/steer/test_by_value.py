@@ -44,14 +44,16 @@ def _segment_task(ctx, atoms=None, n_steps: int = 50) -> int:
 def test_md_arguments_are_values_and_the_worker_writes_under_its_scratch(ctx):
     task_id = _segment_task(ctx)
     with ctx.db.session() as s:
-        state, pot, md, otf, scratch, n_steps, launcher, lammps_args, carve = ctx.args[TaskKind.md](ctx, s.get(Task, task_id))
+        state, pot, md, otf, scratch, n_steps, launcher, lammps_args, carve, probe = ctx.args[TaskKind.md](
+            ctx, s.get(Task, task_id))
     assert isinstance(state, MDState) and len(state.atoms) and n_steps == 50
     assert carve.keep_frames_up_to == ctx.run.embedding.keep_frames_up_to  # how the worker carves a large frame
+    assert (probe.walker, probe.segment, probe.version) == (0, 0, 1)  # the first probe goes at once
     assert isinstance(pot, ShippedPotential) and set(pot.files.files) == {"yaml", "yace", "asi"}
     assert isinstance(scratch, Scratch) and scratch.relative == "walkers/w00/seg0000"
     assert scratch.root == str(ctx.layout.root.resolve())  # threads: workers share the work directory
     # Nothing in the arguments names a file of the run: a worker elsewhere needs none.
-    assert str(ctx.layout.root) not in repr((state, pot, md, otf, carve))
+    assert str(ctx.layout.root) not in repr((state, pot, md, otf, carve, probe))
 
 
 def test_a_remote_executor_writes_in_a_directory_of_its_own_per_run(ctx, tmp_path):

@@ -115,3 +115,39 @@ def test_a_trigger_on_a_walker_larger_than_the_carve_stores_cells_and_a_record_n
         assert {t.structure_id for t in dft} <= {c.id for c in cells} and dft
         assert s.get(Segment, seg_id).status is SegmentStatus.triggered
         assert s.get(Walker, walker_id).status is WalkerStatus.waiting
+
+
+@pytest.mark.slow
+def test_the_probe_of_a_walker_larger_than_the_carve_is_carved_on_its_md_worker(ctx):
+    """The real path for a segment that did not trigger: md.args asks for a probe, md_work (LAMMPS)
+    picks the atom from LAMMPS's end gamma and carves its cell there, md.done stores the cell and the
+    frame's compact record: the steering process evaluates nothing and never holds the frame's gamma."""
+    from autopipe.db import Origin, Structure, Task, TaskKind, TaskState
+    from autopipe.potentials.uncertainty import gamma
+    from autopipe.steer.handlers import md
+    from autopipe.steer.probe import PROBE_PRIORITY
+    from autopipe.steer.work import md_work
+    from tests.steer.test_by_value import _segment_task
+
+    ctx.run.embedding = ctx.run.embedding.model_copy(update={"keep_frames_up_to": 64})
+    task_id = _segment_task(ctx, lj2d_template(n_side=12), n_steps=20)  # 288 atoms of the 2D LJ layer: quiet
+    with ctx.db.session() as s:
+        args = md.args(ctx, s.get(Task, task_id))
+    assert args[-1] is not None  # the first probe goes at once
+    ran = md_work(*args)
+    res = ran.value
+    assert res.status == "completed" and res.end_gamma is None  # read on the worker, not sent back
+    found = res.probe
+    assert found is not None and found.cell is not None and found.step == 20
+    # The atom was picked below the threshold from the end gamma, as pyace gives it for the final state.
+    end = gamma(res.final_state.atoms, ctx.store.get(1, verify=False))
+    assert found.info["gamma"] == pytest.approx(end[found.cell.center], rel=1e-6)
+    assert found.info["gamma"] < ctx.run.otf.uncertainty_threshold
+    assert found.frame.info["frame_atoms"] == len(res.final_state.atoms) > len(found.frame)
+    md.done(ctx, task_id, res)
+    with ctx.db.session() as s:
+        [probe_task] = s.scalars(select(Task).where(Task.kind == TaskKind.dft)).all()
+        assert (probe_task.priority, probe_task.state) == (PROBE_PRIORITY, TaskState.pending)
+        cell = s.get(Structure, probe_task.structure_id)
+        assert s.get(Structure, cell.parent_id).origin == Origin.frame_record
+        assert cell.force_mask and cell.info["probe"]["segment"] == 0

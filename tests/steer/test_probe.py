@@ -13,7 +13,7 @@ from autopipe.config.run import OTFConfig, TrainConfig
 from autopipe.db import HeldOut, Label, LabelStatus, Origin, Potential, Structure, Task, TaskKind, TaskState
 from autopipe.potentials.dataset import build_dataset
 from autopipe.steer.probe import (PROBE_PRIORITY, ShareState, maybe_probe, pick_atom, probe_behind, probe_cell,
-                                  probe_rng, share_from_counts, share_state, walker_due)
+                                  probe_rng, share_from_counts, share_state, walker_due, worker_request)
 from autopipe.steer.work import CarvedCell
 from tests.lj import lj2d_template, lj_label
 from tests.potentials.helpers import add_labelled, lj_structures
@@ -103,6 +103,29 @@ def _state(n_side: int, seed: int = 0):
     return MDState(atoms=atoms, step=500)
 
 
+def _found(ctx, state, walker: int = 0, segment: int = 3, version: int = 1, asked: bool = True):
+    """What the MD worker returns for ``state`` at a completed segment's end (:func:`probe_on_worker`,
+    gamma by pyace under ``version`` as a worker without LAMMPS's end gamma computes it): the request
+    as :func:`worker_request` makes it (``asked``: made whether or not the probe is due)."""
+    from autopipe.potentials.uncertainty import gamma
+    from autopipe.steer.handlers.embed import carving_settings
+    from autopipe.steer.work import WorkerProbe, probe_on_worker
+
+    request = worker_request(ctx, walker=walker, segment=segment, version=version)
+    if request is None and asked:
+        e, lattice, kpoints, plan, charge = carving_settings(ctx)
+        request = WorkerProbe(e, ctx.run.otf.uncertainty_threshold, ctx.run.md.seed, walker, segment, version,
+                              e.keep_frames_up_to, lattice, kpoints, plan.strategy, charge)
+    if request is None:
+        return None
+    return probe_on_worker(state, gamma(state.atoms, ctx.store.get(version, verify=False)), request)
+
+
+def _probe(ctx, walker: int, segment: int, state, version: int = 1):
+    return maybe_probe(ctx, walker=walker, segment=segment, segment_id=None, version=version,
+                       found=_found(ctx, state, walker, segment, version))
+
+
 def _probe_rows(db):
     with db.session() as s:
         return [(r.id, r.origin, r.heldout, dict(r.info or {}), r.force_mask)
@@ -111,7 +134,8 @@ def _probe_rows(db):
 
 def test_a_probe_cell_is_held_out_queued_after_triggers_and_never_trained_on(ctx):
     add_labelled(ctx.db, lj_structures(3, seed=1))
-    task_id = maybe_probe(ctx, walker=0, segment=3, segment_id=None, version=1, state=_state(8))
+    assert worker_request(ctx, walker=0, segment=3, version=1) is not None  # the first probe goes at once
+    task_id = _probe(ctx, 0, 3, _state(8))
     assert task_id is not None
     with ctx.db.session() as s:
         task = s.get(Task, task_id)
@@ -133,8 +157,10 @@ def test_a_probe_cell_is_held_out_queued_after_triggers_and_never_trained_on(ctx
     p = info["probe"]
     assert p["version"] == 1 and p["walker"] == 0 and p["segment"] == 3 and p["step"] == 500
     assert p["gamma"] < ctx.run.otf.uncertainty_threshold and p["core_max_gamma"] >= p["gamma"] and mask
-    # Ahead of its share now (one probe label, nothing else spent): the next segment is not probed.
-    assert maybe_probe(ctx, walker=1, segment=9, segment_id=None, version=1, state=_state(8, 1)) is None
+    # Ahead of its share now (one probe label, nothing else spent): the next segment is not asked for a
+    # probe, and a cell that comes back anyway (asked before the share moved on) is not queued.
+    assert worker_request(ctx, walker=1, segment=9, version=1) is None
+    assert _probe(ctx, 1, 9, _state(8, 1)) is None
 
 
 def _atoms(db, sid):
@@ -146,12 +172,43 @@ def _atoms(db, sid):
 
 def test_a_small_frame_is_probed_whole_and_the_share_zero_turns_the_probe_off(ctx):
     ctx.run.otf = ctx.run.otf.model_copy(update={"probe_share": 0.0})
-    assert maybe_probe(ctx, walker=0, segment=0, segment_id=None, version=1, state=_state(4)) is None
+    assert worker_request(ctx, walker=0, segment=0, version=1) is None
+    assert _probe(ctx, 0, 0, _state(4)) is None
     assert _probe_rows(ctx.db) == []
     ctx.run.otf = ctx.run.otf.model_copy(update={"probe_share": 0.05})
-    assert maybe_probe(ctx, walker=0, segment=0, segment_id=None, version=1, state=_state(4)) is not None
+    assert _probe(ctx, 0, 0, _state(4)) is not None
     [(sid, origin, heldout, info, mask)] = _probe_rows(ctx.db)
     assert origin is Origin.md_frame and heldout is HeldOut.probe and info["probe"]["walker"] == 0 and not mask
+
+
+def test_a_frame_larger_than_the_carve_is_probed_on_the_worker_and_only_its_record_is_stored(ctx):
+    """A walker above ``embedding.keep_frames_up_to`` atoms: the probe's frame stays on the MD worker,
+    its cell and compact record travel and are stored (issue 22: nothing grows with the walker)."""
+    import pickle
+
+    from autopipe.db import atoms_from_structure
+
+    ctx.run.embedding = ctx.run.embedding.model_copy(update={"keep_frames_up_to": 40})
+    state = _state(8)
+    found = _found(ctx, state, walker=2, segment=5)
+    assert found.cell is not None and not found.cell.whole_frame
+    rec = found.frame
+    assert rec.info["frame_atoms"] == len(state.atoms) and len(rec) < len(state.atoms)
+    assert found.cell.center in set(rec.arrays["parent_index"].tolist())
+    assert len(pickle.dumps(found)) < len(pickle.dumps(state.atoms))
+    task_id = maybe_probe(ctx, walker=2, segment=5, segment_id=None, version=1, found=found)
+    assert task_id is not None
+    with ctx.db.session() as s:
+        cell = s.get(Structure, s.get(Task, task_id).structure_id)
+        frame = s.get(Structure, cell.parent_id)
+        assert (frame.origin, frame.heldout, cell.heldout) == (Origin.frame_record, HeldOut.probe, HeldOut.probe)
+        assert frame.n_atoms == len(rec) and frame.info["frame_atoms"] == len(state.atoms)
+        assert s.scalars(select(Structure).where(Structure.origin == Origin.md_frame)).all() == []
+        p = cell.info["probe"]
+        assert (p["walker"], p["segment"], p["version"], p["step"]) == (2, 5, 1, 500)
+        # The cell's atoms point into the frame through the record: the centre is its first atom.
+        assert int(atoms_from_structure(cell).arrays["parent_index"][0]) == cell.center_index == found.cell.center
+    assert "stayed on the MD worker" in ctx.db.last_event("probe").message
 
 
 def test_probe_share_out_of_range_is_one_line_at_load(tmp_path):
@@ -345,7 +402,7 @@ def test_rescore_stores_each_versions_probe_error_as_the_gate_measures_it(ctx):
         for lab in s.scalars(select(Label)):
             lab.walltime = 100.0
     for seed in range(3):
-        task_id = maybe_probe(ctx, walker=seed, segment=0, segment_id=None, version=1, state=_state(8, seed))
+        task_id = _probe(ctx, seed, 0, _state(8, seed))
         with ctx.db.session() as s:
             sid = s.get(Task, task_id).structure_id
             s.get(Task, task_id).state = TaskState.done
@@ -384,7 +441,8 @@ def test_the_md_handler_probes_a_completed_segment_not_a_triggered_one(ctx):
         md.done(ctx, task_id, SegmentResult(status=status, final_state=state, start_step=0, end_step=500,
                                             max_gamma=0.8 if status == "completed" else 30.0,
                                             gamma_trace=np.array([[500, 0.8]]),
-                                            trigger_frame=frame if status == "triggered" else None))
+                                            trigger_frame=frame if status == "triggered" else None,
+                                            probe=_found(ctx, state, index, 0)))  # even if one came back
         with ctx.db.session() as s:
             return s.scalars(select(Segment).where(Segment.walker_id == w.id)).one().status
 

@@ -48,12 +48,12 @@ if TYPE_CHECKING:
 def args(ctx: Context, task: Task) -> tuple:
     with ctx.db.session() as s:
         frame = atoms_from_structure(s.get(Structure, task.structure_id))
-    e, lattice, kpoints, p, charge = _settings(ctx)
+    e, lattice, kpoints, p, charge = carving_settings(ctx)
     return (frame, e, ctx.run.otf.uncertainty_threshold, ctx.run.otf.max_extractions, lattice, kpoints, p.strategy,
             p.calibrate, charge)
 
 
-def _settings(ctx: Context) -> tuple:
+def carving_settings(ctx: Context) -> tuple:
     """(embedding config, reference lattice, pw.x k-point settings, the budget's plan, charge rule)."""
     from autopipe.carving.charge import ChargeRule
     from autopipe.carving.reference import reference_lattice
@@ -78,7 +78,7 @@ def worker_plan(ctx: Context):
     from autopipe.steer import budget
     from autopipe.steer.work import WorkerCarve
 
-    e, lattice, kpoints, p, charge = _settings(ctx)
+    e, lattice, kpoints, p, charge = carving_settings(ctx)
     if e.whole_frame == "always" or p.strategy == budget.WHOLE or p.calibrate:
         return None
     otf = ctx.run.otf

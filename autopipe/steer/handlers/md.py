@@ -22,16 +22,19 @@ if TYPE_CHECKING:
 
 def args(ctx: Context, task: Task) -> tuple:
     """The walker's state (by value, or by reference on a shared scratch: :func:`walkers.start_state`),
-    the potential's files."""
+    the potential's files, how the worker carves a trigger frame and whether it carves a probe cell."""
+    from autopipe.steer.probe import worker_request
+
     with ctx.db.session() as s:
         seg = s.get(Segment, task.segment_id)
         walker = s.get(Walker, seg.walker_id)
         workdir = ctx.layout.segment_dir(walker.index, seg.number)
-        checkpoint, version = seg.start_checkpoint, seg.potential_version
+        checkpoint, version, index, number = seg.start_checkpoint, seg.potential_version, walker.index, seg.number
     executor = ctx.site.executor_for("md")
-    return (walkers.start_state(ctx, checkpoint, workdir), ctx.potential(version), ctx.run.md, ctx.run.otf, ctx.scratch("md", workdir),
-            task.payload["n_steps"], list(executor.md_launcher), list(getattr(executor, "md_lammps_args", [])),
-            embed.worker_plan(ctx))
+    return (walkers.start_state(ctx, checkpoint, workdir), ctx.potential(version), ctx.run.md, ctx.run.otf,
+            ctx.scratch("md", workdir), task.payload["n_steps"], list(executor.md_launcher),
+            list(getattr(executor, "md_lammps_args", [])), embed.worker_plan(ctx),
+            worker_request(ctx, walker=index, segment=number, version=version))
 
 
 def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | None = None) -> None:
@@ -85,11 +88,11 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
     elif status is SegmentStatus.failed:
         ctx.progress.log(f"walker {idx} segment {number} failed: {err}" + (" (walker retired)" if retired else ""))
     elif status is SegmentStatus.completed:
-        # The potential called the whole segment safe: the false-negative probe may label its end.
+        # The potential called the whole segment safe: the false-negative probe may label its end
+        # (the cell its MD worker carved, when the segment was asked for one).
         from autopipe.steer.probe import maybe_probe
 
-        maybe_probe(ctx, walker=idx, segment=number, segment_id=seg_id, version=version,
-                    state=walkers.probe_state(result.final_state))
+        maybe_probe(ctx, walker=idx, segment=number, segment_id=seg_id, version=version, found=result.probe)
     if status in (SegmentStatus.completed, SegmentStatus.triggered):
         walkers.prune_checkpoints(ctx, idx)  # after the probe has read the end state
 
