@@ -71,8 +71,10 @@ def velocities_fs(atoms: Atoms) -> np.ndarray:
     return atoms.get_velocities() * units.fs
 
 
-def save_state(path: Path | str, state: MDState) -> Path:
-    """Write ``state`` to ``path`` (an ``.npz`` file) atomically; returns the path."""
+def save_state(path: Path | str, state: MDState, *, durable: bool = True) -> Path:
+    """Write ``state`` to ``path`` (an ``.npz`` file) atomically; returns the path. ``durable``: on
+    disk (fsync) before this returns; without it the file survives the writing process being killed
+    (it is complete before its rename), not necessarily a power loss."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     a = state.atoms
@@ -92,7 +94,8 @@ def save_state(path: Path | str, state: MDState) -> Path:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **data)  # a file object: numpy does not append ".npz" to the name
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

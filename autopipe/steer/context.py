@@ -51,6 +51,7 @@ class Context:
     t0: float = field(default_factory=time.monotonic)
     cycle: int = 0  # the steering loop's pass: a batch of finished tasks is handled in one
     per_cycle: dict[str, tuple[int, Any]] = field(default_factory=dict, repr=False)  # see cached_per_cycle
+    walkers_exist: bool = False  # the run's walkers are in the database (walkers.ensure_walkers)
     # Checkpoints just written here (by value), path -> MDState, so the next segment's arguments do
     # not read back what was written a moment ago (walkers.record_state / start_state).
     recent_states: dict[str, Any] = field(default_factory=dict, repr=False)

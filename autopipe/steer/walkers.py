@@ -191,7 +191,11 @@ def record_state(ctx: Context, walker_index: int, number: int, state: MDState | 
 
     if isinstance(state, StateRef):
         return state.to_text()
-    path = str(save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), state.step), state))
+    # As durable as the database row that will name it (SQLite commits with synchronous=NORMAL: they
+    # survive a killed process, what resume guarantees, and a power loss may take the last few back).
+    # The fsync was 6 ms of every segment's handling at 128 walkers (benchmarks/scale.py).
+    path = str(save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), state.step), state,
+                          durable=False))
     if len(state.atoms) <= RECENT_STATE_ATOMS:
         # Its walker's next segment starts from it: no need to read the file back (4 ms per segment at 64
         # walkers, benchmarks/scale.py). One per walker at most; big states are always read from disk.
@@ -298,8 +302,11 @@ def check_state_route(site: SiteConfig, run: RunConfig) -> int:
 
 def ensure_walkers(ctx: Context) -> None:
     """Create the run's walkers with their first checkpoints (once)."""
+    if ctx.walkers_exist:
+        return
     with ctx.db.session() as s:
         if s.scalar(select(func.count()).select_from(Walker)):
+            ctx.walkers_exist = True
             return
     from autopipe.generate import template_atoms
     from autopipe.md import initial_state, save_state
@@ -315,6 +322,7 @@ def ensure_walkers(ctx: Context) -> None:
         with ctx.db.session() as s:
             s.add(structure_from_atoms(atoms, Origin.initial, info={"walker": i}))
             s.add(Walker(index=i, status=WalkerStatus.running, step=0, checkpoint=ck))
+    ctx.walkers_exist = True
     ctx.progress.log(f"{ctx.run.walkers.count} walker(s) start with {len(atoms)} atoms")
 
 
@@ -327,13 +335,15 @@ def start_segments(ctx: Context) -> None:
     stop = ctx.run.stop
     unserved = ctx.store.unserved()
     with ctx.db.session() as s:
-        busy = set(s.scalars(select(Segment.walker_id).where(
-            Segment.status.in_([SegmentStatus.pending, SegmentStatus.running]))))
+        busy = select(Segment.walker_id).where(Segment.status.in_([SegmentStatus.pending, SegmentStatus.running]))
         new_tasks = []
-        for w in s.scalars(select(Walker).order_by(Walker.index)):
+        # Only walkers with no segment on its way: a pass at 128 walkers finds a few (loading every
+        # walker's row each pass cost more than the segments it started, benchmarks/scale.py).
+        for w in s.scalars(select(Walker).where(Walker.status.in_([WalkerStatus.running, WalkerStatus.waiting]),
+                                                Walker.id.not_in(busy)).order_by(Walker.index)):
             if wake(w, latest.version, unserved):
                 ctx.progress.log(f"walker {w.index}: hot-swap to v{latest.version}, resuming at step {w.step}")
-            n_steps = segment_due(w, w.id in busy, stop.max_md_steps, ctx.run.md.segment_steps)
+            n_steps = segment_due(w, False, stop.max_md_steps, ctx.run.md.segment_steps)
             if n_steps is None:
                 continue
             number = s.scalar(select(func.coalesce(func.max(Segment.number), -1)).where(Segment.walker_id == w.id)) + 1
