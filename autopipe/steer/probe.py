@@ -254,8 +254,7 @@ def _queue_probe(ctx: Context, segment_id: int | None, version: int, found: Prob
         frame_info = {"walker": info["walker"], "step": found.step,
                       **({k: v for k, v in frame.info.items() if k != "step"} if compact else {}),
                       **({"probe": info} if cell.whole_frame else {})}
-        row = structure_from_atoms(cell.atoms if cell.whole_frame else frame,
-                                   Origin.frame_record if compact else Origin.md_frame, segment_id=segment_id,
+        row = structure_from_atoms(frame, Origin.frame_record if compact else Origin.md_frame, segment_id=segment_id,
                                    potential_version=version, heldout=HeldOut.probe, info=frame_info)
         s.add(row)
         s.flush()
