@@ -64,7 +64,7 @@ def big_crystal(side: int, a: float = 3.2):
     return atoms
 
 
-def run_yaml(structure: Path, route: str, steps: int, trainings: int) -> str:
+def run_yaml(structure: Path, route: str, steps: int, trainings: int, probe_share: float = 0.0) -> str:
     keep = 10**9 if route == "whole" else 2000
     return f"""# benchmarks/big_walker.py, route {route}: written by the benchmark
 name: big_{route}
@@ -92,7 +92,7 @@ otf:
   uncertainty_threshold: 5.0
   check_frequency: 5
   max_extractions: 1
-  probe_share: 0.0
+  probe_share: {probe_share}
 embedding: {{core_radius: 3.0, buffer: 5.5, min_distance: 1.0, keep_frames_up_to: {keep}}}
 dft: {{code: lj, epsilon: 0.1, sigma: 2.0, cutoff: 5.0}}
 train:
@@ -201,6 +201,10 @@ def measure(workdir: Path) -> dict:
     out["stored_frames"] = q("SELECT origin, n_atoms FROM structures WHERE origin IN ('md_frame', 'frame_record')")
     out["cells"] = [n for (n,) in q("SELECT n_atoms FROM structures WHERE origin = 'embedded'")]
     out["versions"] = [v for (v,) in q("SELECT version FROM potentials ORDER BY version")]
+    # The false-negative probe (--probe-share): what it stored (origin, atoms) and its labels.
+    out["probe_rows"] = q("SELECT origin, n_atoms FROM structures WHERE heldout = 'probe' ORDER BY id")
+    out["probe_labels"] = q("SELECT COUNT(*) FROM labels JOIN structures ON labels.structure_id = structures.id "
+                            "WHERE structures.heldout = 'probe' AND labels.status = 'done'")[0][0]
     routes = [json.loads(d or "{}").get("frame_route") for (d,) in q("SELECT data FROM events WHERE kind='trigger'")]
     out["frame_route"] = next((r for r in routes if r), None)
     db.close()
@@ -218,10 +222,10 @@ def measure(workdir: Path) -> dict:
     return out
 
 
-def run_route(route: str, base: Path, structure: Path, steps: int, trainings: int) -> dict:
+def run_route(route: str, base: Path, structure: Path, steps: int, trainings: int, probe_share: float = 0.0) -> dict:
     workdir = base / route
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "run.yaml").write_text(run_yaml(structure, route, steps, trainings))
+    (workdir / "run.yaml").write_text(run_yaml(structure, route, steps, trainings, probe_share))
     (workdir / "site.yaml").write_text(site_yaml(route, base / f"shared-{route}", base / f"worker-{route}"))
     t0 = time.time()
     with open(workdir / "steer.log", "w") as log:
@@ -239,6 +243,27 @@ def run_route(route: str, base: Path, structure: Path, steps: int, trainings: in
     row = {"route": route, "wall_s": wall, "steer_peak_mb": mem.peak_kb / 1024}
     (workdir / "row.json").write_text(json.dumps(row))  # what the database cannot tell (--remeasure)
     return {**row, **measure(workdir)}
+
+
+def steering_probe_cost(workdir: Path, structure: Path) -> dict:
+    """What the probe cost the steering process before it moved to the MD worker, on this walker:
+    reading version 1 into pyace and evaluating γ of the whole frame (s, the first call with the
+    calculator's start), and the frame's row (B) it stored."""
+    from ase.io import read
+
+    from autopipe.potentials.uncertainty import evaluate
+
+    frame = read(structure)
+    pot = [workdir / "potentials" / "v0001" / "potential.yaml"]  # version 1, its .asi beside it
+    t0 = time.perf_counter()
+    g = evaluate(frame, pot[0])["gamma"]
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluate(frame, pot[0])
+    again = time.perf_counter() - t0
+    size = frame.positions.nbytes + frame.numbers.nbytes + np.asarray(g, dtype=float).nbytes  # its row's arrays
+    return {"old_probe_first_s": first, "old_probe_eval_s": again, "old_probe_frame_bytes": size,
+            "potential": str(pot[0])}
 
 
 def _s(seconds) -> str:
@@ -276,6 +301,9 @@ def main() -> None:
     ap.add_argument("--trainings", type=int, default=5, help="stop after this many retrains (1: trigger -> v2 -> stop)")
     ap.add_argument("--remeasure", action="store_true", help="only read the finished runs in --workdir again")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a new directory under /tmp")
+    ap.add_argument("--probe-share", type=float, default=0.0,
+                    help="otf.probe_share of the runs (0: no probe, as the tables of 2026-12-04)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "big_walker.md")
     args = ap.parse_args()
 
     base = args.workdir or Path(os.environ.get("TMPDIR", "/tmp")) / f"big-walker-{int(time.time())}"
@@ -294,14 +322,17 @@ def main() -> None:
             rows.append({**json.loads((base / route / "row.json").read_text()), **measure(base / route)})
             continue
         print(f"== route {route}", flush=True)
-        row = run_route(route, base, structure, args.steps, args.trainings)
+        row = run_route(route, base, structure, args.steps, args.trainings, args.probe_share)
+        if args.probe_share > 0:
+            row.update(steering_probe_cost(base / route, structure))
         print(json.dumps(row, indent=1, default=str), flush=True)
         rows.append(row)
     text = table(rows)
     print(text)
-    out = ROOT / "benchmarks" / "results" / "big_walker.md"
+    out = args.out
     out.write_text(f"# benchmarks/big_walker.py, {dt.date.today()}: {len(atoms)} atoms, "
-                   f"`--side {args.side} --steps {args.steps} --trainings {args.trainings}`\n\n{text}\n\n```\n"
+                   f"`--side {args.side} --steps {args.steps} --trainings {args.trainings} "
+                   f"--probe-share {args.probe_share:g}`\n\n{text}\n\n```\n"
                    + json.dumps(rows, indent=1, default=str) + "\n```\n")
     print(f"written: {out}")
 

@@ -6,7 +6,7 @@ after a segment that did **not** trigger, it takes the walker's configuration at
 segment's end with its per-atom gamma under the version that ran, picks an atom at random among
 those below the threshold (seeded by the MD seed, the walker and the step: a resumed run
 picks the same atom), carves a cell around it with the run's strategy and rules
-(:func:`autopipe.steer.work.carve_one`: the whole frame where trigger frames would go whole)
+(:mod:`autopipe.steer.probe_pick`, :func:`autopipe.steer.work.carve_one`: the whole frame where trigger frames would go whole)
 and queues it for DFT after the trigger labels (:data:`PROBE_PRIORITY`). The pick and the carve
 happen on the MD worker, where the frame is (:func:`autopipe.steer.work.probe_on_worker`; the
 segment is asked for one when it is submitted, :func:`worker_request`): gamma comes from LAMMPS at
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from sqlalchemy import func, select
@@ -46,13 +46,11 @@ from autopipe.db import HeldOut, Label, LabelStatus, Origin, Structure, Task, Ta
 from autopipe.steer.queue import PRIORITY
 
 if TYPE_CHECKING:
-    from ase import Atoms
-
     from autopipe.db import Database
     from autopipe.potentials.store import PotentialStore
     from autopipe.steer.context import Context
     from autopipe.steer.gate import HeldOutFrame
-    from autopipe.steer.work import CarvedCell, ProbeFound, WorkerProbe
+    from autopipe.steer.work import ProbeFound, WorkerProbe
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +64,6 @@ PROBE_PRIORITY = PRIORITY["dft"] + 5
 
 
 # ----------------------------------------------------------------------------- pure rules
-
-
-def pick_atom(gamma: np.ndarray, threshold: float, rng: np.random.Generator) -> int | None:
-    """A random atom (uniform) among those with ``gamma < threshold``; None when there is none."""
-    below = np.flatnonzero(np.asarray(gamma, dtype=float) < threshold)
-    return int(rng.choice(below)) if len(below) else None
-
-
-def probe_rng(seed: int, walker: int, step: int) -> np.random.Generator:
-    """The picker's generator for walker ``walker`` at MD step ``step``: the same after a resume."""
-    return np.random.default_rng([int(seed), int(walker), int(step)])
 
 
 def probe_behind(probe: float, total: float, in_flight: float, share: float) -> bool:
@@ -127,36 +114,7 @@ def share_from_counts(probe_s: float, total_s: float, probe_n: int, total_n: int
     return ShareState(float(probe_n), float(total_n), "labels", probe_n, n_done, in_flight, float(in_flight))
 
 
-# ----------------------------------------------------------------------------- picking and queuing
-
-
-def probe_cell(frame: Atoms, threshold: float, rng: np.random.Generator,
-               carve: Callable[[Atoms, int], CarvedCell]) -> tuple[CarvedCell | None, str]:
-    """Pick the probe's atom in ``frame`` (``arrays["gamma"]``) and carve around it with
-    ``carve(frame, center)``; returns the cell (None: nothing to label) and what happened."""
-    gamma = np.asarray(frame.arrays["gamma"], dtype=float)
-    center = pick_atom(gamma, threshold, rng)
-    if center is None:
-        return None, f"no atom below the threshold {threshold:g}"
-    cell = carve(frame, center)
-    if cell.refused:
-        return None, f"atom {center} (gamma {gamma[center]:.2f}): {cell.refused.splitlines()[0]}"
-    return cell, f"atom {center} (gamma {gamma[center]:.2f})"
-
-
-def probe_info(cell: CarvedCell, frame_gamma: np.ndarray, version: int, walker: int, segment: int,
-               step: int) -> dict[str, Any]:
-    """What a probe structure records: its centre's gamma, the max gamma of the cell's trusted
-    atoms (in the frame), the version that ran, the walker, segment and MD step."""
-    if cell.whole_frame:
-        core = np.asarray(frame_gamma, dtype=float)
-    else:
-        parent = np.asarray(cell.atoms.arrays["parent_index"])
-        trusted = np.ones(len(parent), bool)
-        trusted[list(cell.masked)] = False
-        core = np.asarray(frame_gamma, dtype=float)[parent[trusted]]
-    return {"center": cell.center, "gamma": cell.gamma, "core_max_gamma": float(core.max()) if len(core) else None,
-            "version": version, "walker": walker, "segment": segment, "step": step}
+# ----------------------------------------------------------------------------- spending, asking and queuing
 
 
 def share_state(db: Database) -> ShareState:

@@ -146,7 +146,7 @@ def probe_on_worker(state, gamma, probe: WorkerProbe) -> ProbeFound:
     (:func:`autopipe.steer.probe.pick_atom`) and the cell carved around it (:func:`carve_one`)."""
     import numpy as np
 
-    from autopipe.steer.probe import probe_cell, probe_info, probe_rng
+    from autopipe.steer.probe_pick import probe_cell, probe_info, probe_rng
 
     frame = state.atoms.copy()
     frame.wrap()

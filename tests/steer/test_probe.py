@@ -12,8 +12,9 @@ from autopipe.analysis.calibration import bootstrap_rms, calibration_curve, gamm
 from autopipe.config.run import OTFConfig, TrainConfig
 from autopipe.db import HeldOut, Label, LabelStatus, Origin, Potential, Structure, Task, TaskKind, TaskState
 from autopipe.potentials.dataset import build_dataset
-from autopipe.steer.probe import (PROBE_PRIORITY, ShareState, maybe_probe, pick_atom, probe_behind, probe_cell,
-                                  probe_rng, share_from_counts, share_state, walker_due, worker_request)
+from autopipe.steer.probe import (PROBE_PRIORITY, ShareState, maybe_probe, probe_behind, share_from_counts,
+                                  share_state, walker_due, worker_request)
+from autopipe.steer.probe_pick import pick_atom, probe_cell, probe_rng
 from autopipe.steer.work import CarvedCell
 from tests.lj import lj2d_template, lj_label
 from tests.potentials.helpers import add_labelled, lj_structures
