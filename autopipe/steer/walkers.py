@@ -191,11 +191,12 @@ def record_state(ctx: Context, walker_index: int, number: int, state: MDState | 
 
     if isinstance(state, StateRef):
         return state.to_text()
-    # As durable as the database row that will name it (SQLite commits with synchronous=NORMAL: they
-    # survive a killed process, what resume guarantees, and a power loss may take the last few back).
-    # The fsync was 6 ms of every segment's handling at 128 walkers (benchmarks/scale.py).
+    # As durable as the database row that will name it. SQLite commits with synchronous=NORMAL: they
+    # survive a killed process (what resume guarantees) and a power loss may take the last few back,
+    # so the file needs no fsync (6 ms of every segment's handling at 128 walkers, benchmarks/scale.py).
+    # A PostgreSQL commit survives a power loss: the file is synced before the row can name it.
     path = str(save_state(checkpoint_file(ctx.layout.segment_dir(walker_index, number), state.step), state,
-                          durable=False))
+                          durable=not ctx.db.url.startswith("sqlite")))
     if len(state.atoms) <= RECENT_STATE_ATOMS:
         # Its walker's next segment starts from it: no need to read the file back (4 ms per segment at 64
         # walkers, benchmarks/scale.py). One per walker at most; big states are always read from disk.

@@ -94,7 +94,7 @@ def done(ctx: Context, task_id: int, result: SegmentResult | None, error: str | 
 
         maybe_probe(ctx, walker=idx, segment=number, segment_id=seg_id, version=version, found=result.probe)
     if status in (SegmentStatus.completed, SegmentStatus.triggered):
-        walkers.prune_checkpoints(ctx, idx)  # after the probe has read the end state
+        walkers.prune_checkpoints(ctx, idx)  # after the commit that names the new checkpoint
 
 
 def crashed(ctx: Context, task_id: int, error: str) -> None:
