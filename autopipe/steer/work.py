@@ -129,7 +129,7 @@ class WorkerProbe:
 class ProbeFound:
     """The probe's pick at a segment's end, made on the MD worker: ``cell`` (None: nothing to label,
     ``what`` says why), ``what`` (the atom and its gamma, or the reason), ``info`` (the probe record,
-    :func:`autopipe.steer.probe.probe_info`; None without a cell) and ``frame``: the end frame with
+    :func:`autopipe.steer.probe_pick.probe_info`; None without a cell) and ``frame``: the end frame with
     per-atom gamma where it is small enough to travel, else its compact record
     (:func:`autopipe.carving.record.frame_record`, the atoms near the picked atom)."""
 
@@ -143,7 +143,7 @@ class ProbeFound:
 def probe_on_worker(state, gamma, probe: WorkerProbe) -> ProbeFound:
     """The false-negative probe at ``state`` (an ``MDState``, a segment's end) with its per-atom
     ``gamma`` under the version that ran: a random atom below the threshold
-    (:func:`autopipe.steer.probe.pick_atom`) and the cell carved around it (:func:`carve_one`)."""
+    (:func:`autopipe.steer.probe_pick.pick_atom`) and the cell carved around it (:func:`carve_one`)."""
     import numpy as np
 
     from autopipe.steer.probe_pick import probe_cell, probe_info, probe_rng
